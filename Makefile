@@ -1,0 +1,42 @@
+# The two commands of the README: `make demo` and `make test`. Both install first.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo .evguard/tools/bin/uv)
+VENV := .venv
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+
+.PHONY: install demo test test-fast chromium services-up services-down clean help
+
+help:
+	@echo "make demo   - install, start the local stack, run the platform end to end"
+	@echo "make test   - install, then run the whole test suite against real services"
+
+$(UV):
+	$(PYTHON) -m venv .evguard/tools
+	.evguard/tools/bin/pip install --quiet uv
+
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/evguard demo $(DEMO_ARGS)
+
+chromium:
+	@bash scripts/ensure-chromium.sh
+
+test: install chromium
+	$(VENV)/bin/pytest -q -ra $(PYTEST_ARGS)
+
+services-up: install
+	$(VENV)/bin/evguard services up --ui
+
+services-down:
+	$(VENV)/bin/evguard services down
+
+clean: services-down
+	rm -rf .evguard $(VENV)
