@@ -6,6 +6,7 @@ down. Nothing else in the project reads the environment.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -26,45 +27,45 @@ class Settings(BaseSettings):
     # Kafka
     kafka_bootstrap: str = Field("", description="Existing Kafka cluster; empty = embedded broker")
     kafka_port: int = Field(19092, description="Port of the embedded Kafka-compatible broker")
-    topic_sessions: str = "ev-station-data"
-    topic_dlq: str = "ev-station-data.dlq"
-    topic_partitions: int = 3
-    consumer_group: str = "evguard-scoring"
+    topic_sessions: str = Field("ev-station-data", description="Topic of incoming sessions")
+    topic_dlq: str = Field("ev-station-data.dlq", description="Dead-letter topic for bad messages")
+    topic_partitions: int = Field(3, description="Partitions of the sessions topic")
+    consumer_group: str = Field("evguard-scoring", description="Kafka consumer group of workers")
 
     # RabbitMQ
-    rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
-    rabbitmq_exchange: str = "ev.scores"
+    rabbitmq_url: str = Field("amqp://guest:guest@127.0.0.1:5672/%2F", description="AMQP URL")
+    rabbitmq_exchange: str = Field("ev.scores", description="Topic exchange of score results")
 
     # MLflow
     mlflow_tracking_uri: str = Field("", description="Empty = sqlite under the state dir")
-    mlflow_ui_port: int = 5000
-    model_name: str = "ev-session-anomaly"
+    mlflow_ui_port: int = Field(5000, description="Port of the optional MLflow UI server")
+    model_name: str = Field("ev-session-anomaly", description="Registered model name")
 
     # Prefect
     prefect_api_url: str = Field("", description="Empty = local server on prefect_port")
-    prefect_port: int = 4200
-    prefect_work_pool: str = "evguard-process"
+    prefect_port: int = Field(4200, description="Port of the local Prefect server")
+    prefect_work_pool: str = Field("evguard-process", description="Process work pool")
 
     # ACN-Data
-    acn_api_url: str = "https://ev.caltech.edu/api/v1"
-    acn_token: SecretStr = SecretStr("")
+    acn_api_url: str = Field("https://ev.caltech.edu/api/v1", description="ACN-Data API base")
+    acn_token: SecretStr = Field(SecretStr(""), description="ACN-Data API token (secret)")
 
     # monitoring store and alerting
     monitoring_db_url: str = Field("", description="SQLAlchemy URL; empty = sqlite in state dir")
-    smtp_host: str = "127.0.0.1"
-    smtp_port: int = 8025
-    smtp_starttls: bool = False
-    smtp_user: str = ""
-    smtp_password: SecretStr = SecretStr("")
-    alert_sender: str = "evguard@localhost"
-    alert_recipients: list[str] = ["ops@localhost"]
-    alert_cooldown_s: int = 900
-    alert_webhook_url: str = ""
+    smtp_host: str = Field("127.0.0.1", description="SMTP server for alert emails")
+    smtp_port: int = Field(8025, description="SMTP port (8025 = local sink)")
+    smtp_starttls: bool = Field(False, description="Use STARTTLS")
+    smtp_user: str = Field("", description="SMTP user; empty = no auth")
+    smtp_password: SecretStr = Field(SecretStr(""), description="SMTP password (secret)")
+    alert_sender: str = Field("evguard@localhost", description="From address of alerts")
+    alert_recipients: list[str] = Field(["ops@localhost"], description='JSON list, e.g. ["a@b.c"]')
+    alert_cooldown_s: int = Field(900, description="Per-station alert de-duplication window")
+    alert_webhook_url: str = Field("", description="Optional Slack-compatible webhook")
 
     # dashboard and worker metrics
-    dashboard_host: str = "127.0.0.1"
-    dashboard_port: int = 8050
-    metrics_port: int = 9108
+    dashboard_host: str = Field("127.0.0.1", description="Dashboard bind address")
+    dashboard_port: int = Field(8050, description="Dashboard port")
+    metrics_port: int = Field(9108, description="Worker Prometheus/health port")
 
     @property
     def state_path(self) -> Path:
@@ -104,3 +105,23 @@ class Settings(BaseSettings):
 def load_settings(**overrides: object) -> Settings:
     """Build the settings from the environment, with explicit overrides on top."""
     return Settings(**overrides)
+
+
+def env_example() -> str:
+    """The text of `.env.example`: every setting with its default and meaning."""
+    lines = ["# evguard settings: copy to .env and edit. Every variable is optional."]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if isinstance(default, SecretStr):
+            default = ""
+        elif isinstance(default, list):
+            default = json.dumps(default)
+        elif isinstance(default, Path):
+            default = str(default)
+        lines.append(f"# {field.description or ''}".rstrip())
+        lines.append(f"EVGUARD_{name.upper()}={default}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(env_example(), end="")
