@@ -61,6 +61,22 @@ class Settings(BaseSettings):
     alert_recipients: list[str] = Field(["ops@localhost"], description='JSON list, e.g. ["a@b.c"]')
     alert_cooldown_s: int = Field(900, description="Per-station alert de-duplication window")
     alert_webhook_url: str = Field("", description="Optional Slack-compatible webhook")
+    alert_max_attempts: int = Field(8, description="SMTP attempts before an alert is dead-lettered")
+    alert_retry_base_s: float = Field(2.0, description="First SMTP retry delay, then doubling")
+    alert_retry_max_s: float = Field(60.0, description="Longest delay between SMTP attempts")
+    alert_major_margin: float = Field(0.05, description="Score over threshold by this fraction = major")
+    alert_critical_margin: float = Field(0.15, description="Score over threshold by this fraction = critical")
+    smtp_timeout_s: float = Field(10.0, description="SMTP connect/send timeout")
+    alerts_queue: str = Field("alerts", description="Durable queue of anomalies (score.*.anomaly)")
+
+    # monitoring consumer, drift and the retraining trigger
+    monitoring_queue: str = Field("monitoring", description="Durable queue of all scores (score.#)")
+    monitor_window_s: int = Field(300, description="Monitoring window for health, drift and retraining")
+    monitor_min_volume: int = Field(50, description="Fewest sessions in a window to judge drift/rate")
+    drift_psi_threshold: float = Field(0.25, description="PSI of a feature or the score that means drift")
+    retrain_anomaly_rate: float = Field(0.2, description="Window anomaly rate that triggers retraining")
+    retrain_cooldown_s: int = Field(21600, description="Least time between two triggered retrainings")
+    retrain_deployment: str = Field("train_flow/train-weekly", description="Deployment run on drift")
 
     # dashboard and worker metrics
     dashboard_host: str = Field("127.0.0.1", description="Dashboard bind address")
