@@ -7,13 +7,12 @@ never disturbed. Names of topics, queues and exchanges are uuid-based.
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from pathlib import Path
 
 import pytest
 
-from evguard.services.process import port_open
+from evguard.services.process import free_port, port_open
 from evguard.services.stack import LocalStack
 from evguard.settings import Settings
 
@@ -21,12 +20,6 @@ SHARED_ACN = Path(__file__).resolve().parents[1].parent / "shared" / "acn"
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

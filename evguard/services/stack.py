@@ -44,6 +44,23 @@ def _http_ok(url: str) -> bool:
         return False
 
 
+def _amqp_ok(url: str) -> bool:
+    """True once the broker completes an AMQP handshake (an open port is not enough)."""
+    import logging
+
+    import pika
+
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
+    params = pika.URLParameters(url)
+    params.socket_timeout = 1
+    params.connection_attempts = 1
+    try:
+        pika.BlockingConnection(params).close()
+        return True
+    except Exception:  # any handshake failure means "not ready yet"
+        return False
+
+
 class LocalStack:
     """Starts, stops and reports the local services for one state dir."""
 
@@ -74,7 +91,7 @@ class LocalStack:
             "RABBITMQ_NODENAME": f"evguard{port}@localhost",
             "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
             "RABBITMQ_NODE_PORT": str(port),
-            "RABBITMQ_DIST_PORT": str((port + 20000) % 40000 + 20000),
+            "RABBITMQ_DIST_PORT": str(port + 10000 if port < 55000 else port - 10000),
             "RABBITMQ_BASE": str(base),
             "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
             "RABBITMQ_LOG_BASE": str(base / "log"),
@@ -84,7 +101,7 @@ class LocalStack:
         }
         return ManagedProcess(
             name="rabbitmq", command=[RABBITMQ_SERVER], run_dir=self.run_dir, port=port,
-            health=lambda: port_open(host, port), env=env, start_timeout=45,
+            health=lambda: _amqp_ok(self.settings.rabbitmq_url), env=env, start_timeout=45,
         )
 
     def mlflow_ui_process(self) -> ManagedProcess:
