@@ -123,6 +123,22 @@ def load_settings(**overrides: object) -> Settings:
     return Settings(**overrides)
 
 
+def settings_env(settings: Settings) -> dict[str, str]:
+    """`EVGUARD_*` variables that rebuild these settings in a child process."""
+    env = {}
+    for name, value in settings.model_dump().items():
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, list):
+            value = json.dumps(value)
+        elif isinstance(value, Path):
+            value = str(value.resolve())
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        env[f"EVGUARD_{name.upper()}"] = str(value)
+    return env
+
+
 def env_example() -> str:
     """The text of `.env.example`: every setting with its default and meaning."""
     lines = ["# evguard settings: copy to .env and edit. Every variable is optional."]

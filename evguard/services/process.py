@@ -94,7 +94,7 @@ class ManagedProcess:
         """Start unless already running. Returns True when it started a process."""
         if self.running():
             return False
-        if port_open("127.0.0.1", self.port):
+        if self.port and port_open("127.0.0.1", self.port):
             raise ServiceError(
                 f"{self.name}: port 127.0.0.1:{self.port} is already in use by another program. "
                 f"Stop that program, or choose another port with the matching EVGUARD_ setting."

@@ -131,6 +131,23 @@ class LocalStack:
             env=prefect_env(s), start_timeout=90,
         )
 
+    def prefect_worker_process(self) -> ManagedProcess:
+        """A Prefect process worker on the stack's pool (started by the demo, not by `up`)."""
+        s = self.settings
+        prefect = str(Path(sys.executable).parent / "prefect")
+        log = self.run_dir / "prefect-worker.log"
+        return ManagedProcess(
+            name="prefect-worker",
+            command=[prefect, "worker", "start", "--pool", s.prefect_work_pool,
+                     "--type", "process", "--name", f"evguard-{s.prefect_port}"],
+            run_dir=self.run_dir, port=0,
+            # the worker logs this line once it polls its pool
+            health=lambda: log.exists() and "started!" in log.read_text(errors="replace"),
+            env={**prefect_env(s), "PREFECT_WORKER_QUERY_SECONDS": "2",
+                 "PREFECT_WORKER_PREFETCH_SECONDS": "5"},
+            start_timeout=60,
+        )
+
     def smtp_process(self) -> ManagedProcess:
         s = self.settings
         return ManagedProcess(
@@ -213,8 +230,8 @@ class LocalStack:
         return stopped
 
     def _processes(self) -> list[ManagedProcess]:
-        return [self.mlflow_ui_process(), self.smtp_process(), self.prefect_process(),
-                self.kafka_process(), self.rabbitmq_process()]
+        return [self.prefect_worker_process(), self.mlflow_ui_process(), self.smtp_process(),
+                self.prefect_process(), self.kafka_process(), self.rabbitmq_process()]
 
     def status(self) -> list[ServiceStatus]:
         s = self.settings
