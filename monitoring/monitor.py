@@ -1,0 +1,234 @@
+"""The monitoring consumer: store every score, then judge each window.
+
+Queue `settings.monitoring_queue` (default `monitoring`) is bound to `score.#`.
+Messages are stored in micro-batches, one transaction each, and acked (all at
+once) only after the commit; a redelivery stores nothing twice because the
+store ignores a second (sessionID, model version). Poison messages go to
+`monitoring.dlq` with their error, and a readable copy to the store.
+
+Every window (`settings.monitor_window_s`) the consumer aggregates the stored
+results, measures drift against the champion's reference, records the report
+and starts the retraining deployment when a threshold is crossed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy.exc import OperationalError
+
+from evguard.settings import Settings
+from monitoring.rabbit import TRANSIENT_ERRORS, QueueConsumer
+from pipelines.drift import drift_report, window_samples
+from pipelines.health import RetrainPolicy, cooldown_remaining, retrain_reason, window_health
+from pipelines.score_result import InvalidScoreResult, ScoreResult, parse_score_result
+from pipelines.store import MonitoringStore
+
+log = logging.getLogger(__name__)
+
+ReferenceSource = Callable[[], "dict[str, list[float]] | None"]
+RetrainLauncher = Callable[[str], "str | None"]  # reason -> flow run id
+
+
+@dataclass
+class DrainStats:
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+
+
+@dataclass
+class _Pending:
+    tags: list[int] = field(default_factory=list)
+    results: list[ScoreResult] = field(default_factory=list)
+    poison: list[tuple[str, bytes, str]] = field(default_factory=list)  # error, body, key
+    since: float = 0.0
+
+
+def retrain_policy(settings: Settings) -> RetrainPolicy:
+    return RetrainPolicy(psi_threshold=settings.drift_psi_threshold,
+                         anomaly_rate=settings.retrain_anomaly_rate,
+                         min_volume=settings.monitor_min_volume,
+                         cooldown_s=settings.retrain_cooldown_s)
+
+
+class MonitoringConsumer:
+    """Drains the monitoring queue into the store and evaluates windows.
+
+    Args:
+        settings: queue, exchange, window and threshold settings.
+        store: where results, reports and retraining triggers are written.
+        reference: returns the champion's reference sample (or None: no drift check).
+        launcher: starts the retraining deployment with a reason; None disables it.
+        batch_size: most messages per transaction.
+        max_wait_s: longest a received message waits for its batch to fill.
+    """
+
+    def __init__(self, settings: Settings, store: MonitoringStore,
+                 reference: ReferenceSource = lambda: None,
+                 launcher: RetrainLauncher | None = None,
+                 batch_size: int = 500, max_wait_s: float = 0.5,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.store = store
+        self.reference = reference
+        self.launcher = launcher
+        self.batch_size = batch_size
+        self.max_wait_s = max_wait_s
+        self.clock = clock
+        self.policy = retrain_policy(settings)
+        self.rabbit = QueueConsumer(settings, settings.monitoring_queue, "score.#",
+                                    prefetch=batch_size * 2)
+        self.stats = DrainStats()
+
+    def close(self) -> None:
+        self.rabbit.close()
+
+    # ---- store -----------------------------------------------------------
+    def drain(self, until: Callable[[], bool] = lambda: False,
+              idle_s: float | None = 1.0) -> DrainStats:
+        """Store what arrives until `until()` is true or nothing came for `idle_s` seconds.
+
+        Raises the broker's or database's error after closing the channel, so every
+        unacked message is redelivered.
+        """
+        pending, idle, tick = _Pending(), 0.0, min(0.2, self.max_wait_s)
+        try:
+            for method, _props, body in self.rabbit.messages(tick):
+                if method is None:
+                    self._flush(pending)
+                    pending, idle = _Pending(), idle + tick
+                    if until() or (idle_s is not None and idle >= idle_s):
+                        break
+                    continue
+                idle = 0.0
+                if not pending.tags:
+                    pending.since = time.monotonic()
+                self._add(pending, method.delivery_tag, body, method.routing_key)
+                if (len(pending.tags) >= self.batch_size
+                        or time.monotonic() - pending.since >= self.max_wait_s):
+                    self._flush(pending)
+                    pending = _Pending()
+                    if until():
+                        break
+            self._flush(pending)
+            self.rabbit.stop_consuming()
+        except Exception:
+            self.rabbit.close()
+            raise
+        return self.stats
+
+    def _add(self, pending: _Pending, tag: int, body: bytes, key: str) -> None:
+        pending.tags.append(tag)
+        self.stats.received += 1
+        try:
+            pending.results.append(parse_score_result(body))
+        except InvalidScoreResult as exc:
+            pending.poison.append((str(exc), body, key))
+
+    def _flush(self, pending: _Pending) -> None:
+        if not pending.tags:
+            return
+        new = self.store.save_scores(pending.results, now=self.clock())  # commit first
+        for error, body, key in pending.poison:
+            self.rabbit.dead_letter(body, error, key)
+        self.store.record_dead_letters(self.settings.monitoring_queue,
+                                       [(e, b) for e, b, _ in pending.poison])
+        self.rabbit.channel.basic_ack(max(pending.tags), multiple=True)
+        self.stats.stored += new
+        self.stats.duplicates += len(pending.results) - new
+        self.stats.dead_lettered += len(pending.poison)
+        self.stats.batches += 1
+        if pending.poison:
+            log.warning("dead-lettered %d poison message(s), first: %s",
+                        len(pending.poison), pending.poison[0][0])
+
+    # ---- judge a window ----------------------------------------------------
+    def evaluate_window(self, now: float | None = None) -> dict:
+        """Health, drift and the retraining decision of the window ending `now`; stored."""
+        end = self.clock() if now is None else now
+        start = end - self.settings.monitor_window_s
+        rows = self.store.scores_between(start, end)
+        health = window_health(rows, start, end)
+        reference = self._reference()
+        drift = None
+        if reference:
+            drift = drift_report(reference, window_samples(rows), self.policy.psi_threshold,
+                                 min_current=self.policy.min_volume)
+        report = health.as_dict()
+        report["drift"] = drift.as_dict() if drift else None
+        report["retrain"] = self._maybe_retrain(retrain_reason(health, drift, self.policy), end)
+        self.store.save_window_report(report)
+        log.info("window %d sessions, anomaly rate %s, drifted %s, retrain %s", health.volume,
+                 report["anomaly_rate"], [c.name for c in drift.drifted] if drift else "n/a",
+                 report["retrain"]["state"])
+        return report
+
+    def _reference(self) -> dict | None:
+        try:
+            return self.reference()
+        except Exception as exc:  # noqa: BLE001 (the registry being away must not stop monitoring)
+            log.warning("no drift reference this window: %s", exc)
+            return None
+
+    def _maybe_retrain(self, reason: str | None, now: float) -> dict:
+        if reason is None:
+            return {"state": "not_needed", "reason": None}
+        wait = cooldown_remaining(self.store.last_retrain_ts(), now, self.policy)
+        if wait > 0:
+            return {"state": "cooldown", "reason": reason, "retry_in_s": round(wait)}
+        if self.launcher is None:
+            return {"state": "disabled", "reason": reason}
+        try:
+            run_id = self.launcher(reason)
+        except Exception as exc:  # noqa: BLE001 (Prefect down: record, retry next window)
+            log.error("could not start retraining (%s): %s", reason, exc)
+            self.store.record_retrain(reason, "failed", error=str(exc), now=now)
+            return {"state": "failed", "reason": reason, "error": str(exc)}
+        self.store.record_retrain(reason, "triggered", flow_run_id=run_id, now=now)
+        log.info("retraining started, flow run %s: %s", run_id, reason)
+        return {"state": "triggered", "reason": reason, "flow_run_id": run_id}
+
+    # ---- long-running ---------------------------------------------------------
+    def run(self, stop: threading.Event, max_runtime_s: float | None = None,
+            on_report: Callable[[dict], None] = lambda report: None) -> DrainStats:
+        """Store continuously and evaluate every window until `stop` or the runtime ends.
+
+        A broker or database failure closes the channel (its messages are redelivered)
+        and is retried with backoff.
+        """
+        started = time.monotonic()
+        window = self.settings.monitor_window_s
+        next_window = started + window
+        backoff = 1.0
+
+        def finished() -> bool:
+            return stop.is_set() or (max_runtime_s is not None
+                                     and time.monotonic() - started >= max_runtime_s)
+
+        def window_due() -> bool:
+            return finished() or time.monotonic() >= next_window
+
+        while not finished():
+            try:
+                self.drain(until=window_due, idle_s=None)
+                backoff = 1.0
+            except (*TRANSIENT_ERRORS, OperationalError) as exc:
+                log.warning("monitoring consumer: %s; retrying in %.0fs", exc, backoff)
+                self.rabbit.sleep(backoff, stop)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            if time.monotonic() >= next_window:
+                next_window += window
+                try:
+                    on_report(self.evaluate_window())
+                except Exception:  # a bad window must not stop storing
+                    log.exception("window evaluation failed")
+        self.close()
+        return self.stats

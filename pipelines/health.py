@@ -1,0 +1,147 @@
+"""Health of a monitoring window and the retraining decision (pure).
+
+`window_health` aggregates stored results; `retrain_reason` says whether the
+window's drift or anomaly rate warrants retraining, and why.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from pipelines.drift import DriftReport
+
+QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
+
+
+@dataclass(frozen=True)
+class GroupRate:
+    key: str
+    volume: int
+    anomalies: int
+
+    @property
+    def rate(self) -> float:
+        return self.anomalies / self.volume if self.volume else 0.0
+
+
+@dataclass(frozen=True)
+class WindowHealth:
+    start_ts: float
+    end_ts: float
+    volume: int
+    anomalies: int
+    score_quantiles: dict[str, float] = field(default_factory=dict)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    per_site: tuple[GroupRate, ...] = ()
+    per_station: tuple[GroupRate, ...] = ()
+    model_versions: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def anomaly_rate(self) -> float | None:
+        return self.anomalies / self.volume if self.volume else None
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["anomaly_rate"] = self.anomaly_rate
+        for key in ("per_site", "per_station"):
+            out[key] = [{**g, "rate": g["anomalies"] / g["volume"]} for g in out[key]]
+        return out
+
+
+def _quantiles(values: Sequence[float]) -> dict[str, float]:
+    arr = np.asarray([v for v in values if v is not None], dtype=float)
+    if arr.size == 0:
+        return {}
+    return {name: float(np.quantile(arr, q)) for name, q in QUANTILES.items()}
+
+
+def _rates(rows: Sequence[Mapping], key: str) -> tuple[GroupRate, ...]:
+    volume: dict[str, int] = defaultdict(int)
+    anomalies: dict[str, int] = defaultdict(int)
+    for row in rows:
+        volume[row[key]] += 1
+        anomalies[row[key]] += bool(row["is_anomaly"])
+    groups = [GroupRate(k, volume[k], anomalies[k]) for k in volume]
+    return tuple(sorted(groups, key=lambda g: (-g.anomalies, -g.volume, g.key)))
+
+
+def window_health(rows: Sequence[Mapping], start_ts: float, end_ts: float,
+                  top_stations: int = 20) -> WindowHealth:
+    """Aggregate the results of one window.
+
+    Args:
+        rows: stored results with `score`, `is_anomaly`, `site_id`, `station_id`,
+            `latency_ms` and `model_version`.
+        start_ts: window start, epoch seconds.
+        end_ts: window end, epoch seconds.
+        top_stations: keep the stations with the most anomalies, at most this many.
+
+    Returns:
+        Volume, anomaly count and rate, score and latency quantiles, per-site and
+        per-station rates, and how many results each model version scored.
+    """
+    versions: dict[str, int] = defaultdict(int)
+    for row in rows:
+        versions[str(row["model_version"])] += 1
+    return WindowHealth(
+        start_ts=start_ts, end_ts=end_ts, volume=len(rows),
+        anomalies=sum(bool(r["is_anomaly"]) for r in rows),
+        score_quantiles=_quantiles([r["score"] for r in rows]),
+        latency_ms=_quantiles([r.get("latency_ms") for r in rows]),
+        per_site=_rates(rows, "site_id"),
+        per_station=_rates(rows, "station_id")[:top_stations],
+        model_versions=dict(versions),
+    )
+
+
+@dataclass(frozen=True)
+class RetrainPolicy:
+    """When a window warrants retraining, and how long to wait between two triggers."""
+
+    psi_threshold: float = 0.25
+    anomaly_rate: float = 0.2
+    min_volume: int = 50
+    cooldown_s: float = 6 * 3600.0
+
+    def __post_init__(self) -> None:
+        if self.psi_threshold <= 0:
+            raise ValueError(f"psi_threshold must be > 0, got {self.psi_threshold}")
+        if not 0 < self.anomaly_rate <= 1:
+            raise ValueError(f"anomaly_rate must be in (0, 1], got {self.anomaly_rate}")
+        if self.min_volume < 1 or self.cooldown_s < 0:
+            raise ValueError("min_volume must be >= 1 and cooldown_s >= 0")
+
+
+def retrain_reason(health: WindowHealth, drift: DriftReport | None,
+                   policy: RetrainPolicy) -> str | None:
+    """Why this window warrants retraining, or None when it does not.
+
+    A window smaller than `policy.min_volume` never triggers: a handful of
+    sessions says nothing about drift.
+    """
+    if health.volume < policy.min_volume:
+        return None
+    reasons = []
+    rate = health.anomaly_rate or 0.0
+    if rate > policy.anomaly_rate:
+        reasons.append(f"anomaly rate {rate:.1%} > {policy.anomaly_rate:.1%}")
+    if drift is not None:
+        worst = sorted(drift.drifted, key=lambda c: -c.psi)
+        if worst:
+            listed = ", ".join(f"{c.name} PSI {c.psi:.2f}" for c in worst[:5])
+            reasons.append(f"drift over PSI {drift.psi_threshold:g}: {listed}")
+    if not reasons:
+        return None
+    return f"{'; '.join(reasons)} (window of {health.volume} sessions)"
+
+
+def cooldown_remaining(last_trigger_ts: float | None, now_ts: float,
+                       policy: RetrainPolicy) -> float:
+    """Seconds until another retraining may start (0 = now)."""
+    if last_trigger_ts is None:
+        return 0.0
+    return max(0.0, last_trigger_ts + policy.cooldown_s - now_ts)

@@ -1,0 +1,141 @@
+"""The score result the worker publishes on `ev.scores` (contract §5), parsed and checked.
+
+Consumers call `parse_score_result` on every message body; anything it rejects
+is a poison message and goes to a dead-letter queue with the error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+SCHEMA = "evguard.score/1"
+
+
+class InvalidScoreResult(ValueError):
+    """A message body that is not a valid `evguard.score/1` result."""
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """One scored session, as consumers see it. Times are epoch seconds (UTC)."""
+
+    session_id: str
+    station_id: str
+    site_id: str
+    space_id: str
+    score: float
+    threshold: float
+    is_anomaly: bool
+    model_name: str
+    model_version: str
+    feature_version: str
+    scored_ts: float
+    connection_ts: float | None = None
+    kwh_delivered: float | None = None
+    kafka_ts: float | None = None
+    features: dict[str, float | None] = field(default_factory=dict)
+    explanation: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def latency_ms(self) -> float | None:
+        """Produce-to-scored latency, when the Kafka timestamp is known."""
+        if self.kafka_ts is None:
+            return None
+        return max(0.0, (self.scored_ts - self.kafka_ts) * 1000.0)
+
+
+def routing_key(site_id: str, is_anomaly: bool) -> str:
+    """The routing key of a result: `score.<siteID>.<normal|anomaly>`."""
+    return f"score.{site_id}.{'anomaly' if is_anomaly else 'normal'}"
+
+
+def parse_iso_ts(value: Any, name: str) -> float:
+    """Epoch seconds of an ISO-8601 string; a naive time is taken as UTC."""
+    if not isinstance(value, str):
+        raise InvalidScoreResult(f"{name} must be an ISO-8601 string, got {value!r}")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise InvalidScoreResult(f"{name} is not ISO-8601: {value!r}") from exc
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def _text(body: dict, key: str, required: bool = True) -> str:
+    value = body.get(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or (required and not value):
+        if required:
+            raise InvalidScoreResult(f"{key} must be a non-empty string, got {value!r}")
+        return ""
+    return value
+
+
+def _number(value: Any, name: str, optional: bool = False) -> float | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidScoreResult(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def parse_score_result(body: bytes | str) -> ScoreResult:
+    """Decode and check one message body.
+
+    Args:
+        body: the raw message body (UTF-8 JSON).
+
+    Returns:
+        The parsed result.
+
+    Raises:
+        InvalidScoreResult: the body is not JSON, has another schema, or a field is
+            missing or of the wrong type. The message says which.
+    """
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidScoreResult(f"not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidScoreResult(f"expected a JSON object, got {type(data).__name__}")
+    if data.get("schema") != SCHEMA:
+        raise InvalidScoreResult(f"schema must be {SCHEMA!r}, got {data.get('schema')!r}")
+    model = data.get("model")
+    if not isinstance(model, dict):
+        raise InvalidScoreResult("model must be an object with name and version")
+    if not isinstance(data.get("is_anomaly"), bool):
+        raise InvalidScoreResult(f"is_anomaly must be true or false, got {data.get('is_anomaly')!r}")
+    features = data.get("features") or {}
+    if not isinstance(features, dict):
+        raise InvalidScoreResult("features must be an object of column -> number")
+    explanation = data.get("explanation") or []
+    if not isinstance(explanation, list) or not all(isinstance(e, dict) for e in explanation):
+        raise InvalidScoreResult("explanation must be a list of objects")
+    kafka = data.get("kafka") or {}
+    kafka_ms = _number(kafka.get("timestamp_ms") if isinstance(kafka, dict) else None,
+                       "kafka.timestamp_ms", optional=True)
+    connection = data.get("connectionTime")
+    return ScoreResult(
+        session_id=_text(data, "sessionID"),
+        station_id=_text(data, "stationID"),
+        site_id=_text(data, "siteID"),
+        space_id=_text(data, "spaceID", required=False),
+        score=_number(data.get("score"), "score"),
+        threshold=_number(data.get("threshold"), "threshold"),
+        is_anomaly=data["is_anomaly"],
+        model_name=_text(model, "name"),
+        model_version=_text(model, "version"),
+        feature_version=_text(model, "feature_version", required=False),
+        scored_ts=parse_iso_ts(data.get("scored_at"), "scored_at"),
+        connection_ts=parse_iso_ts(connection, "connectionTime") if connection else None,
+        kwh_delivered=_number(data.get("kWhDelivered"), "kWhDelivered", optional=True),
+        kafka_ts=kafka_ms / 1000.0 if kafka_ms else None,  # 0 = broker gave no timestamp
+        features={str(k): _number(v, f"features.{k}", optional=True) for k, v in features.items()},
+        explanation=explanation,
+    )
