@@ -81,7 +81,27 @@ class Settings(BaseSettings):
     # dashboard and worker metrics
     dashboard_host: str = Field("127.0.0.1", description="Dashboard bind address")
     dashboard_port: int = Field(8050, description="Dashboard port")
-    metrics_port: int = Field(9108, description="Worker Prometheus/health port")
+    metrics_port: int = Field(9108, description="Worker Prometheus/health port; 0 = any free port")
+    metrics_host: str = Field("127.0.0.1", description="Interface the worker's metrics bind to")
+
+    # serving worker (serving/, docs/serving.md)
+    serve_batch_size: int = Field(1000, description="Max messages per consume() micro-batch")
+    serve_batch_timeout_ms: int = Field(20, description="Max wait for a micro-batch to fill")
+    serve_max_inflight_batches: int = Field(
+        8, description="Batches awaiting RabbitMQ confirms before consumption pauses")
+    serve_commit_interval_ms: int = Field(200, description="Least time between offset commits")
+    serve_model_poll_s: float = Field(30.0, description="How often to poll the champion alias")
+    serve_max_invalid_ratio: float = Field(
+        0.5, description="Stop when more than this share of recent messages is invalid; 1 = never")
+    serve_invalid_window: int = Field(1000, description="Messages the invalid ratio spans")
+    serve_site_ids: list[str] = Field(["0001", "0002", "0019"],
+                                      description="Accepted siteIDs; [] accepts any")
+    serve_explain_top_k: int = Field(3, description="Features in each anomaly's explanation")
+    serve_publish_retry_max_s: float = Field(10.0, description="Longest RabbitMQ reconnect backoff")
+    serve_confirm_timeout_s: float = Field(30.0, description="Re-publish when a confirm takes longer")
+    serve_shutdown_timeout_s: float = Field(30.0, description="On stop, wait this long for confirms")
+    serve_session_timeout_ms: int = Field(
+        10000, description="Kafka group session timeout: how soon a dead worker's partitions move")
 
     @property
     def state_path(self) -> Path:
