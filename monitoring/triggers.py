@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
+from pathlib import Path
 
 from evguard.settings import Settings
 
@@ -28,6 +29,9 @@ class ChampionReference:
         self._reference: dict[str, list[float]] | None = None
 
     def __call__(self) -> dict[str, list[float]] | None:
+        uri = self.settings.mlflow_uri
+        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+            return None  # nothing trained yet; do not import MLflow or create its store
         try:
             from pipelines import registry
         except ImportError as exc:

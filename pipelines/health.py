@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC
 
 import numpy as np
 
@@ -145,3 +146,53 @@ def cooldown_remaining(last_trigger_ts: float | None, now_ts: float,
     if last_trigger_ts is None:
         return 0.0
     return max(0.0, last_trigger_ts + policy.cooldown_s - now_ts)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def report_markdown(report: dict) -> str:
+    """A window report (`WindowHealth.as_dict()` plus `drift` and `retrain`) as Markdown."""
+    from datetime import datetime
+
+    def when(ts: float) -> str:
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+    q, lat = report.get("score_quantiles") or {}, report.get("latency_ms") or {}
+    retrain = report.get("retrain") or {}
+    lines = [
+        f"# Monitoring window {when(report['start_ts'])} → {when(report['end_ts'])}",
+        "",
+        "| volume | anomalies | anomaly rate | score p50 / p90 / p99 | latency p50 / p99 (ms) |",
+        "|---:|---:|---:|---|---|",
+        f"| {report['volume']} | {report['anomalies']} | {_pct(report.get('anomaly_rate'))} | "
+        + " / ".join(f"{q[k]:.3f}" for k in QUANTILES if k in q) + " | "
+        + " / ".join(f"{lat[k]:.0f}" for k in ("p50", "p99") if k in lat) + " |",
+        "",
+        f"**Retraining:** {retrain.get('state', '-')}"
+        + (f" — {retrain['reason']}" if retrain.get("reason") else ""),
+        "",
+        "## Sites",
+        "| site | volume | anomalies | rate |",
+        "|---|---:|---:|---:|",
+        *[f"| {g['key']} | {g['volume']} | {g['anomalies']} | {_pct(g['rate'])} |"
+          for g in report.get("per_site", [])],
+    ]
+    drift = report.get("drift")
+    lines += ["", "## Drift against the champion's reference"]
+    if not drift:
+        lines.append("No reference available (no champion, or the registry is unreachable).")
+    else:
+        lines += ["| column | PSI | KS | drifted |", "|---|---:|---:|---|"]
+        lines += [f"| {c['name']} | {c['psi']:.3f} | {c['ks']:.3f} | "
+                  f"{'**yes**' if c['drifted'] else 'no'} |" for c in drift["columns"]]
+    return "\n".join(lines) + "\n"
+
+
+def drift_rows(report: dict) -> list[dict]:
+    """The drift table of a window report, one row per column (empty without reference)."""
+    drift = report.get("drift") or {}
+    return [{"column": c["name"], "psi": round(c["psi"], 4), "ks": round(c["ks"], 4),
+             "drifted": c["drifted"], "n_current": c["n_current"]}
+            for c in drift.get("columns", [])]
