@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     # ACN-Data
     acn_api_url: str = Field("https://ev.caltech.edu/api/v1", description="ACN-Data API base")
     acn_token: SecretStr = Field(SecretStr(""), description="ACN-Data API token (secret)")
+    acn_timeout_s: float = Field(30.0, description="ACN-Data request timeout, seconds")
+    acn_max_retries: int = Field(5, description="ACN-Data retries on timeouts, 429 and 5xx")
+    acn_page_size: int = Field(1000, description="ACN-Data sessions per page (max_results)")
+    ingest_max_failure_rate: float = Field(
+        0.05, description="Ingest fails when more than this fraction of rows fails validation")
 
     # monitoring store and alerting
     monitoring_db_url: str = Field("", description="SQLAlchemy URL; empty = sqlite in state dir")
@@ -83,6 +88,8 @@ class Settings(BaseSettings):
     dashboard_port: int = Field(8050, description="Dashboard port")
     metrics_port: int = Field(9108, description="Worker Prometheus/health port; 0 = any free port")
     metrics_host: str = Field("127.0.0.1", description="Interface the worker's metrics bind to")
+    worker_metrics_url: str = Field(
+        "", description="Worker /metrics the dashboard scrapes; empty = metrics_host:metrics_port")
 
     # serving worker (serving/, docs/serving.md)
     serve_batch_size: int = Field(1000, description="Max messages per consume() micro-batch")
