@@ -1,0 +1,219 @@
+"""The model registry: champion / challenger promotion and loading the champion.
+
+Aliases of the registered model `settings.model_name`:
+- `champion`: the version serving uses;
+- `previous`: the champion before the last promotion (for rollback);
+- `challenger`: the last version that was valid but not better.
+
+Promotion rule (`promote_if_better`): the new version must pass the gates (a
+finite threshold and a finite criterion value on the evaluation split). With no
+champion, it becomes champion. Otherwise the champion is scored on **the same
+evaluation rows** and the new version is promoted only if
+`new > champion + margin * |champion|` on the criterion (PR-AUC with labels,
+otherwise Excess-Mass of the fitted models, both higher = better). A champion
+whose feature columns are absent from the new data cannot be compared; the new
+version then replaces it (the feature code changed deliberately). Decisions
+and reasons are written as tags on the new version.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from evguard.settings import Settings
+from pipelines.metrics import excess_mass, label_metrics, uniform_box_sample
+from pipelines.tuning import Criterion, EvalSplit
+
+log = logging.getLogger(__name__)
+
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+Decision = Literal["promoted", "challenger", "rejected"]
+
+
+def mlflow_client(settings: Settings):
+    """Point MLflow at the settings' tracking/registry store and return a client."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = settings.mlflow_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _version_by_alias(client: Any, name: str, alias: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:  # no such alias, or no such registered model
+        return None
+
+
+def champion_version(settings: Settings) -> str | None:
+    """The version number behind `@champion`, or None (a cheap poll for the worker)."""
+    found = _version_by_alias(mlflow_client(settings), settings.model_name, CHAMPION)
+    return None if found is None else str(found.version)
+
+
+def load_model_version(settings: Settings, version: str):
+    """The `SessionAnomalyModel` of one registered version."""
+    import mlflow.pyfunc
+
+    mlflow_client(settings)
+    loaded = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{version}")
+    return loaded.unwrap_python_model()
+
+
+@dataclass
+class ChampionModel:
+    """The serving view of the champion (contract §4)."""
+
+    name: str
+    version: str
+    threshold: float
+    feature_version: str
+    feature_columns: list[str]
+    reference: dict[str, list[float]]
+    model: Any  # pipelines.model_package.SessionAnomalyModel
+
+    def score(self, features) -> np.ndarray:
+        """Anomaly score per row of `features` (higher = more anomalous)."""
+        return self.model.score(features)
+
+    def explain(self, features, top_k: int = 3) -> list[list[dict]]:
+        """Per row, the `top_k` dicts `{feature, value, contribution, typical}`."""
+        return self.model.explain(features, top_k=top_k)
+
+
+class NoChampionError(LookupError):
+    """The registered model has no `@champion` yet: train one first."""
+
+
+def load_champion(settings: Settings) -> ChampionModel:
+    """Load the current champion.
+
+    Raises:
+        NoChampionError: there is no champion yet.
+    """
+    client = mlflow_client(settings)
+    found = _version_by_alias(client, settings.model_name, CHAMPION)
+    if found is None:
+        raise NoChampionError(f"registered model {settings.model_name!r} has no @champion "
+                              f"in {settings.mlflow_uri}; run `evguard train` first")
+    model = load_model_version(settings, str(found.version))
+    return ChampionModel(name=settings.model_name, version=str(found.version),
+                         threshold=model.threshold, feature_version=model.feature_version,
+                         feature_columns=list(model.feature_columns),
+                         reference=model.reference, model=model)
+
+
+def comparison_value(model: Any, split: EvalSplit, criterion: Criterion, seed: int) -> float:
+    """The promotion criterion of a fitted model on the evaluation split (higher = better)."""
+    scores = model.detector.score_samples(split.X_eval)
+    if not np.isfinite(scores).all():
+        return math.nan
+    if criterion == "pr_auc":
+        return label_metrics(scores, split.eval_labels, model.threshold,
+                             model.alert_budget)["pr_auc"]
+    uniform, _ = uniform_box_sample(split.X_eval, 20_000, np.random.default_rng(seed))
+    return excess_mass(scores, model.detector.score_samples(uniform), 1.0)
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    decision: Decision
+    reason: str
+    version: str
+    criterion: Criterion
+    new_value: float
+    champion_version: str | None = None
+    champion_value: float | None = None
+
+    def as_tags(self) -> dict[str, str]:
+        tags = {"decision": self.decision, "decision_reason": self.reason,
+                "criterion": self.criterion, "criterion_value": f"{self.new_value:.6g}"}
+        if self.champion_version is not None:
+            tags["compared_with_version"] = self.champion_version
+        if self.champion_value is not None:
+            tags["champion_criterion_value"] = f"{self.champion_value:.6g}"
+        return tags
+
+
+def _decide(settings: Settings, client: Any, version: str, new_model: Any, split: EvalSplit,
+            criterion: Criterion, margin: float, seed: int) -> PromotionDecision:
+    new_value = comparison_value(new_model, split, criterion, seed)
+    if not math.isfinite(new_model.threshold) or not math.isfinite(new_value):
+        return PromotionDecision("rejected", f"failed the evaluation gates: threshold="
+                                 f"{new_model.threshold}, {criterion}={new_value}",
+                                 version, criterion, new_value)
+    current = _version_by_alias(client, settings.model_name, CHAMPION)
+    if current is None:
+        return PromotionDecision("promoted", "first valid model: no champion yet",
+                                 version, criterion, new_value)
+    old_version = str(current.version)
+    old_model = load_model_version(settings, old_version)
+    if list(old_model.feature_columns) != list(new_model.feature_columns):
+        return PromotionDecision(
+            "promoted", f"champion v{old_version} uses feature version "
+            f"{old_model.feature_version}, not comparable with {new_model.feature_version}",
+            version, criterion, new_value, old_version)
+    old_value = comparison_value(old_model, split, criterion, seed)
+    if not math.isfinite(old_value):
+        return PromotionDecision("promoted", f"champion v{old_version} gives {criterion}=NaN "
+                                 "on the evaluation data", version, criterion, new_value,
+                                 old_version, old_value)
+    required = old_value + margin * abs(old_value)
+    if new_value > required:
+        return PromotionDecision(
+            "promoted", f"{criterion} {new_value:.4f} beats champion v{old_version} "
+            f"{old_value:.4f} by more than the {margin:.1%} margin",
+            version, criterion, new_value, old_version, old_value)
+    return PromotionDecision(
+        "challenger", f"{criterion} {new_value:.4f} does not beat champion v{old_version} "
+        f"{old_value:.4f} by the {margin:.1%} margin (needs > {required:.4f})",
+        version, criterion, new_value, old_version, old_value)
+
+
+def promote_if_better(settings: Settings, version: str, new_model: Any, split: EvalSplit,
+                      criterion: Criterion, margin: float = 0.01,
+                      seed: int = 0) -> PromotionDecision:
+    """Compare a new registered version with `@champion` on `split`, then set aliases and tags.
+
+    Args:
+        settings: gives the tracking store and the registered model name.
+        version: the new version number.
+        new_model: its `SessionAnomalyModel`.
+        split: evaluation rows (with labels when `criterion` is PR-AUC).
+        criterion: "pr_auc" or "em_mv_rank" (compared by Excess-Mass).
+        margin: required relative improvement over the champion, e.g. 0.01 = 1%.
+        seed: seed of the Monte Carlo volume estimate (label-free comparison).
+
+    Returns:
+        The decision, also written as tags on the version.
+    """
+    client = mlflow_client(settings)
+    name = settings.model_name
+    decision = _decide(settings, client, version, new_model, split, criterion, margin, seed)
+    if decision.decision == "promoted":
+        if decision.champion_version is not None:
+            client.set_registered_model_alias(name, PREVIOUS, decision.champion_version)
+        client.set_registered_model_alias(name, CHAMPION, version)
+        challenger = _version_by_alias(client, name, CHALLENGER)
+        if challenger is not None and str(challenger.version) == version:
+            client.delete_registered_model_alias(name, CHALLENGER)
+    elif decision.decision == "challenger":
+        client.set_registered_model_alias(name, CHALLENGER, version)
+    for key, value in decision.as_tags().items():
+        client.set_model_version_tag(name, version, key, value)
+    log.info("%s v%s %s: %s", name, version, decision.decision, decision.reason)
+    return decision
+
