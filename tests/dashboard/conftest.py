@@ -1,0 +1,76 @@
+"""Fixtures of the dashboard tests: a private store, queues, SMTP sink and a served app."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import threading
+import uuid
+from pathlib import Path
+from types import ModuleType
+
+import pika
+import pytest
+import uvicorn
+
+from evguard.services.process import wait_until
+from evguard.settings import Settings
+from monitoring.rabbit import declare_queue, dlq_name
+
+KIT = Path(__file__).resolve().parents[1] / "monitoring" / "score_messages.py"
+
+
+@pytest.fixture
+def kit() -> ModuleType:
+    """tests/monitoring/score_messages.py (tests run in importlib mode: no sibling imports)."""
+    name = "evguard_tests_score_messages"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, KIT)
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+@pytest.fixture
+def dash_settings(rabbit_settings: Settings, tmp_path, kit) -> Settings:
+    tag = uuid.uuid4().hex[:8]
+    settings = rabbit_settings.model_copy(update={
+        "state_dir": tmp_path / "state",
+        "rabbitmq_exchange": f"ev.scores.dash-{tag}",
+        "monitoring_queue": f"monitoring-dash-{tag}",
+        "alerts_queue": f"alerts-dash-{tag}",
+        "monitoring_db_url": f"sqlite:///{tmp_path / 'monitoring.db'}",
+        "mlflow_tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "dashboard_port": kit.free_port(),
+        "smtp_port": kit.free_port(),
+        "metrics_port": kit.free_port(),
+        "monitor_window_s": 3600,
+        "monitor_min_volume": 20,
+    })
+    with pika.BlockingConnection(pika.URLParameters(settings.rabbitmq_url)) as conn:
+        ch = conn.channel()
+        declare_queue(ch, settings.rabbitmq_exchange, settings.monitoring_queue, "score.#")
+        declare_queue(ch, settings.rabbitmq_exchange, settings.alerts_queue, "score.*.anomaly")
+    yield settings
+    with pika.BlockingConnection(pika.URLParameters(settings.rabbitmq_url)) as conn:
+        ch = conn.channel()
+        for queue in (settings.monitoring_queue, settings.alerts_queue):
+            ch.queue_delete(queue)
+            ch.queue_delete(dlq_name(queue))
+        ch.exchange_delete(settings.rabbitmq_exchange)
+
+
+@pytest.fixture
+def served(dash_settings):
+    """The dashboard app on a real uvicorn server; yields its base URL."""
+    from dashboard.app import create_app
+
+    config = uvicorn.Config(create_app(dash_settings, champion_refresh_s=2.0), host="127.0.0.1",
+                            port=dash_settings.dashboard_port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    assert wait_until(lambda: server.started, 15)
+    yield f"http://127.0.0.1:{dash_settings.dashboard_port}"
+    server.should_exit = True
+    thread.join(10)
