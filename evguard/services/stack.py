@@ -148,6 +148,17 @@ class LocalStack:
             start_timeout=60,
         )
 
+    def dashboard_process(self) -> ManagedProcess:
+        """The live dashboard (started by the demo, not by `up`; stopped by `down`)."""
+        from evguard.settings import settings_env
+
+        s = self.settings
+        evguard = str(Path(sys.executable).parent / "evguard")
+        return ManagedProcess(
+            name="dashboard", command=[evguard, "dashboard"], run_dir=self.run_dir,
+            port=s.dashboard_port, env={**settings_env(s), **prefect_env(s)}, start_timeout=60,
+            health=lambda: _http_ok(f"http://127.0.0.1:{s.dashboard_port}/"))
+
     def smtp_process(self) -> ManagedProcess:
         s = self.settings
         return ManagedProcess(
@@ -230,7 +241,8 @@ class LocalStack:
         return stopped
 
     def _processes(self) -> list[ManagedProcess]:
-        return [self.prefect_worker_process(), self.mlflow_ui_process(), self.smtp_process(),
+        return [self.dashboard_process(), self.prefect_worker_process(),
+                self.mlflow_ui_process(), self.smtp_process(),
                 self.prefect_process(), self.kafka_process(), self.rabbitmq_process()]
 
     def status(self) -> list[ServiceStatus]:

@@ -1,0 +1,247 @@
+"""`evguard demo`: the whole platform end to end on the embedded local stack.
+
+Every step goes through the same path a user takes: the local services, the
+Prefect deployments of `prefect.yaml` run by a Prefect process worker, MLflow,
+Kafka, RabbitMQ, the consumers and the dashboard. The demo only sequences them
+and waits on observable outcomes (a finished flow run, stored scores, emails).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import httpx
+
+from evguard.services.process import ServiceError, wait_until
+from evguard.services.stack import ALL_SERVICES, LocalStack, prefect_env
+from evguard.settings import Settings, settings_env
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+LONG_RUNNING = ("serve_flow/serve", "monitor_flow/monitor", "alert_flow/alert")
+
+
+class DemoError(RuntimeError):
+    """A demo step failed; the message says which and where its log is."""
+
+
+@dataclass
+class DemoOptions:
+    train_sessions: int = 4000
+    replay_sessions: int = 2000
+    rate: float = 1000.0
+    anomaly_rate: float = 0.02
+    seed: int = 7
+    acn_paths: tuple[str, ...] = ()
+    keep_running: bool = False
+    timeout_s: float = 240.0
+
+
+@dataclass
+class DemoSummary:
+    timings: dict[str, float] = field(default_factory=dict)
+    replayed: int = 0
+    scored: int = 0
+    anomalies: int = 0
+    alerts_sent: int = 0
+    emails: list[Path] = field(default_factory=list)
+    champion: dict = field(default_factory=dict)
+    urls: dict[str, str] = field(default_factory=dict)
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """Environment of every process the demo starts: the same settings, same Prefect API."""
+    return {**os.environ, **settings_env(settings), **prefect_env(settings)}
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def deploy_all(settings: Settings) -> None:
+    """`prefect deploy --all` from the project root, so every deployment appears in the UI."""
+    prefect = str(Path(sys.executable).parent / "prefect")
+    result = subprocess.run([prefect, "--no-prompt", "deploy", "--all"], cwd=PROJECT_ROOT,
+                            env=child_env(settings), capture_output=True, text=True)
+    if result.returncode != 0:
+        raise DemoError(f"prefect deploy --all failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+
+
+class Demo:
+    """Runs the steps in order; `log` receives one line per step."""
+
+    def __init__(self, settings: Settings, options: DemoOptions,
+                 log: Callable[[str], None] = print) -> None:
+        self.settings = settings
+        self.options = options
+        self.log = log
+        self.stack = LocalStack(settings)
+        self.summary = DemoSummary()
+        self.flow_runs: dict[str, str] = {}
+        os.environ.update(prefect_env(settings))  # this process talks to the same Prefect API
+
+    def step(self, name: str, fn: Callable[[], object]) -> object:
+        t0 = time.monotonic()
+        self.log(f"▶ {name} …")
+        result = fn()
+        self.summary.timings[name] = round(time.monotonic() - t0, 1)
+        self.log(f"✔ {name} ({self.summary.timings[name]:.1f}s)")
+        return result
+
+    def run(self) -> DemoSummary:
+        t0 = time.monotonic()
+        try:
+            self.step("services up (with MLflow UI)", lambda: self.stack.up(ALL_SERVICES, ui=True))
+            self.step("prefect deploy --all", lambda: deploy_all(self.settings))
+            self.step("prefect worker", self._start_worker)
+            self.step("ingest (deployment ingest-daily)", self._ingest)
+            self.step("train + promote (deployment train-weekly)", self._train)
+            self.step("serve, monitor, alert deployments + dashboard", self._start_streaming)
+            self.step("replay sessions through Kafka", self._replay)
+            self.step("wait for every score to be stored", self._wait_scored)
+            self.step("wait for alert emails", self._wait_alerts)
+            self._collect()
+        finally:
+            self.summary.timings["total"] = round(time.monotonic() - t0, 1)
+            if not self.options.keep_running:
+                self.stop()
+        return self.summary
+
+    # ---- steps -------------------------------------------------------------
+    def _start_worker(self) -> None:
+        proc = self.stack.prefect_worker_process()
+        proc.env = {**proc.env, **settings_env(self.settings)}
+        proc.start()
+
+    def _run(self, name: str, params: dict, wait: bool = True) -> str:
+        from prefect.deployments import run_deployment
+
+        run = run_deployment(name, parameters=params, timeout=None if wait else 0,
+                             poll_interval=1)
+        self.flow_runs[name] = str(run.id)
+        if wait and not run.state.is_completed():
+            raise DemoError(f"{name}: flow run {run.id} ended {run.state.type.value}: "
+                            f"{run.state.message}. See the Prefect UI at {self._prefect_ui()}.")
+        return str(run.id)
+
+    def _ingest(self) -> None:
+        o = self.options
+        if o.acn_paths:
+            params = {"source": "files", "paths": list(o.acn_paths)}
+        else:
+            params = {"source": "auto", "sessions": o.train_sessions, "seed": o.seed,
+                      "anomaly_rate": o.anomaly_rate}
+        self._run("ingest_flow/ingest-daily", {"params": params})
+
+    def _train(self) -> None:
+        self._run("train_flow/train-weekly", {"params": {"reason": "demo"}})
+
+    def _start_streaming(self) -> None:
+        for name in LONG_RUNNING:
+            self._run(name, {}, wait=False)
+        self.stack.dashboard_process().start()
+        metrics = f"http://127.0.0.1:{self.settings.metrics_port}/healthz"
+        if not wait_until(lambda: _http_ok(metrics), 120, interval=1):
+            raise DemoError(f"the serving worker did not become healthy ({metrics}); "
+                            f"see its flow run in the Prefect UI at {self._prefect_ui()}")
+
+    def _replay(self) -> None:
+        o = self.options
+        params = {"source": "synth", "sessions": o.replay_sessions, "seed": o.seed + 1000,
+                  "anomaly_rate": max(o.anomaly_rate, 0.02), "rate": o.rate}
+        self._run("replay_flow/replay", {"params": params})
+        self.summary.replayed = o.replay_sessions
+
+    def _wait_scored(self) -> None:
+        from pipelines.store import MonitoringStore
+
+        store = MonitoringStore(self.settings.monitoring_db)
+        try:
+            if not wait_until(lambda: store.count_scores() >= self.summary.replayed,
+                              self.options.timeout_s, interval=1):
+                raise DemoError(f"only {store.count_scores()} of {self.summary.replayed} "
+                                f"sessions were stored within {self.options.timeout_s:.0f}s")
+        finally:
+            store.close()
+
+    def _wait_alerts(self) -> None:
+        outbox = self.settings.outbox_dir
+
+        def settled() -> bool:
+            first = len(list(outbox.glob("*.eml")))
+            time.sleep(2)
+            return first > 0 and len(list(outbox.glob("*.eml"))) == first
+
+        wait_until(settled, 60, interval=0.5)
+
+    def _collect(self) -> None:
+        from sqlalchemy import text
+
+        from pipelines.registry import load_champion
+        from pipelines.store import MonitoringStore
+
+        store = MonitoringStore(self.settings.monitoring_db)
+        try:
+            with store.engine.connect() as conn:
+                self.summary.scored = conn.execute(text("select count(*) from scores")).scalar()
+                self.summary.anomalies = conn.execute(
+                    text("select count(*) from scores where is_anomaly")).scalar()
+                self.summary.alerts_sent = conn.execute(
+                    text("select count(*) from alerts where state = 'sent'")).scalar()
+        finally:
+            store.close()
+        self.summary.emails = sorted(self.settings.outbox_dir.glob("*.eml"))
+        champion = load_champion(self.settings)
+        self.summary.champion = {"name": champion.name, "version": champion.version,
+                                 "threshold": champion.threshold,
+                                 "metrics": getattr(champion, "metrics", {})}
+        s = self.settings
+        self.summary.urls = {"dashboard": f"http://127.0.0.1:{s.dashboard_port}",
+                             "prefect": self._prefect_ui(),
+                             "mlflow": f"http://127.0.0.1:{s.mlflow_ui_port}"}
+
+    def _prefect_ui(self) -> str:
+        return self.settings.prefect_api.removesuffix("/api")
+
+    # ---- shutdown ----------------------------------------------------------
+    def stop(self) -> None:
+        """Cancel the long-running flow runs, then stop every process the demo started."""
+        self._cancel_long_running()
+        self.stack.down(log=self.log)
+
+    def _cancel_long_running(self) -> None:
+        if not any(name in self.flow_runs for name in LONG_RUNNING):
+            return
+        from prefect.client.orchestration import get_client
+        from prefect.states import Cancelling
+
+        with get_client(sync_client=True) as client:
+            for name in LONG_RUNNING:
+                run_id = self.flow_runs.get(name)
+                if run_id:
+                    try:
+                        client.set_flow_run_state(run_id, Cancelling(), force=True)
+                    except Exception as exc:  # best effort: `down` stops the worker anyway
+                        self.log(f"could not cancel {name}: {exc}")
+
+        def all_final() -> bool:
+            with get_client(sync_client=True) as client:
+                return all(client.read_flow_run(self.flow_runs[n]).state.is_final()
+                           for n in LONG_RUNNING if n in self.flow_runs)
+
+        wait_until(all_final, 30, interval=1)
+
+
+def run_demo(settings: Settings, options: DemoOptions, log=print) -> DemoSummary:
+    try:
+        return Demo(settings, options, log).run()
+    except ServiceError as exc:
+        raise DemoError(str(exc)) from exc
