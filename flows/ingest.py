@@ -31,6 +31,7 @@ class IngestParams(BaseModel):
     seed: int = Field(42, description="Synthetic seed; the same seed re-ingests nothing new")
     anomaly_rate: float = Field(0.02, ge=0, le=1, description="Synthetic anomaly fraction")
     paths: list[str] = Field(default_factory=list, description="Export files or directories")
+    labels: str | None = Field(None, description="files: labels JSON from `evguard data synth`")
     sites: list[AcnSite] = Field(default_factory=lambda: list(ACN_SITES), min_length=1)
     start: datetime | None = Field(None, description="ACN lower bound; default: last run")
     end: datetime | None = Field(None, description="ACN upper bound; default: now")
@@ -45,7 +46,7 @@ class IngestParams(BaseModel):
         if kind == "files":
             if not self.paths:
                 raise ValueError("source=files needs at least one path")
-            return ingest.FileSource(tuple(self.paths))
+            return ingest.FileSource(tuple(self.paths), self.labels)
         if kind == "acn":
             return ingest.AcnSource(tuple(self.sites), self.start, self.end)
         return ingest.SynthSource(self.sessions, self.seed, self.anomaly_rate)

@@ -8,6 +8,7 @@ are skipped too unless their content changed.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -49,9 +50,10 @@ class SynthSource:
 
 @dataclass(frozen=True)
 class FileSource:
-    """ACN export files (or directories of them)."""
+    """ACN export files (or directories of them), with an optional labels file."""
 
     paths: tuple[str, ...]
+    labels: str | None = None  # JSON `sessionID -> anomaly type`, as `evguard data synth` writes
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,8 @@ def load_source(settings, source: Source, progress: Progress | None = None,
     if isinstance(source, SynthSource):
         return generate_sessions(source.sessions, source.seed, source.anomaly_rate)
     if isinstance(source, FileSource):
-        return load_exports(source.paths), {}
+        labels = json.loads(Path(source.labels).read_text()) if source.labels else {}
+        return load_exports(source.paths), labels
     retry = RetryPolicy(max_retries=settings.acn_max_retries)
     records: list[dict] = []
     with AcnClient(settings.acn_api_url, settings.acn_token.get_secret_value(),
