@@ -1,0 +1,210 @@
+"""The replay producer: stream ACN sessions into Kafka at a chosen pace.
+
+Sources are ACN export files, the newest ingest dataset, or the synthetic
+generator. Each message is the session JSON plus `schema_version`, keyed by
+`stationID` (contract §1), produced with acks=all by an idempotent producer;
+every delivery report is counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Literal, Sequence
+
+from evguard.settings import Settings
+from serving.messages import encode_session
+
+log = logging.getLogger("evguard.serving.replay")
+
+SourceKind = Literal["synthetic", "dataset", "files"]
+
+
+@dataclass(frozen=True)
+class ReplayPace:
+    """How fast to send: `rate` sessions/s, or `speedup` x real time, or (neither) at once.
+
+    With `speedup`, sessions are sent in order of `disconnectTime` (a session is
+    complete, and reported, when the car leaves), spaced by their real gaps
+    divided by `speedup`.
+    """
+
+    rate: float | None = None
+    speedup: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.rate is not None and self.speedup is not None:
+            raise ValueError("choose a rate (sessions/s) or a speed-up of real time, not both")
+        for name in ("rate", "speedup"):
+            value = getattr(self, name)
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a positive number, got {value}")
+
+
+AS_FAST_AS_POSSIBLE = ReplayPace()
+
+
+@dataclass
+class ReplayReport:
+    produced: int = 0
+    delivered: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    errors: Counter = field(default_factory=Counter)
+
+    @property
+    def rate(self) -> float:
+        return self.delivered / self.seconds if self.seconds > 0 else 0.0
+
+
+def producer_config(bootstrap: str) -> dict:
+    return {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
+            "linger.ms": 5, "client.id": "evguard-replay"}
+
+
+def load_records(source: SourceKind, settings: Settings, *, paths: Sequence[str | Path] = (),
+                 sessions: int = 1000, seed: int = 0, anomaly_rate: float = 0.02) -> list[dict]:
+    """Sessions to replay, in ACN format.
+
+    Args:
+        source: `synthetic` (the seeded generator), `dataset` (the newest ingest
+            dataset) or `files` (ACN export files).
+        settings: where datasets live.
+        paths: export files, for `files`.
+        sessions, seed, anomaly_rate: for `synthetic`.
+
+    Returns:
+        Session dicts.
+
+    Raises:
+        ValueError: a source without what it needs (no paths, no dataset).
+    """
+    if source == "synthetic":
+        from pipelines.synth import generate_sessions
+
+        records, _labels = generate_sessions(sessions, seed=seed, anomaly_rate=anomaly_rate)
+        return records
+    if source == "files":
+        if not paths:
+            raise ValueError("source 'files' needs at least one ACN export path")
+        from pipelines.exports import load_exports
+
+        return load_exports(paths)
+    if source == "dataset":
+        from pipelines.datasets import latest_dataset
+
+        return latest_dataset(settings).records()
+    raise ValueError(f"unknown source {source!r}; choose synthetic, dataset or files")
+
+
+def _event_seconds(records: Sequence[dict]) -> list[float]:
+    """Epoch seconds of each session's disconnect (connect when missing), NaN if neither."""
+    import numpy as np
+
+    from pipelines.features import parse_dates
+
+    disconnect = parse_dates([r.get("disconnectTime") for r in records])
+    connect = parse_dates([r.get("connectionTime") for r in records])
+    ns = np.where(disconnect.isna(), connect.asi8, disconnect.asi8).astype(np.float64)
+    ns[np.asarray(disconnect.isna() & connect.isna())] = np.nan
+    return (ns / 1e9).tolist()
+
+
+def schedule(records: Sequence[dict], pace: ReplayPace) -> tuple[list[dict], list[float]]:
+    """Order the records and give each a send time in seconds from the start (pure)."""
+    n = len(records)
+    if pace.rate is not None:
+        return list(records), [i / pace.rate for i in range(n)]
+    if pace.speedup is None:
+        return list(records), [0.0] * n
+    events = _event_seconds(records)
+    known = [e for e in events if not math.isnan(e)]
+    origin = min(known) if known else 0.0
+    keyed = sorted(range(n), key=lambda i: (origin if math.isnan(events[i]) else events[i], i))
+    ordered = [records[i] for i in keyed]
+    offsets = [((origin if math.isnan(events[i]) else events[i]) - origin) / pace.speedup
+               for i in keyed]
+    return ordered, offsets
+
+
+def _repeated(records: Sequence[dict], repeat: int) -> Iterator[dict]:
+    """The records `repeat` times; later rounds get a `~r<k>` sessionID suffix (unique IDs)."""
+    for k in range(repeat):
+        for record in records:
+            if k:
+                record = {**record, "sessionID": f"{record.get('sessionID')}~r{k}"}
+            yield record
+
+
+def replay(settings: Settings, records: Sequence[dict], pace: ReplayPace = AS_FAST_AS_POSSIBLE,
+           *, topic: str | None = None, repeat: int = 1,
+           progress: Callable[[ReplayReport], None] | None = None,
+           producer=None, flush_timeout_s: float = 60.0) -> ReplayReport:
+    """Produce the records to Kafka at `pace` and wait for every delivery report.
+
+    Args:
+        settings: the Kafka bootstrap servers and default topic.
+        records: ACN session dicts.
+        pace: sessions/s, a speed-up of real time, or as fast as possible.
+        topic: overrides `settings.topic_sessions`.
+        repeat: send the records this many times (unique sessionIDs per round).
+        progress: called about 10 times a second with the running report.
+        producer: a confluent-kafka Producer to use (default: a new idempotent one).
+        flush_timeout_s: how long to wait for outstanding deliveries at the end.
+
+    Returns:
+        Counts of produced, delivered and failed messages.
+    """
+    from confluent_kafka import Producer
+
+    topic = topic or settings.topic_sessions
+    producer = producer or Producer(producer_config(settings.kafka_servers))
+    report = ReplayReport()
+    ordered, offsets = schedule(records, pace)
+    span = offsets[-1] if offsets else 0.0
+    if pace.rate is not None and offsets:
+        span = len(offsets) / pace.rate
+
+    def delivered(err, _msg) -> None:
+        if err is None:
+            report.delivered += 1
+        else:
+            report.failed += 1
+            report.errors[err.str()] += 1
+
+    start = time.perf_counter()
+    next_progress = 0.0
+    for i, record in enumerate(_repeated(ordered, repeat)):
+        round_, j = divmod(i, len(ordered))
+        target = start + round_ * span + offsets[j]
+        while (wait := target - time.perf_counter()) > 0:
+            producer.poll(min(wait, 0.05))
+        value = encode_session(record)
+        key = record.get("stationID")
+        while True:
+            try:
+                producer.produce(topic, value=value, key=None if key is None else str(key),
+                                 on_delivery=delivered)
+                break
+            except BufferError:  # local queue full: let deliveries drain
+                producer.poll(0.05)
+        report.produced += 1
+        producer.poll(0)
+        if progress is not None and (now := time.perf_counter()) >= next_progress:
+            report.seconds = now - start
+            progress(report)
+            next_progress = now + 0.1
+    remaining = producer.flush(flush_timeout_s)
+    if remaining:
+        report.failed += remaining
+        report.errors["not delivered before the flush timeout"] += remaining
+    report.seconds = time.perf_counter() - start
+    if progress is not None:
+        progress(report)
+    log.info("replayed %d sessions to %s in %.1fs: %d delivered, %d failed", report.produced,
+             topic, report.seconds, report.delivered, report.failed)
+    return report

@@ -1,0 +1,422 @@
+"""The scoring worker: the consumer loop that feeds the chain, and its lifecycle.
+
+Run it with `evguard serve`, `python -m serving` or the `serve` deployment.
+The loop consumes micro-batches, submits them to the chain, pauses the
+partitions while the chain pushes back, and on a signal closes the chain,
+waits for its confirms and commits. See docs/serving.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from evguard.settings import Settings
+from serving.chain import Chain, ChainOptions, build_chain
+from serving.commit import CommitPolicy, Offsets
+from serving.dlq import (DeadLetterProducer, InvalidRatioLimit, InvalidRatioTracker,
+                         dead_letter_producer_config)
+from serving.messages import Source
+from serving.metrics import Heartbeat, MetricsServer, WorkerMetrics
+from serving.model import ChampionWatcher, IncompatibleModelError, NoChampionError
+from serving.publish import RabbitPublisher, RetryPolicy
+from serving.steps import FeatureFn, RawMessage
+from serving.strategy import Batch, DeadLetterError, InvalidRatioExceeded, MessageRejected
+
+log = logging.getLogger("evguard.serving.worker")
+batch_log = logging.getLogger("evguard.serving.batch")
+
+EXIT_OK, EXIT_ERROR, EXIT_NO_MODEL, EXIT_INVALID_RATIO, EXIT_DEAD_LETTER = 0, 1, 2, 3, 4
+STUCK_AFTER_S = 60.0
+
+
+@dataclass
+class WorkerReport:
+    consumed: int = 0
+    scored: int = 0
+    anomalies: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+
+
+def consumer_config(settings: Settings) -> dict:
+    session = settings.serve_session_timeout_ms
+    return {
+        "bootstrap.servers": settings.kafka_servers,
+        "group.id": settings.consumer_group,
+        "client.id": f"evguard-serving-{os.getpid()}",
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": session,
+        "heartbeat.interval.ms": max(500, min(3000, session // 3)),
+    }
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM/SIGINT only set `stop`; a second one acts as usual. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def handler(signum, _frame) -> None:
+        log.info("%s: finishing the batches in flight, then stopping",
+                 signal.Signals(signum).name)
+        stop.set()
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class ScoringWorker:
+    """One member of the consumer group: Kafka -> chain -> RabbitMQ, at-least-once."""
+
+    def __init__(self, settings: Settings, watcher: ChampionWatcher, feature_fn: FeatureFn,
+                 metrics: WorkerMetrics | None = None) -> None:
+        self.settings = settings
+        self.watcher = watcher
+        self.feature_fn = feature_fn
+        self.metrics = metrics or WorkerMetrics()
+        self.report = WorkerReport()
+        self.heartbeat = Heartbeat()
+        self.metrics_port: int | None = None
+        self._options = ChainOptions(
+            max_inflight_batches=settings.serve_max_inflight_batches,
+            commit_policy=CommitPolicy(settings.serve_commit_interval_ms / 1000),
+            explain_top_k=settings.serve_explain_top_k,
+            site_ids=frozenset(settings.serve_site_ids))
+        self._invalid_ratio = InvalidRatioTracker(InvalidRatioLimit(
+            settings.serve_max_invalid_ratio, settings.serve_invalid_window))
+        self._chain: Chain | None = None
+        self._held: deque[Batch] = deque()
+        self._paused = False
+        self._assigned: set[tuple[str, int]] = set()
+        self._positions: dict[tuple[str, int], int] = {}
+        self._consumer: Consumer | None = None
+        self._publisher: RabbitPublisher | None = None
+        self._dead_letters: DeadLetterProducer | None = None
+        self._last_error_log = 0.0
+
+    # ---- lifecycle ----------------------------------------------------------
+    def run(self, stop: threading.Event | None = None, idle_exit_s: float = 0.0) -> WorkerReport:
+        """Consume, score and publish until `stop` is set, a signal arrives, or idle.
+
+        Args:
+            stop: set it to stop gracefully (signals set it too, on the main thread).
+            idle_exit_s: stop after this long without messages and work in flight (0 = never).
+
+        Raises:
+            InvalidRatioExceeded: too many invalid messages (nothing of that batch committed).
+            DeadLetterError: a dead letter was not acknowledged.
+        """
+        s = self.settings
+        stop = stop or threading.Event()
+        t0 = time.monotonic()
+        server = MetricsServer(self.metrics, self.health, s.metrics_host, s.metrics_port).start()
+        self.metrics_port = server.port
+        self._publisher = RabbitPublisher(
+            s.rabbitmq_url, s.rabbitmq_exchange, self.metrics,
+            RetryPolicy(max_s=s.serve_publish_retry_max_s), s.serve_confirm_timeout_s).start()
+        self._dead_letters = DeadLetterProducer(
+            Producer(dead_letter_producer_config(s.kafka_servers)), s.topic_dlq,
+            on_written=lambda stage: self.metrics.dead_lettered.labels(stage).inc())
+        self._consumer = Consumer({**consumer_config(s), "on_commit": self._on_commit,
+                                   "error_cb": self._on_kafka_error})
+        self._consumer.subscribe([s.topic_sessions], on_assign=self._on_assign,
+                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
+        log.info("worker started: group %s topic %s -> exchange %s, model %s v%s, metrics on "
+                 "http://%s:%d/metrics", s.consumer_group, s.topic_sessions, s.rabbitmq_exchange,
+                 self.watcher.current().name, self.watcher.current().version, s.metrics_host,
+                 server.port)
+        clean = False
+        try:
+            with stop_on_signals(stop):
+                self._loop(stop, idle_exit_s)
+            clean = True
+        except InvalidRatioExceeded:
+            clean = True  # what was accepted before is consistent: finish and commit it
+            raise
+        finally:
+            self._shutdown(commit=clean)
+            server.stop()
+            self.report.seconds = time.monotonic() - t0
+        return self.report
+
+    def _shutdown(self, commit: bool) -> None:
+        s = self.settings
+        if self._chain is not None and commit:
+            self._finish_chain(s.serve_shutdown_timeout_s)
+        self._chain = None
+        self._held.clear()
+        if self._consumer is not None:
+            self._consumer.close()
+        if self._dead_letters is not None:
+            self._dead_letters.close(5.0)
+        if self._publisher is not None:
+            self._publisher.close()
+        log.info("worker stopped: consumed %d, scored %d, anomalies %d, dead-lettered %d",
+                 self.report.consumed, self.report.scored, self.report.anomalies,
+                 self.report.dead_lettered)
+
+    # ---- the loop -----------------------------------------------------------
+    def _loop(self, stop: threading.Event, idle_exit_s: float) -> None:
+        s = self.settings
+        consumer = self._consumer
+        timeout = s.serve_batch_timeout_ms / 1000
+        last_message = time.monotonic()
+        next_lag = next_summary = time.monotonic()
+        while not stop.is_set():
+            self.heartbeat.beat()
+            self._submit_held()
+            messages = consumer.consume(s.serve_batch_size, 0.05 if self._paused else timeout)
+            batch = self._to_batch(messages)
+            if batch is not None:
+                last_message = time.monotonic()
+                self._held.append(batch)
+                self._submit_held()
+            if self._chain is not None:
+                self._chain.head.poll()
+            now = time.monotonic()
+            if now >= next_lag:
+                self._update_lag()
+                next_lag = now + 5.0
+            if now >= next_summary:
+                self._log_summary()
+                next_summary = now + 30.0
+            if idle_exit_s and now - last_message >= idle_exit_s and self._idle():
+                log.info("no messages for %.0fs and nothing in flight: stopping", idle_exit_s)
+                return
+
+    def _submit_held(self) -> None:
+        while self._held and self._chain is not None:
+            try:
+                self._chain.head.submit(self._held[0])
+            except MessageRejected:
+                self._pause()
+                return
+            self._held.popleft()
+        if not self._held:
+            self._resume()
+
+    def _pause(self) -> None:
+        if not self._paused and self._consumer is not None:
+            self._consumer.pause(self._consumer.assignment())
+            self._paused = True
+            self.metrics.paused.set(1)
+            log.info("backpressure: consumption paused (RabbitMQ %s)",
+                     "ready" if self._publisher.ready else "unavailable")
+
+    def _resume(self) -> None:
+        if self._paused and self._consumer is not None:
+            self._consumer.resume(self._consumer.assignment())
+            self._paused = False
+            self.metrics.paused.set(0)
+            log.info("consumption resumed")
+
+    def _to_batch(self, messages: list) -> Batch | None:
+        raw: list[RawMessage] = []
+        offsets: Offsets = {}
+        for m in messages:
+            err = m.error()
+            if err is not None:
+                self._on_kafka_error(err)
+                continue
+            topic, partition, offset = m.topic(), m.partition(), m.offset()
+            raw.append(RawMessage(m.value(), m.key(), Source(topic, partition, offset,
+                                                             m.timestamp()[1])))
+            offsets[(topic, partition)] = offset + 1
+        if not raw:
+            return None
+        self._positions.update(offsets)
+        return Batch(offsets=offsets, raw=raw)
+
+    def _idle(self) -> bool:
+        chain = self._chain
+        return not self._held and (chain is None or chain.idle())
+
+    # ---- chain per assignment ---------------------------------------------------
+    def _new_chain(self) -> Chain:
+        return build_chain(
+            commit=self._commit, publisher=self._publisher, dead_letters=self._dead_letters,
+            invalid_ratio=self._invalid_ratio, current_model=self._current_model,
+            feature_fn=self.feature_fn, metrics=self.metrics, options=self._options,
+            on_done=self._on_batch_done)
+
+    def _current_model(self):
+        return self.watcher.current()
+
+    def _finish_chain(self, timeout: float) -> None:
+        chain = self._chain
+        self._chain = None
+        chain.head.close()
+        chain.head.join(timeout)
+        chain.publish.discard()
+
+    def _on_assign(self, _consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned = {(tp.topic, tp.partition) for tp in partitions}
+        self._paused = False
+        self.metrics.paused.set(0)
+        if self._chain is None:
+            self._chain = self._new_chain()
+        log.info("assigned partitions %s", sorted(p for _t, p in self._assigned))
+
+    def _on_revoke(self, _consumer, partitions: list[TopicPartition]) -> None:
+        log.info("partitions %s revoked: finishing what is in flight",
+                 sorted(tp.partition for tp in partitions))
+        self._held.clear()  # not accepted yet: the next owner reads them again
+        if self._chain is not None:
+            self._finish_chain(self.settings.serve_shutdown_timeout_s)
+        self._assigned = set()
+
+    def _on_lost(self, _consumer, partitions: list[TopicPartition]) -> None:
+        log.warning("partitions %s lost (session timed out): dropping work in flight, "
+                    "committing nothing", sorted(tp.partition for tp in partitions))
+        self._held.clear()
+        if self._chain is not None:
+            self._chain.publish.discard()
+            self._chain = None
+        self._assigned = set()
+
+    def _commit(self, offsets: Offsets, sync: bool) -> None:
+        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()
+               if (t, p) in self._assigned]
+        if not tps:
+            return
+        try:
+            self._consumer.commit(offsets=tps, asynchronous=not sync)
+        except KafkaException as exc:
+            log.warning("offset commit failed (%s); those messages may be scored again", exc)
+
+    # ---- callbacks and reporting ------------------------------------------------
+    def _on_commit(self, err, _partitions) -> None:
+        if err is not None and err.code() != KafkaError._NO_OFFSET:
+            log.warning("offset commit failed (%s); those messages may be scored again", err)
+
+    def _on_kafka_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            raise KafkaException(err)
+        now = time.monotonic()
+        if now - self._last_error_log > 10:
+            self._last_error_log = now
+            log.warning("kafka: %s (retrying)", err.str())
+
+    def _on_batch_done(self, batch: Batch) -> None:
+        r = self.report
+        r.batches += 1
+        r.consumed += batch.size
+        r.scored += len(batch.results)
+        r.anomalies += batch.anomalies
+        r.dead_lettered += len(batch.invalid)
+        if batch_log.isEnabledFor(logging.INFO):
+            t = batch.timings
+            batch_log.info(
+                "batch n=%d scored=%d anomalies=%d dead=%d model=v%s decode_ms=%.1f "
+                "score_ms=%.1f explain_ms=%.1f encode_ms=%.1f confirm_ms=%.1f batch_ms=%.1f "
+                "e2e_max_ms=%.1f", batch.size, len(batch.results), batch.anomalies,
+                len(batch.invalid), batch.model_version, t.get("decode_ms", 0),
+                t.get("score_ms", 0), t.get("explain_ms", 0), t.get("encode_ms", 0),
+                t.get("confirm_ms", 0), t.get("batch_ms", 0), t.get("e2e_max_ms", 0))
+
+    def _update_lag(self) -> None:
+        for (topic, partition) in self._assigned:
+            try:
+                _low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), cached=True)
+            except KafkaException:
+                continue
+            position = self._positions.get((topic, partition))
+            if high is not None and high >= 0 and position is not None:
+                self.metrics.consumer_lag.labels(topic, str(partition)).set(max(0, high - position))
+
+    def _log_summary(self) -> None:
+        r = self.report
+        log.info("serving: consumed %d, scored %d, anomalies %d, dead-lettered %d, model v%s, "
+                 "partitions %s%s", r.consumed, r.scored, r.anomalies, r.dead_lettered,
+                 self.watcher.current().version, sorted(p for _t, p in self._assigned),
+                 ", PAUSED" if self._paused else "")
+
+    def health(self) -> tuple[bool, dict]:
+        age = self.heartbeat.age()
+        publisher_ok = self._publisher is not None and self._publisher.ready
+        ok = age < STUCK_AFTER_S
+        status = "stuck" if not ok else ("ok" if publisher_ok else "degraded")
+        return ok, {"status": status, "loop_age_s": round(age, 3),
+                    "rabbitmq": "connected" if publisher_ok else "unavailable",
+                    "paused": self._paused,
+                    "partitions": sorted(p for _t, p in self._assigned),
+                    "model_version": str(self.watcher.current().version)}
+
+
+@dataclass
+class ServeOutcome:
+    """How a worker run ended: the process exit code, why, and its counts."""
+
+    code: int
+    message: str
+    report: WorkerReport
+
+
+def run_worker(settings: Settings, stop: threading.Event | None = None,
+               idle_exit_s: float = 0.0) -> ServeOutcome:
+    """Serve the champion until stopped (signal, `stop`, or idle).
+
+    Exit codes: 0 stopped cleanly, 1 Kafka unreachable, 2 no usable champion,
+    3 invalid-ratio limit, 4 dead letter not acknowledged.
+    """
+    from evguard.services.process import ServiceError
+    from evguard.services.stack import ensure_topics
+    from pipelines import registry
+    from pipelines.features import FEATURE_VERSION, feature_matrix
+
+    metrics = WorkerMetrics()
+    watcher = ChampionWatcher(
+        load=lambda: registry.load_champion(settings),
+        poll_version=lambda: registry.champion_version(settings),
+        interval_s=settings.serve_model_poll_s, feature_version=FEATURE_VERSION,
+        on_swap=metrics.observe_model, on_error=metrics.model_reload_errors.inc)
+    empty = WorkerReport()
+    try:
+        watcher.start()
+    except (NoChampionError, IncompatibleModelError) as exc:
+        return ServeOutcome(EXIT_NO_MODEL, f"cannot serve: {exc}", empty)
+    try:
+        ensure_topics(settings, timeout=10)
+    except ServiceError as exc:
+        watcher.stop()
+        return ServeOutcome(EXIT_ERROR, f"Kafka is not usable at {settings.kafka_servers} ({exc}); "
+                            "start it with `evguard services up`", empty)
+    worker = ScoringWorker(settings, watcher, feature_matrix, metrics)
+    try:
+        report = worker.run(stop, idle_exit_s)
+    except InvalidRatioExceeded as exc:
+        return ServeOutcome(EXIT_INVALID_RATIO, f"STOPPED: {exc}", worker.report)
+    except DeadLetterError as exc:
+        return ServeOutcome(EXIT_DEAD_LETTER, f"STOPPED: {exc}", worker.report)
+    finally:
+        watcher.stop()
+    return ServeOutcome(EXIT_OK, "stopped cleanly", report)
+
+
+def configure_logging(level: int = logging.INFO, batches: bool = True) -> None:
+    """One line per event on stderr; pika's own chatter only from warnings up."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("pika").setLevel(logging.WARNING)
+    batch_log.setLevel(logging.INFO if batches else logging.WARNING)

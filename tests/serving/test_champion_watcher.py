@@ -1,0 +1,80 @@
+"""The champion watcher: loads off the hot path, swaps between batches, survives the registry."""
+
+from __future__ import annotations
+
+import pytest
+
+from serving.model import ChampionWatcher, IncompatibleModelError, NoChampionError
+from tests.serving.stand_ins import PowerScorer
+
+
+class Registry:
+    """A registry stand-in the watcher polls: the version behind the alias, or a failure."""
+
+    def __init__(self, version: str | None) -> None:
+        self.version = version
+        self.down = False
+        self.loads = 0
+        self.feature_version = PowerScorer.feature_version
+
+    def poll(self) -> str | None:
+        if self.down:
+            raise ConnectionError("registry unreachable")
+        return self.version
+
+    def load(self) -> PowerScorer:
+        self.loads += 1
+        model = PowerScorer(version=self.version)
+        model.feature_version = self.feature_version
+        return model
+
+
+def watcher(reg: Registry, **kw) -> ChampionWatcher:
+    return ChampionWatcher(reg.load, reg.poll, interval_s=0, feature_version="f1", **kw)
+
+
+def test_no_champion_at_start_is_a_clear_error():
+    with pytest.raises(NoChampionError, match="evguard train"):
+        watcher(Registry(None)).start()
+
+
+def test_a_model_for_other_features_is_refused_at_start():
+    reg = Registry("1")
+    reg.feature_version = "f0"
+    with pytest.raises(IncompatibleModelError, match="f0"):
+        watcher(reg).start()
+
+
+def test_a_new_champion_is_loaded_in_the_background_and_swapped_on_the_next_batch():
+    reg = Registry("1")
+    swaps = []
+    w = watcher(reg, on_swap=lambda m: swaps.append(m.version))
+    assert w.start().version == "1"
+    w.check_now()
+    assert reg.loads == 1  # same version: nothing loaded
+    reg.version = "2"
+    w.check_now()
+    assert reg.loads == 2 and swaps == ["1"]  # loaded, not yet serving
+    assert w.current().version == "2" and swaps == ["1", "2"]
+
+
+def test_registry_down_or_alias_gone_keeps_the_loaded_model():
+    reg = Registry("1")
+    errors = []
+    w = watcher(reg, on_error=lambda: errors.append(1))
+    w.start()
+    reg.down = True
+    w.check_now()
+    reg.down, reg.version = False, None
+    w.check_now()
+    assert w.current().version == "1" and errors == [1]
+
+
+def test_an_incompatible_new_champion_is_not_swapped_in_nor_reloaded_every_poll():
+    reg = Registry("1")
+    w = watcher(reg)
+    w.start()
+    reg.version, reg.feature_version = "2", "f9"
+    w.check_now()
+    w.check_now()
+    assert w.current().version == "1" and reg.loads == 2

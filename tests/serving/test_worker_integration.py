@@ -1,0 +1,128 @@
+"""The worker against the real Kafka-compatible broker, RabbitMQ and an MLflow champion."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import httpx
+import orjson
+import pytest
+from confluent_kafka import Consumer
+
+from pipelines.synth import generate_sessions
+from serving.messages import encode_session, routing_key
+from tests.conftest import free_port
+from tests.serving.helpers import InProcessWorker, produce
+
+
+def synthetic(n: int, seed: int = 3, anomaly_rate: float = 0.05) -> list[dict]:
+    records, _ = generate_sessions(n, seed=seed, anomaly_rate=anomaly_rate)
+    return records
+
+
+def read_topic(settings, topic: str, count: int, timeout: float = 20.0) -> list:
+    consumer = Consumer({"bootstrap.servers": settings.kafka_servers,
+                         "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    messages = []
+    deadline = time.monotonic() + timeout
+    while len(messages) < count and time.monotonic() < deadline:
+        messages += [m for m in consumer.consume(100, 0.2) if m.error() is None]
+    consumer.close()
+    return messages
+
+
+def test_every_session_produced_gets_one_result_with_its_routing_key(serving_settings,
+                                                                     result_queue,
+                                                                     champion_store):
+    records = synthetic(600)
+    produce(serving_settings, [encode_session(r) for r in records],
+            [r["stationID"] for r in records])
+    port = free_port()
+    worker = InProcessWorker(serving_settings.model_copy(update={"metrics_port": port}))
+    results = result_queue.wait_for(lambda r: len(r.bodies) >= len(records))
+    by_session = {b["sessionID"]: (b, k) for b, k in zip(results.bodies, results.keys)}
+    assert set(by_session) == {r["sessionID"] for r in records}
+    assert results.duplicates() == 0
+    for record in records:
+        body, key = by_session[record["sessionID"]]
+        assert key == routing_key(record["siteID"], body["is_anomaly"])
+        assert body["is_anomaly"] == (body["score"] >= body["threshold"])
+        assert body["model"]["version"] == champion_store["version"]
+        assert (body["explanation"] != []) == body["is_anomaly"]
+    flagged = sum(b["is_anomaly"] for b in results.bodies)
+    assert 0 < flagged < len(records) / 2
+
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    assert f"evguard_serving_scored_total {float(len(records))}" in metrics
+    assert f"evguard_serving_anomalies_total {float(flagged)}" in metrics
+    assert f'version="{champion_store["version"]}"' in metrics
+    assert "evguard_serving_end_to_end_seconds_bucket" in metrics
+    health = httpx.get(f"http://127.0.0.1:{port}/healthz")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    outcome = worker.finish()
+    assert outcome.code == 0 and outcome.report.scored == len(records)
+
+
+def test_planted_bad_messages_land_in_the_dlq_and_the_rest_is_scored(serving_settings,
+                                                                    result_queue):
+    good = synthetic(200, seed=4)
+    bad = [b"{not json", encode_session({**good[0], "kWhDelivered": -5.0}),
+           orjson.dumps({"hello": "world"}), b"\xff\xfe", encode_session({**good[1],
+                                                                         "siteID": "9999"})]
+    values = [encode_session(r) for r in good]
+    for i, value in enumerate(bad):  # interleave them
+        values.insert(20 + 35 * i, value)
+    produce(serving_settings, values)
+    worker = InProcessWorker(serving_settings)
+    results = result_queue.wait_for(lambda r: len(r.bodies) >= len(good))
+    dead = read_topic(serving_settings, serving_settings.topic_dlq, len(bad))
+    outcome = worker.finish()
+
+    assert results.sessions() == {r["sessionID"] for r in good} and results.duplicates() == 0
+    assert sorted(m.value() for m in dead) == sorted(bad)
+    for message in dead:
+        headers = dict(message.headers())
+        assert headers["source_topic"].decode() == serving_settings.topic_sessions
+        assert headers["error"]
+        position = (int(headers["source_partition"]), int(headers["source_offset"]))
+        original = read_at(serving_settings, *position)
+        assert original == message.value()
+    assert outcome.report.dead_lettered == len(bad)
+
+
+def read_at(settings, partition: int, offset: int) -> bytes:
+    from confluent_kafka import TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": settings.kafka_servers,
+                         "group.id": f"reader-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False})
+    consumer.assign([TopicPartition(settings.topic_sessions, partition, offset)])
+    try:
+        for _ in range(50):
+            message = consumer.poll(0.2)
+            if message is not None and message.error() is None:
+                return message.value()
+    finally:
+        consumer.close()
+    raise AssertionError(f"nothing at partition {partition} offset {offset}")
+
+
+def test_a_producer_gone_mad_stops_the_worker_loudly(serving_settings, result_queue):
+    settings = serving_settings.model_copy(update={"serve_max_invalid_ratio": 0.3,
+                                                   "serve_invalid_window": 100})
+    produce(settings, [encode_session(r) for r in synthetic(50, seed=5)] + [b"garbage"] * 150)
+    worker = InProcessWorker(settings)
+    worker.thread.join(30)
+    outcome = worker.finish()
+    assert outcome.code == 3 and "invalid" in outcome.message
+
+
+def test_no_champion_at_start_exits_with_a_clear_message(serving_settings, tmp_path):
+    from serving.worker import EXIT_NO_MODEL, run_worker
+
+    empty = serving_settings.model_copy(update={
+        "mlflow_tracking_uri": f"sqlite:///{tmp_path}/empty.db", "state_dir": tmp_path})
+    outcome = run_worker(empty)
+    assert outcome.code == EXIT_NO_MODEL and "evguard train" in outcome.message
