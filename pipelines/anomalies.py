@@ -146,9 +146,15 @@ def inject_anomalies(records: list[dict], rate: float, seed: int,
     if unknown or not types:
         raise ValueError(f"unknown anomaly types {sorted(unknown)}; choose from {ANOMALY_TYPES}")
     rng = np.random.default_rng(seed)
-    eligible = [i for i, r in enumerate(records) if _get(r, "connectionTime") and r.get("sessionID")]
-    count = min(len(eligible), round(rate * len(records)))
-    chosen = sorted(rng.choice(eligible, size=count, replace=False).tolist()) if count else []
+    wanted = round(rate * len(records))
+    chosen: list[int] = []
+    for i in rng.permutation(len(records)).tolist() if wanted else []:
+        if len(chosen) == wanted:
+            break
+        if records[i].get("sessionID") and _get(records[i], "connectionTime"):
+            chosen.append(i)
+    chosen.sort()
+    count = len(chosen)
     kinds = rng.permutation(np.resize(np.array(types), count)).tolist() if count else []
     out = list(records)
     labels: dict[str, str] = {}

@@ -144,6 +144,8 @@ def _user_inputs(rng: np.random.Generator, connect: float, disconnect: float, de
                  user: int) -> list[dict]:
     """1..32 edits; the last one is the request in force, consistent with the session."""
     n_edits = 1 if rng.random() < 0.85 else int(min(32, 1 + rng.geometric(0.55)))
+    if rng.random() < 0.002:  # the rare user who edits the request all day
+        n_edits = int(rng.integers(10, 33))
     ratio = rng.uniform(1.0, 1.3) if rng.random() < 0.01 else rng.beta(3.0, 2.0)
     wh_per_mile = int(rng.choice(_WH_PER_MILE, p=_WH_PER_MILE_P))
     miles = max(10, round(delivered / max(ratio, 0.05) * 1000 / wh_per_mile / 10) * 10)
@@ -245,5 +247,6 @@ def generate_sessions(n: int, seed: int, anomaly_rate: float = 0.0,
     records: list[dict] = []
     for profile, count in zip(profiles, counts):
         records.extend(_site_sessions(rng, profile, int(count), start_s, days))
-    records.sort(key=lambda r: (datetime.strptime(r["connectionTime"], RFC1123), r["sessionID"]))
+    # "%a, %d %b %Y %H:%M:%S GMT" does not sort as text: sort on the sessionID's UTC stamp
+    records.sort(key=lambda r: (r["sessionID"].rsplit("_", 1)[1], r["sessionID"]))
     return inject_anomalies(records, anomaly_rate, seed=int(rng.integers(2**31)))
