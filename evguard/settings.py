@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     monitor_window_s: int = Field(300, description="Monitoring window for health, drift and retraining")
     monitor_min_volume: int = Field(50, description="Fewest sessions in a window to judge drift/rate")
     drift_psi_threshold: float = Field(0.25, description="PSI of a feature or the score that means drift")
+    drift_ignore_columns: list[str] = Field(
+        ["weekday", "arrival_hour_sin", "arrival_hour_cos"],
+        description="Calendar features: a short window always looks drifted on them")
     retrain_anomaly_rate: float = Field(0.2, description="Window anomaly rate that triggers retraining")
     retrain_cooldown_s: int = Field(21600, description="Least time between two triggered retrainings")
     retrain_deployment: str = Field("train_flow/train-weekly", description="Deployment run on drift")

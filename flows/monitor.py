@@ -44,7 +44,7 @@ def publish_health(report: dict) -> None:
 
 @task(name="drain-monitoring-queue", cache_policy=NO_CACHE)
 def drain(consumer: MonitoringConsumer) -> dict:
-    return consumer.drain(idle_s=2.0).__dict__
+    return consumer.drain(idle_s=1.0).__dict__
 
 
 @task(name="evaluate-window", cache_policy=NO_CACHE)

@@ -160,7 +160,8 @@ class MonitoringConsumer:
         drift = None
         if reference:
             drift = drift_report(reference, window_samples(rows), self.policy.psi_threshold,
-                                 min_current=self.policy.min_volume)
+                                 min_current=self.policy.min_volume,
+                                 ignore=self.settings.drift_ignore_columns)
         report = health.as_dict()
         report["drift"] = drift.as_dict() if drift else None
         report["retrain"] = self._maybe_retrain(retrain_reason(health, drift, self.policy), end)

@@ -7,7 +7,7 @@ thumb for PSI: < 0.1 stable, 0.1-0.25 moderate, > 0.25 drifted.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +63,7 @@ class ColumnDrift:
     n_reference: int
     n_current: int
     drifted: bool
+    ignored: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,8 @@ class DriftReport:
 
 def drift_report(reference: Mapping[str, Sequence[float | None]],
                  current: Mapping[str, Sequence[float | None]],
-                 psi_threshold: float = 0.25, min_current: int = 1) -> DriftReport:
+                 psi_threshold: float = 0.25, min_current: int = 1,
+                 ignore: Collection[str] = ()) -> DriftReport:
     """PSI and KS of every column present in both the reference and the current window.
 
     Args:
@@ -90,6 +92,8 @@ def drift_report(reference: Mapping[str, Sequence[float | None]],
         current: column name -> values seen in the window.
         psi_threshold: a column whose PSI exceeds this is drifted.
         min_current: columns with fewer current values are reported, never drifted.
+        ignore: columns reported but never drifted, e.g. calendar features, which a
+            short window always shows as one hour and one weekday.
 
     Returns:
         One `ColumnDrift` per shared column, in the reference's order.
@@ -100,10 +104,11 @@ def drift_report(reference: Mapping[str, Sequence[float | None]],
             continue
         ref, cur = _finite(ref_values), _finite(current[name])
         value = psi(ref, cur)
-        judged = cur.size >= min_current and np.isfinite(value)
+        judged = cur.size >= min_current and np.isfinite(value) and name not in ignore
         columns.append(ColumnDrift(name=name, psi=value, ks=ks_statistic(ref, cur),
                                    n_reference=int(ref.size), n_current=int(cur.size),
-                                   drifted=bool(judged and value > psi_threshold)))
+                                   drifted=bool(judged and value > psi_threshold),
+                                   ignored=name in ignore))
     return DriftReport(columns=tuple(columns), psi_threshold=psi_threshold)
 
 

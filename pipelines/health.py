@@ -186,7 +186,8 @@ def report_markdown(report: dict) -> str:
     else:
         lines += ["| column | PSI | KS | drifted |", "|---|---:|---:|---|"]
         lines += [f"| {c['name']} | {c['psi']:.3f} | {c['ks']:.3f} | "
-                  f"{'**yes**' if c['drifted'] else 'no'} |" for c in drift["columns"]]
+                  f"{'**yes**' if c['drifted'] else 'ignored' if c.get('ignored') else 'no'} |"
+                  for c in drift["columns"]]
     return "\n".join(lines) + "\n"
 
 
@@ -194,5 +195,6 @@ def drift_rows(report: dict) -> list[dict]:
     """The drift table of a window report, one row per column (empty without reference)."""
     drift = report.get("drift") or {}
     return [{"column": c["name"], "psi": round(c["psi"], 4), "ks": round(c["ks"], 4),
-             "drifted": c["drifted"], "n_current": c["n_current"]}
+             "drifted": c["drifted"], "ignored": c.get("ignored", False),
+             "n_current": c["n_current"]}
             for c in drift.get("columns", [])]

@@ -279,7 +279,7 @@ function drawWindow(w) {
     body.append(el("tr", { "data-column": c.name, class: c.drifted ? "drifted" : "" },
       el("td", {}, c.name), el("td", {}, num(c.psi)),
       el("td", {}, el("span", { class: "bar" + (c.drifted ? " drifted" : ""), style: `width:${width}px` }),
-        c.drifted ? el("b", { class: "drift-flag" }, " drifted") : ""),
+        c.drifted ? el("b", { class: "drift-flag" }, " drifted") : c.ignored ? el("span", { class: "hint" }, " not judged") : ""),
       el("td", {}, num(c.ks)), el("td", {}, int(c.n_current))));
   }
 }

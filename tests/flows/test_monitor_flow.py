@@ -1,7 +1,9 @@
-"""Smoke test of `monitor_flow` under a Prefect test harness, with the real RabbitMQ.
+"""Smoke test of `monitor_flow` under the Prefect test harness, with the real RabbitMQ and MLflow.
 
-A stream whose anomaly rate jumps must leave a flow run of the training
-deployment with the reason as its parameter, and the window's health artifact.
+A real champion is registered (small Isolation Forest on synthetic sessions);
+a stream whose energy features have drifted away from its training data must
+leave a flow run of the training deployment with the reason as its parameter,
+and the window's health artifact.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pytest
 from monitoring.rabbit import declare_queue, dlq_name
 
 KIT = Path(__file__).resolve().parents[1] / "monitoring" / "score_messages.py"
+DRIFTED = ("kwh_delivered", "avg_kw", "charging_kw")
 
 
 def _kit():
@@ -28,12 +31,46 @@ def _kit():
     return sys.modules[name]
 
 
-@pytest.fixture(scope="session")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
+def register_champion(settings, tmp_path):
+    """Train, log and alias a small champion the way the training flow leaves one."""
+    import mlflow
+    import numpy as np
 
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
+    from pipelines import registry
+    from pipelines.estimators import make_detector
+    from pipelines.features import FEATURE_COLUMNS, FEATURE_VERSION, feature_matrix
+    from pipelines.model_package import SessionAnomalyModel
+    from pipelines.synth import generate_sessions
+
+    records, _ = generate_sessions(600, seed=3)
+    X = feature_matrix(records).to_numpy()
+    detector = make_detector("iforest", n_estimators=30, random_state=0).fit(X)
+    threshold = float(np.quantile(detector.score_samples(X), 0.98))
+    model = SessionAnomalyModel(detector, threshold, FEATURE_COLUMNS, FEATURE_VERSION, X, 0.02,
+                                "iforest-test")
+    client = registry.mlflow_client(settings)
+    experiment = client.create_experiment("monitor-flow-test",
+                                          artifact_location=(tmp_path / "art").as_uri())
+    with mlflow.start_run(experiment_id=experiment):
+        logged = mlflow.pyfunc.log_model(name="model", python_model=model)
+    version = mlflow.register_model(logged.model_uri, settings.model_name).version
+    client.set_registered_model_alias(settings.model_name, registry.CHAMPION, version)
+    return model, str(version)
+
+
+def scored_stream(kit, model, version: str, n: int, energy_factor: float) -> list[dict]:
+    """Fresh synthetic sessions, energy scaled by `energy_factor`, scored by the champion."""
+    from pipelines.features import feature_matrix
+    from pipelines.synth import generate_sessions
+
+    records, _ = generate_sessions(n, seed=11)
+    frame = feature_matrix(records)
+    for column in DRIFTED:
+        frame[column] *= energy_factor
+    scores = model.score(frame)
+    return [kit.score_message(station=r["stationID"], score=float(s), threshold=model.threshold,
+                              version=version, features=dict(row))
+            for r, s, (_, row) in zip(records, scores, frame.iterrows(), strict=True)]
 
 
 @pytest.fixture
@@ -46,16 +83,17 @@ def flow_env(rabbit_settings, tmp_path, monkeypatch):
         "RABBITMQ_EXCHANGE": f"ev.scores.flow-{tag}",
         "MONITORING_QUEUE": f"monitoring-flow-{tag}",
         "MONITORING_DB_URL": f"sqlite:///{tmp_path / 'monitoring.db'}",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'no-champion.db'}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "MONITOR_WINDOW_S": "600",
         "MONITOR_MIN_VOLUME": "50",
-        "RETRAIN_ANOMALY_RATE": "0.2",
+        "RETRAIN_ANOMALY_RATE": "0.9",  # so only drift can trigger here
         "RETRAIN_DEPLOYMENT": f"train_flow/retrain-test-{tag}",
     }
     for key, value in env.items():
         monkeypatch.setenv(f"EVGUARD_{key}", value)
     settings = rabbit_settings.model_copy(update={
-        "rabbitmq_exchange": env["RABBITMQ_EXCHANGE"], "monitoring_queue": env["MONITORING_QUEUE"]})
+        "rabbitmq_exchange": env["RABBITMQ_EXCHANGE"], "monitoring_queue": env["MONITORING_QUEUE"],
+        "mlflow_tracking_uri": env["MLFLOW_TRACKING_URI"], "state_dir": tmp_path / "state"})
     with pika.BlockingConnection(pika.URLParameters(settings.rabbitmq_url)) as conn:
         declare_queue(conn.channel(), settings.rabbitmq_exchange, settings.monitoring_queue,
                       "score.#")
@@ -67,8 +105,8 @@ def flow_env(rabbit_settings, tmp_path, monkeypatch):
         ch.exchange_delete(settings.rabbitmq_exchange)
 
 
-def test_a_stream_gone_bad_starts_the_training_deployment_with_the_reason(
-        prefect_harness, flow_env):
+def test_a_drifted_stream_starts_the_training_deployment_with_the_reason(
+        prefect_harness, flow_env, tmp_path):
     from prefect import flow
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
@@ -88,17 +126,18 @@ def test_a_stream_gone_bad_starts_the_training_deployment_with_the_reason(
 
     deployment_id = stand_in_training.to_deployment(
         name=env["RETRAIN_DEPLOYMENT"].split("/")[1]).apply()
-
+    model, version = register_champion(settings, tmp_path)
     kit = _kit()
-    messages = [kit.score_message(station=f"CA-{i % 5}", score=0.9 if i % 5 < 2 else 0.3)
-                for i in range(100)]
-    kit.publish(settings, messages)
-    result = monitor_flow(MonitorParams(once=True))
 
-    assert result["stats"]["stored"] == 100
+    kit.publish(settings, scored_stream(kit, model, version, 120, energy_factor=4.0))
+    result = monitor_flow(MonitorParams(once=True, window_seconds=600))
     report = result["report"]
-    assert report["volume"] == 100 and report["anomaly_rate"] == pytest.approx(0.4)
+    assert result["stats"]["stored"] == 120 and report["volume"] == 120
     assert report["retrain"]["state"] == "triggered"
+    drifted = {c["name"] for c in report["drift"]["columns"] if c["drifted"]}
+    # energy features drifted; durations did not, and calendar features are not judged
+    assert {"avg_kw", "kwh_delivered"} <= drifted
+    assert not drifted & {"connection_hours", "idle_hours", "weekday"}
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(deployment_filter=DeploymentFilter(
             id=DeploymentFilterId(any_=[deployment_id])))
@@ -106,5 +145,6 @@ def test_a_stream_gone_bad_starts_the_training_deployment_with_the_reason(
             key=ArtifactFilterKey(any_=["monitoring-health"])))
     assert len(runs) == 1
     assert str(runs[0].id) == report["retrain"]["flow_run_id"]
-    assert "anomaly rate 40.0% > 20.0%" in runs[0].parameters["reason"]
-    assert any("anomaly rate 40.0% > 20.0%" in a.data for a in artifacts)
+    reason = runs[0].parameters["reason"]
+    assert "drift over PSI 0.25" in reason and "avg_kw PSI" in reason
+    assert any("avg_kw PSI" in a.data for a in artifacts)

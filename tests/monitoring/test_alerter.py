@@ -91,7 +91,8 @@ def test_a_burst_from_one_station_sends_one_explained_email_per_cooldown(
     rows = alert_rows(store)
     by_station = {s: [r["state"] for r in rows if r["station_id"] == s] for s in ("CA-7", "CA-9")}
     assert by_station == {"CA-7": ["sent"] + ["suppressed"] * 5, "CA-9": ["sent", "suppressed"]}
-    assert [h["text"].split(":")[0] for h in _Hook.received] == [m["Subject"] for m in mails]
+    assert sorted(h["text"].split(":")[0] for h in _Hook.received) == sorted(
+        m["Subject"] for m in mails)  # outbox names do not keep the order within a second
     assert all(r["webhook_state"] == "sent" for r in rows if r["state"] == "sent")
 
     # a redelivered message is not alerted twice; after the cooldown the station alerts again

@@ -68,6 +68,8 @@ def test_drift_report_flags_only_shared_columns_over_the_threshold():
     assert [c.name for c in report.drifted] == ["a"]
     few = drift_report(ref, {"a": cur["a"][:10]}, min_current=50)
     assert few.drifted == []
+    calendar = drift_report(ref, cur, ignore={"a"})
+    assert calendar.drifted == [] and calendar.columns[0].ignored and calendar.columns[0].psi > 1
 
 
 def _rows(n, anomalies, station="S1"):
