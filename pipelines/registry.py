@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -84,6 +84,8 @@ class ChampionModel:
     feature_columns: list[str]
     reference: dict[str, list[float]]
     model: Any  # pipelines.model_package.SessionAnomalyModel
+    metrics: dict[str, float] = field(default_factory=dict)  # of the training run
+    tags: dict[str, str] = field(default_factory=dict)  # of the registered version
 
     def score(self, features) -> np.ndarray:
         """Anomaly score per row of `features` (higher = more anomalous)."""
@@ -110,10 +112,12 @@ def load_champion(settings: Settings) -> ChampionModel:
         raise NoChampionError(f"registered model {settings.model_name!r} has no @champion "
                               f"in {settings.mlflow_uri}; run `evguard train` first")
     model = load_model_version(settings, str(found.version))
+    metrics = client.get_run(found.run_id).data.metrics if found.run_id else {}
     return ChampionModel(name=settings.model_name, version=str(found.version),
                          threshold=model.threshold, feature_version=model.feature_version,
                          feature_columns=list(model.feature_columns),
-                         reference=model.reference, model=model)
+                         reference=model.reference, model=model, metrics=dict(metrics),
+                         tags=dict(found.tags))
 
 
 def comparison_value(model: Any, split: EvalSplit, criterion: Criterion, seed: int) -> float:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,7 +156,7 @@ def log_tuning(settings: Settings, info: DatasetInfo, split: EvalSplit, tuning: 
     experiment_id = ensure_experiment(settings, info.dataset_id)
     tags = {"dataset_id": info.dataset_id, "dataset_hash": info.content_hash,
             "feature_version": info.feature_version, "label_source": info.label_source,
-            "criterion": tuning.criterion}
+            "criterion": tuning.criterion, "reason": str(run_params.get("reason", ""))}
     best = tuning.best
     best_figures = {**candidate_figures(best, split),
                     "shap_summary.png": shap_figure(model, split, seed)} if figures else {}
@@ -182,9 +183,11 @@ def log_tuning(settings: Settings, info: DatasetInfo, split: EvalSplit, tuning: 
         table = candidates_table(tuning).to_csv(index=False).encode()
         _log_bytes(client, parent_id, {**best_figures, "candidates.csv": table})
         example = pd.DataFrame(split.X_train[:3], columns=model.feature_columns)
-        logged = mlflow.pyfunc.log_model(
-            name="model", python_model=model, signature=_signature(model.feature_columns),
-            input_example=example, pip_requirements=_requirements())
+        with warnings.catch_warnings():  # the explicit signature replaces type-hint validation
+            warnings.filterwarnings("ignore", message=".*type hints.*", category=UserWarning)
+            logged = mlflow.pyfunc.log_model(
+                name="model", python_model=model, signature=_signature(model.feature_columns),
+                input_example=example, pip_requirements=_requirements())
     return LoggedTuning(experiment_id, parent_id, children, logged.model_uri, best_figures)
 
 
