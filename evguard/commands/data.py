@@ -52,7 +52,7 @@ def synth(
     sessions: Annotated[int, typer.Option(min=1, help="Number of sessions")] = 5000,
     seed: Annotated[int, typer.Option(help="Same seed, same sessions and labels")] = 42,
     anomaly_rate: Annotated[float, typer.Option(min=0, max=1, help="Fraction of anomalies")] = 0.02,
-    out: Annotated[Path, typer.Option(help="ACN export file to write")] = Path("data/synth.json"),
+    out: Annotated[Path, typer.Option(help="ACN export file to write")] = Path("data/synth/sessions.json"),
     labels: Annotated[Path | None, typer.Option(
         help="Labels file (sessionID -> anomaly type); default <out>.labels.json")] = None,
     site: Annotated[list[str] | None, typer.Option(help=f"Sites, repeatable: {', '.join(SITES)}")]
