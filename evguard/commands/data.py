@@ -52,7 +52,8 @@ def synth(
     sessions: Annotated[int, typer.Option(min=1, help="Number of sessions")] = 5000,
     seed: Annotated[int, typer.Option(help="Same seed, same sessions and labels")] = 42,
     anomaly_rate: Annotated[float, typer.Option(min=0, max=1, help="Fraction of anomalies")] = 0.02,
-    out: Annotated[Path, typer.Option(help="ACN export file to write")] = Path("data/synth/sessions.json"),
+    out: Annotated[Path | None, typer.Option(
+        help="ACN export file to write; default <data dir>/synth/sessions.json")] = None,
     labels: Annotated[Path | None, typer.Option(
         help="Labels file (sessionID -> anomaly type); default <out>.labels.json")] = None,
     site: Annotated[list[str] | None, typer.Option(help=f"Sites, repeatable: {', '.join(SITES)}")]
@@ -62,6 +63,7 @@ def synth(
     """Write seeded synthetic sessions in the ACN export format, with a separate labels file."""
     from pipelines.synth import generate_sessions
 
+    out = out or Path(settings().data_dir) / "synth" / "sessions.json"
     labels = labels or out.with_name(out.name.removesuffix(".json") + ".labels.json")
     with _errors(), console.status(f"generating {sessions:,} sessions"):
         records, truth = generate_sessions(sessions, seed, anomaly_rate, start=_utc(start),
