@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -47,7 +48,8 @@ def test_synthetic_ingest_writes_a_dataset_and_quarantines_rule_breakers(setting
 
     assert steps == ["load", "features", "validate", "quarantine", "write"]
     assert report.quarantined == len(rule_breakers) and report.added == 600 - len(rule_breakers)
-    quarantined = [json.loads(line) for line in open(report.quarantine_path)]
+    quarantined = [json.loads(line)
+                   for line in Path(report.quarantine_path).read_text().splitlines()]
     assert {q["sessionID"] for q in quarantined} == rule_breakers
     assert all(q["failed"] for q in quarantined)
 
