@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     serve_shutdown_timeout_s: float = Field(30.0, description="On stop, wait this long for confirms")
     serve_session_timeout_ms: int = Field(
         10000, description="Kafka group session timeout: how soon a dead worker's partitions move")
+    serve_instance_id: str = Field(
+        "", description="Static group membership id, unique per worker: a restarted worker takes "
+                        "its partitions back at once; empty = dynamic membership")
 
     @property
     def state_path(self) -> Path:
