@@ -74,3 +74,29 @@ def served(dash_settings):
     yield f"http://127.0.0.1:{dash_settings.dashboard_port}"
     server.should_exit = True
     thread.join(10)
+
+
+@pytest.fixture
+def register_champion(dash_settings, tmp_path):
+    """Registers a model version with the `champion` alias, as the training flow leaves it."""
+
+    def register() -> None:
+        from pipelines.registry import CHAMPION, mlflow_client
+
+        client = mlflow_client(dash_settings)
+        experiment = client.create_experiment("dashboard-test",
+                                              artifact_location=(tmp_path / "art").as_uri())
+        run = client.create_run(experiment)
+        for name, value in {"pr_auc": 0.81, "recall_at_budget": 0.74, "roc_auc": 0.93}.items():
+            client.log_metric(run.info.run_id, name, value)
+        client.set_terminated(run.info.run_id)
+        client.create_registered_model(dash_settings.model_name)
+        (tmp_path / "model").mkdir()
+        version = client.create_model_version(dash_settings.model_name,
+                                              source=str(tmp_path / "model"),
+                                              run_id=run.info.run_id)
+        client.set_registered_model_alias(dash_settings.model_name, CHAMPION, version.version)
+        client.set_model_version_tag(dash_settings.model_name, version.version, "decision_reason",
+                                     "first valid model: no champion yet")
+
+    return register

@@ -13,27 +13,7 @@ from pipelines.score_result import parse_score_result
 from pipelines.store import MonitoringStore
 
 
-def _register_champion(settings, tmp_path) -> None:
-    """A registered model version with the `champion` alias, as the training flow leaves it."""
-    from pipelines.registry import CHAMPION, mlflow_client
-
-    client = mlflow_client(settings)
-    experiment = client.create_experiment("dashboard-test",
-                                          artifact_location=(tmp_path / "art").as_uri())
-    run = client.create_run(experiment)
-    client.log_metric(run.info.run_id, "pr_auc", 0.81)
-    client.log_metric(run.info.run_id, "recall_at_budget", 0.74)
-    client.set_terminated(run.info.run_id)
-    client.create_registered_model(settings.model_name)
-    (tmp_path / "model").mkdir()
-    version = client.create_model_version(settings.model_name, source=str(tmp_path / "model"),
-                                          run_id=run.info.run_id)
-    client.set_registered_model_alias(settings.model_name, CHAMPION, version.version)
-    client.set_model_version_tag(settings.model_name, version.version, "decision_reason",
-                                 "first valid model: no champion yet")
-
-
-def test_feed_overview_ack_and_champion(dash_settings, served, kit, tmp_path):
+def test_feed_overview_ack_and_champion(dash_settings, served, kit, register_champion):
     store = MonitoringStore(dash_settings.monitoring_db)
     now = time.time()
     results = [parse_score_result(json.dumps(kit.score_message(
@@ -71,7 +51,7 @@ def test_feed_overview_ack_and_champion(dash_settings, served, kit, tmp_path):
         assert http.post(f"/api/alerts/{alert['id']}/ack").json()["ok"] is True
         assert http.get("/api/overview").json()["totals"]["alerts_unacknowledged"] == 0
 
-        _register_champion(dash_settings, tmp_path)
+        register_champion()
 
         def champion() -> dict:
             return http.get("/api/overview").json()["champion"]
