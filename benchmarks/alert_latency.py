@@ -109,8 +109,9 @@ def main() -> None:
         for name, cmd in {"monitor": [evguard, "monitor", "--no-retrain"],
                           "alert": [evguard, "alert"],
                           "worker": [sys.executable, "-m", "serving", "--quiet-batches"]}.items():
-            procs[name] = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(logs / name, "wb"),
-                                           stderr=subprocess.STDOUT, start_new_session=True)
+            with open(logs / name, "wb") as log:
+                procs[name] = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
+                                               stderr=subprocess.STDOUT, start_new_session=True)
         store = MonitoringStore(settings.monitoring_db)
         producer = Producer({"bootstrap.servers": settings.kafka_servers, "acks": "all",
                              "enable.idempotence": True, "linger.ms": 0})
@@ -159,7 +160,7 @@ def main() -> None:
 
     def stats(key: str) -> str:
         values = sorted(r[key] * 1000 for r in rows)
-        p95 = values[min(len(values) - 1, int(round(0.95 * (len(values) - 1))))]
+        p95 = values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
         return (f"| {key} | {statistics.median(values):.0f} | {p95:.0f} | {values[0]:.0f} | "
                 f"{values[-1]:.0f} |")
 

@@ -1,0 +1,58 @@
+"""The monitoring store and the dashboard's queries on the machine's PostgreSQL (own schema)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from dashboard import queries
+from pipelines.score_result import parse_score_result
+from pipelines.store import MonitoringStore
+
+SERVER = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+def pg_url():
+    admin = sa.create_engine(SERVER)
+    try:
+        with admin.connect():
+            pass
+    except sa.exc.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432: {exc}")
+    schema = f"evguard_test_{uuid.uuid4().hex[:8]}"
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    yield f"{SERVER}?options=-csearch_path%3D{schema}"
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+def test_idempotent_writes_and_dashboard_queries_on_postgresql(pg_url, kit):
+    store = MonitoringStore(pg_url)
+    now = time.time()
+    results = [parse_score_result(json.dumps(kit.score_message(
+        station=f"CA-{i % 4}", score=0.9 if i % 5 == 0 else 0.3, scored_ts=now - 300 + i)))
+        for i in range(50)]
+    assert store.save_scores(results[:20]) == 20
+    assert store.save_scores(results) == 30  # the first 20 again: skipped
+    assert store.count_scores() == 50
+    first = store.create_alert(results[0], "critical", "pending", "s")
+    again = store.create_alert(results[0], "critical", "pending", "s")
+    assert first["id"] == again["id"]
+    store.update_alert(first["id"], state="sent", delivered_ts=now)
+    assert store.last_sent_ts(results[0].station_id) == pytest.approx(now)
+
+    totals = queries.totals(store.engine, now)
+    assert (totals["sessions"], totals["anomalies"]) == (50, 10)
+    assert sum(b["volume"] for b in queries.series(store.engine, now)) == 50
+    assert {s["station_id"] for s in queries.stations(store.engine, now)} == {
+        "CA-0", "CA-1", "CA-2", "CA-3"}
+    assert [r["session_id"] for r in queries.feed(store.engine, limit=3)] == [
+        r.session_id for r in results[:-4:-1]]
+    store.close()
