@@ -66,15 +66,35 @@ def parse_iso_ts(value: Any, name: str) -> float:
     return parsed.timestamp()
 
 
+# longest accepted identifiers; the store's columns are this wide
+MAX_LENGTH = {"sessionID": 128, "stationID": 128, "siteID": 32, "spaceID": 128, "name": 128,
+              "version": 32, "feature_version": 32}
+
+
 def _text(body: dict, key: str, required: bool = True) -> str:
     value = body.get(key)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str) or (required and not value):
         if required:
-            raise InvalidScoreResult(f"{key} must be a non-empty string, got {value!r}")
+            raise InvalidScoreResult(f"{key} must be a non-empty string, got {value!r:.80}")
         return ""
+    if len(value) > MAX_LENGTH.get(key, 256):
+        raise InvalidScoreResult(f"{key} is longer than {MAX_LENGTH.get(key, 256)} characters")
     return value
+
+
+def _finite_or_none(value: Any) -> float | None:
+    """A number as float; NaN, infinities and non-numbers become None (JSON null)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _explanation(items: list[dict]) -> list[dict[str, Any]]:
+    return [{"feature": str(item.get("feature", "?"))[:128],
+             **{k: _finite_or_none(item.get(k)) for k in ("value", "contribution", "typical")}}
+            for item in items]
 
 
 def _number(value: Any, name: str, optional: bool = False) -> float | None:
@@ -136,6 +156,6 @@ def parse_score_result(body: bytes | str) -> ScoreResult:
         connection_ts=parse_iso_ts(connection, "connectionTime") if connection else None,
         kwh_delivered=_number(data.get("kWhDelivered"), "kWhDelivered", optional=True),
         kafka_ts=kafka_ms / 1000.0 if kafka_ms else None,  # 0 = broker gave no timestamp
-        features={str(k): _number(v, f"features.{k}", optional=True) for k, v in features.items()},
-        explanation=explanation,
+        features={str(k)[:128]: _finite_or_none(v) for k, v in features.items()},
+        explanation=_explanation(explanation),
     )

@@ -35,9 +35,16 @@ def test_parse_accepts_the_contract_example_and_rejects_each_broken_field(kit):
     assert result.features["avg_kw"] == 2.4
     for field, value, words in [("score", float("nan"), "score"), ("is_anomaly", "yes", "is_anomaly"),
                                 ("sessionID", "", "sessionID"), ("scored_at", "yesterday", "scored_at"),
-                                ("model", None, "model"), ("features", [1], "features")]:
+                                ("model", None, "model"), ("features", [1], "features"),
+                                ("stationID", "x" * 129, "longer than 128")]:
         with pytest.raises(InvalidScoreResult, match=words):
             parse_score_result(_msg(kit, **{field: value}))
+    # values a JSON column cannot hold become null instead of losing the result
+    odd = parse_score_result(_msg(kit, features={"avg_kw": float("nan"), "kwh": 3},
+                                  explanation=[{"feature": "avg_kw", "value": float("inf")}]))
+    assert odd.features == {"avg_kw": None, "kwh": 3.0}
+    assert odd.explanation == [{"feature": "avg_kw", "value": None, "contribution": None,
+                                "typical": None}]
 
 
 @given(st.binary(max_size=200))
