@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from evguard.services.stack import ALL_SERVICES, LocalStack, prefect_env
 from evguard.settings import Settings, settings_env
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SUMMARY_METRICS = ("pr_auc", "roc_auc", "precision_at_k", "recall_at_budget", "em", "mv")
 LONG_RUNNING = ("serve_flow/serve", "monitor_flow/monitor", "alert_flow/alert")
 
 
@@ -99,7 +101,10 @@ class Demo:
     def run(self) -> DemoSummary:
         t0 = time.monotonic()
         try:
-            self.step("services up (with MLflow UI)", lambda: self.stack.up(ALL_SERVICES, ui=True))
+            self.step("services up", lambda: self.stack.up(ALL_SERVICES))
+            # the MLflow UI server takes a while and nothing waits on it: start it alongside
+            ui = threading.Thread(target=self.stack.mlflow_ui_process().start, daemon=True)
+            ui.start()
             self.step("prefect deploy --all", lambda: deploy_all(self.settings))
             self.step("prefect worker", self._start_worker)
             self.step("ingest (deployment ingest-daily)", self._ingest)
@@ -108,6 +113,7 @@ class Demo:
             self.step("replay sessions through Kafka", self._replay)
             self.step("wait for every score to be stored", self._wait_scored)
             self.step("wait for alert emails", self._wait_alerts)
+            ui.join(timeout=60)
             self._collect()
         finally:
             self.summary.timings["total"] = round(time.monotonic() - t0, 1)
@@ -142,7 +148,10 @@ class Demo:
         self._run("ingest_flow/ingest-daily", {"params": params})
 
     def _train(self) -> None:
-        self._run("train_flow/train-weekly", {"params": {"reason": "demo"}})
+        # a small grid keeps the demo quick; the weekly deployment searches the full one
+        params = {"reason": "demo", "n_estimators": [100], "max_samples": [256],
+                  "max_features": [1.0], "extension_levels": [1]}
+        self._run("train_flow/train-weekly", {"params": params})
 
     def _start_streaming(self) -> None:
         for name in LONG_RUNNING:
@@ -155,7 +164,7 @@ class Demo:
 
     def _replay(self) -> None:
         o = self.options
-        params = {"source": "synth", "sessions": o.replay_sessions, "seed": o.seed + 1000,
+        params = {"source": "synthetic", "sessions": o.replay_sessions, "seed": o.seed + 1000,
                   "anomaly_rate": max(o.anomaly_rate, 0.02), "rate": o.rate}
         self._run("replay_flow/replay", {"params": params})
         self.summary.replayed = o.replay_sessions
@@ -200,9 +209,11 @@ class Demo:
             store.close()
         self.summary.emails = sorted(self.settings.outbox_dir.glob("*.eml"))
         champion = load_champion(self.settings)
+        metrics = getattr(champion, "metrics", {}) or {}
         self.summary.champion = {"name": champion.name, "version": champion.version,
                                  "threshold": champion.threshold,
-                                 "metrics": getattr(champion, "metrics", {})}
+                                 "metrics": {k: v for k, v in metrics.items()
+                                             if k in SUMMARY_METRICS or k.startswith("recall_type_")}}
         s = self.settings
         self.summary.urls = {"dashboard": f"http://127.0.0.1:{s.dashboard_port}",
                              "prefect": self._prefect_ui(),
