@@ -31,8 +31,15 @@ def kit() -> ModuleType:
     return sys.modules[name]
 
 
+@pytest.fixture(scope="session")
+def dash_mlflow_uri(tmp_path_factory) -> str:
+    """One sqlite MLflow store for the dashboard tests (creating one costs seconds);
+    each test registers its own uuid-named model in it."""
+    return f"sqlite:///{tmp_path_factory.mktemp('dash-mlflow')}/mlflow.db"
+
+
 @pytest.fixture
-def dash_settings(rabbit_settings: Settings, tmp_path, kit) -> Settings:
+def dash_settings(rabbit_settings: Settings, tmp_path, kit, dash_mlflow_uri) -> Settings:
     tag = uuid.uuid4().hex[:8]
     settings = rabbit_settings.model_copy(update={
         "state_dir": tmp_path / "state",
@@ -40,7 +47,8 @@ def dash_settings(rabbit_settings: Settings, tmp_path, kit) -> Settings:
         "monitoring_queue": f"monitoring-dash-{tag}",
         "alerts_queue": f"alerts-dash-{tag}",
         "monitoring_db_url": f"sqlite:///{tmp_path / 'monitoring.db'}",
-        "mlflow_tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "mlflow_tracking_uri": dash_mlflow_uri,
+        "model_name": f"ev-session-anomaly-{tag}",
         "dashboard_port": kit.free_port(),
         "smtp_port": kit.free_port(),
         "metrics_port": kit.free_port(),
@@ -84,7 +92,7 @@ def register_champion(dash_settings, tmp_path):
         from pipelines.registry import CHAMPION, mlflow_client
 
         client = mlflow_client(dash_settings)
-        experiment = client.create_experiment("dashboard-test",
+        experiment = client.create_experiment(f"dashboard-{dash_settings.model_name}",
                                               artifact_location=(tmp_path / "art").as_uri())
         run = client.create_run(experiment)
         for name, value in {"pr_auc": 0.81, "recall_at_budget": 0.74, "roc_auc": 0.93}.items():

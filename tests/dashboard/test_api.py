@@ -44,7 +44,7 @@ def test_feed_overview_ack_and_champion(dash_settings, served, kit, register_cha
         assert {s["station_id"]: s["anomalies"] for s in overview["stations"]} == {
             "CA-0": 2, "CA-1": 2, "CA-2": 1}  # anomalies at i = 0, 4, 8, 12, 16
         assert overview["worker"]["state"] == "unreachable"
-        assert overview["champion"]["state"] == "none"
+        assert overview["champion"]["state"] in ("loading", "none")
         assert overview["links"]["prefect"].endswith(str(dash_settings.prefect_port))
 
         assert http.post("/api/alerts/999999/ack").status_code == 404
