@@ -39,13 +39,14 @@ MetricName = Literal[
     "precision_at_k",    # precision among the k highest scores, k = budget * rows
     "recall_at_budget",  # share of labelled anomalies with score >= threshold
     "alert_rate",        # share of evaluation rows with score >= threshold
+    "probe_recall",      # share of impossible-power probes with score >= threshold (gate)
     "fit_seconds",
     "score_rows_per_s",  # scoring throughput
 ]
 METRIC_NAMES: tuple[MetricName, ...] = get_args(MetricName)
 HIGHER_IS_BETTER: dict[MetricName, bool] = {
     "em": True, "mv": False, "pr_auc": True, "roc_auc": True, "precision_at_k": True,
-    "recall_at_budget": True, "alert_rate": False, "fit_seconds": False,
+    "recall_at_budget": True, "alert_rate": False, "probe_recall": True, "fit_seconds": False,
     "score_rows_per_s": True,
 }
 TYPE_RECALL_PREFIX = "recall_type_"

@@ -6,7 +6,8 @@ Aliases of the registered model `settings.model_name`:
 - `challenger`: the last version that was valid but not better.
 
 Promotion rule (`promote_if_better`): the new version must pass the gates (a
-finite threshold and a finite criterion value on the evaluation split). With no
+finite threshold, a finite criterion value on the evaluation split, and an
+alert on at least `min_probe_recall` of the impossible-power probes). With no
 champion, it becomes champion. Otherwise the champion is scored on **the same
 evaluation rows** and the new version is promoted only if
 `new > champion + margin * |champion|` on the criterion (PR-AUC with labels,
@@ -28,7 +29,7 @@ import numpy as np
 
 from evguard.settings import Settings
 from pipelines.metrics import excess_mass, label_metrics, uniform_box_sample
-from pipelines.tuning import Criterion, EvalSplit
+from pipelines.tuning import Criterion, EvalSplit, probe_recall
 
 log = logging.getLogger(__name__)
 
@@ -153,12 +154,19 @@ class PromotionDecision:
 
 
 def _decide(settings: Settings, client: Any, version: str, new_model: Any, split: EvalSplit,
-            criterion: Criterion, margin: float, seed: int) -> PromotionDecision:
+            criterion: Criterion, margin: float, seed: int,
+            min_probe_recall: float) -> PromotionDecision:
     new_value = comparison_value(new_model, split, criterion, seed)
     if not math.isfinite(new_model.threshold) or not math.isfinite(new_value):
         return PromotionDecision("rejected", f"failed the evaluation gates: threshold="
                                  f"{new_model.threshold}, {criterion}={new_value}",
                                  version, criterion, new_value)
+    if split.X_probe is not None and len(split.X_probe):
+        flagged = probe_recall(new_model.detector, split.X_probe, new_model.threshold)
+        if flagged < min_probe_recall:
+            return PromotionDecision("rejected", f"failed the probe gate: flags {flagged:.1%} of "
+                                     f"impossible-power probes, needs {min_probe_recall:.0%}",
+                                     version, criterion, new_value)
     current = _version_by_alias(client, settings.model_name, CHAMPION)
     if current is None:
         return PromotionDecision("promoted", "first valid model: no champion yet",
@@ -188,8 +196,8 @@ def _decide(settings: Settings, client: Any, version: str, new_model: Any, split
 
 
 def promote_if_better(settings: Settings, version: str, new_model: Any, split: EvalSplit,
-                      criterion: Criterion, margin: float = 0.01,
-                      seed: int = 0) -> PromotionDecision:
+                      criterion: Criterion, margin: float = 0.01, seed: int = 0,
+                      min_probe_recall: float = 0.9) -> PromotionDecision:
     """Compare a new registered version with `@champion` on `split`, then set aliases and tags.
 
     Args:
@@ -200,13 +208,15 @@ def promote_if_better(settings: Settings, version: str, new_model: Any, split: E
         criterion: "pr_auc" or "em_mv_rank" (compared by Excess-Mass).
         margin: required relative improvement over the champion, e.g. 0.01 = 1%.
         seed: seed of the Monte Carlo volume estimate (label-free comparison).
+        min_probe_recall: share of `split.X_probe` the new version must flag.
 
     Returns:
         The decision, also written as tags on the version.
     """
     client = mlflow_client(settings)
     name = settings.model_name
-    decision = _decide(settings, client, version, new_model, split, criterion, margin, seed)
+    decision = _decide(settings, client, version, new_model, split, criterion, margin, seed,
+                       min_probe_recall)
     if decision.decision == "promoted":
         if decision.champion_version is not None:
             client.set_registered_model_alias(name, PREVIOUS, decision.champion_version)

@@ -53,6 +53,10 @@ class TrainParams(BaseModel):
                                  "held out for evaluation")
     inject_rate: float = Field(0.03, ge=0, le=0.5, description="Without dataset labels: share "
                                "of held-out sessions turned into labelled anomalies (0 = none)")
+    probes: int = Field(200, ge=0, description="Held-out sessions rewritten to impossible "
+                        "power that a model must flag (0 = no probe gate)")
+    min_probe_recall: float = Field(0.9, ge=0, le=1, description="Share of probes a model "
+                                    "must flag to be chosen or promoted")
     promotion_margin: float = Field(0.01, ge=0, le=1, description="Relative improvement over "
                                     "the champion required for promotion")
     tolerance: float = Field(0.005, ge=0, description="PR-AUC differences below this are ties; "
@@ -72,7 +76,7 @@ class TrainParams(BaseModel):
     def tuning_config(self) -> TuningConfig:
         return TuningConfig(alert_budget=self.alert_budget, seed=self.seed, n_jobs=self.n_jobs,
                             tolerance=self.tolerance, em_draws=self.em_draws,
-                            em_uniform=self.em_uniform)
+                            em_uniform=self.em_uniform, min_probe_recall=self.min_probe_recall)
 
 
 class TrainingDataError(ValueError):
@@ -163,8 +167,23 @@ def prepare_data(dataset: Any, params: TrainParams) -> TrainingData:
             types, source = None, "none"
     info = DatasetInfo(dataset.dataset_id, dataset.manifest.get("content_hash", ""),
                        FEATURE_VERSION, source, len(records))
-    split = EvalSplit(X[: len(records) - n_eval], X_eval, types)
+    split = EvalSplit(X[: len(records) - n_eval], X_eval, types,
+                      impossible_power_probes(eval_records, params.probes, params.seed))
     return TrainingData(dataset.dataset_id, info, split, list(FEATURE_COLUMNS), FEATURE_VERSION)
+
+
+def impossible_power_probes(records: list[dict], n: int, seed: int) -> np.ndarray | None:
+    """Features of `n` sessions rewritten to 40-75 kWh in 8-30 min (None when `n` is 0)."""
+    from pipelines.anomalies import inject_anomalies
+    from pipelines.features import FEATURE_COLUMNS, feature_matrix
+
+    if n == 0 or not records:
+        return None
+    rng = np.random.default_rng(seed)
+    chosen = [records[i] for i in sorted(rng.choice(len(records), min(n, len(records)),
+                                                    replace=False))]
+    probes, _ = inject_anomalies(chosen, 1.0, seed=seed, types=("impossible_power",))
+    return feature_matrix(probes)[FEATURE_COLUMNS].to_numpy(dtype=np.float64)
 
 
 def _report(progress: Progress | None, stage: str, done: int, total: int) -> None:
@@ -221,7 +240,8 @@ def promote(settings: Settings, version: str, model: Any, data: TrainingData,
     from pipelines.registry import promote_if_better
 
     return promote_if_better(settings, version, model, data.split, tuning.criterion,
-                             margin=params.promotion_margin, seed=params.seed)
+                             margin=params.promotion_margin, seed=params.seed,
+                             min_probe_recall=params.min_probe_recall)
 
 
 def make_report(data: TrainingData, tuning: TuningResult, logged: Any, version: str,

@@ -14,9 +14,9 @@ from evguard.commands.common import clear_errors, console, settings
 app = typer.Typer(help="The registered anomaly model: champion, challenger, versions.",
                   no_args_is_help=True)
 
-KEY_METRICS = ("pr_auc", "roc_auc", "precision_at_k", "recall_at_budget", "em", "mv")
-HEADERS = {"pr_auc": "PR-AUC", "roc_auc": "ROC-AUC", "precision_at_k": "P@k",
-           "recall_at_budget": "R@budget", "em": "EM", "mv": "MV"}
+KEY_METRICS = ("pr_auc", "precision_at_k", "recall_at_budget", "probe_recall", "em", "mv")
+HEADERS = {"pr_auc": "PR-AUC", "precision_at_k": "P@k", "recall_at_budget": "R@budget",
+           "probe_recall": "probes", "em": "EM", "mv": "MV"}
 ALIASES = ("champion", "challenger", "previous")
 
 
@@ -66,6 +66,7 @@ def train(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from pipelines.training import TrainingDataError, TrainParams, run_training
+    from pipelines.tuning import NoEligibleCandidate
 
     s = settings()
     with clear_errors(ValidationError, ValueError):
@@ -81,7 +82,7 @@ def train(
     progress = Progress(TextColumn("{task.description:<44}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console)
     handler_logger = logging.getLogger("pipelines.training")
-    with clear_errors(TrainingDataError), progress:
+    with clear_errors(TrainingDataError, NoEligibleCandidate), progress:
         task_id = progress.add_task("starting", total=1)
         handler = _ProgressHandler(progress, task_id)
         handler_logger.addHandler(handler)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from pipelines.tuning import (
     Candidate,
     CandidateResult,
     EvalSplit,
+    NoEligibleCandidate,
     SearchSpace,
     TuningConfig,
     select_best,
@@ -32,16 +34,17 @@ def split() -> EvalSplit:
     return EvalSplit(X[train], X[held_out], types[held_out])
 
 
-SPACE = SearchSpace(n_estimators=(20, 40), max_samples=(64,), max_features=(0.5, 1.0),
+SPACE = SearchSpace(n_estimators=(20,), max_samples=(64,), max_features=(0.5, 1.0),
                     extension_levels=(0, 2))
 CONFIG = TuningConfig(seed=11, em_draws=2, em_uniform=2000, n_jobs=2)
 
 
 def test_fixed_seed_gives_same_choice_and_metrics(split):
+    """Parallel (2 worker processes) and sequential runs agree to the last bit."""
     progress: list[tuple[int, int]] = []
     first = tune(split, SPACE, CONFIG, progress=lambda done, total, _r: progress.append((done, total)))
-    second = tune(split, SPACE, CONFIG)
-    assert len(first.results) == 8 and progress[-1] == (8, 8)
+    second = tune(split, SPACE, replace(CONFIG, n_jobs=1))
+    assert len(first.results) == 4 and progress[-1] == (4, 4)
     assert first.criterion == "pr_auc"
     assert first.best.candidate == second.best.candidate
     for a, b in zip(first.results, second.results):
@@ -80,6 +83,14 @@ def test_selection_gates_out_nan_metric_and_missing_threshold():
     assert select_best(results, "pr_auc", tolerance=0.005) == 2
     with pytest.raises(ValueError, match="no candidate passed"):
         select_best(results[:2], "pr_auc", tolerance=0.005)
+
+
+def test_probe_gate_excludes_candidates_that_miss_impossible_sessions():
+    weak, strong = _result(100, 0.95), _result(200, 0.80)
+    weak.metrics["probe_recall"], strong.metrics["probe_recall"] = 0.5, 0.97
+    assert select_best([weak, strong], "pr_auc", 0.005, min_probe_recall=0.9) == 1
+    with pytest.raises(NoEligibleCandidate, match="probe recall"):
+        select_best([weak], "pr_auc", 0.005, min_probe_recall=0.9)
 
 
 def test_grid_caps_extension_level_and_config_is_validated():
