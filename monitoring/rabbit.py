@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
-from pika.exceptions import AMQPError
+from pika.exceptions import AMQPConnectionError, AMQPError
 
 from evguard.settings import Settings
 
@@ -29,12 +29,25 @@ def dlq_name(queue: str) -> str:
     return f"{queue}.dlq"
 
 
+class BrokerUnavailable(AMQPConnectionError):
+    """RabbitMQ cannot be reached; the message says where and what to do."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "RabbitMQ is not reachable"
+
+
 def connect(settings: Settings) -> pika.BlockingConnection:
     params = pika.URLParameters(settings.rabbitmq_url)
     params.heartbeat = 60
     params.blocked_connection_timeout = 60
     params.connection_attempts = 1
-    return pika.BlockingConnection(params)
+    try:
+        return pika.BlockingConnection(params)
+    except AMQPConnectionError as exc:
+        cause = repr(exc.args[-1]) if exc.args else type(exc).__name__
+        raise BrokerUnavailable(
+            f"RabbitMQ is not reachable at {params.host}:{params.port} ({cause}). Start it with "
+            "`evguard services up`, or point EVGUARD_RABBITMQ_URL at a running broker.") from exc
 
 
 def declare_queue(channel: BlockingChannel, exchange: str, queue: str, binding_key: str) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import smtplib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 
 import httpx
@@ -19,7 +19,7 @@ class SmtpConfig:
     port: int
     starttls: bool = False
     user: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)
     timeout_s: float = 10.0
 
 

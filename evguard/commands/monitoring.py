@@ -22,7 +22,7 @@ def _stop_on_signals() -> threading.Event:
 
 def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    logging.getLogger("pika").setLevel(logging.CRITICAL)  # its connect errors are reported by us
 
 
 def monitor(
