@@ -33,6 +33,22 @@ _INPUT_NUMBERS = ("WhPerMile", "kWhRequested", "milesRequested", "minutesAvailab
 _INPUT_DATES = ("modifiedAt", "requestedDeparture")
 
 
+# a valid session, used to warm a freshly loaded model up before it serves
+EXAMPLE_SESSION = {
+    "_id": "5c2e8f3bf9af8b13c02fbc07", "clusterID": "0039", "siteID": "0002",
+    "connectionTime": "Wed, 02 Jan 2019 14:55:53 GMT",
+    "disconnectTime": "Wed, 02 Jan 2019 22:35:04 GMT",
+    "doneChargingTime": "Wed, 02 Jan 2019 18:10:56 GMT", "kWhDelivered": 9.6,
+    "sessionID": "2_39_78_360_2019-01-02 14:55:53.203458", "spaceID": "CA-493",
+    "stationID": "2-39-78-360", "timezone": "America/Los_Angeles", "userID": "000004321",
+    "userInputs": [{"WhPerMile": 350, "kWhRequested": 14.0, "milesRequested": 40,
+                    "minutesAvailable": 463, "modifiedAt": "Wed, 02 Jan 2019 14:56:35 GMT",
+                    "paymentRequired": True, "requestedDeparture": "Wed, 02 Jan 2019 22:38:53 GMT",
+                    "userID": 4321}],
+    "schema_version": SCHEMA_VERSION,
+}
+
+
 class InvalidSession(ValueError):
     """A message that is not a valid session; the text says which rule it broke."""
 

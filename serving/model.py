@@ -58,8 +58,10 @@ class ChampionWatcher:
     def __init__(self, load: Callable[[], Scorer], poll_version: Callable[[], str | None],
                  interval_s: float, feature_version: str | None = None,
                  on_swap: Callable[[Scorer], None] = lambda m: None,
-                 on_error: Callable[[], None] = lambda: None) -> None:
+                 on_error: Callable[[], None] = lambda: None,
+                 warmup: Callable[[Scorer], None] = lambda m: None) -> None:
         self._load = load
+        self._warmup = warmup
         self._poll_version = poll_version
         self.interval_s = interval_s
         self.feature_version = feature_version
@@ -92,6 +94,10 @@ class ChampionWatcher:
         except Exception as exc:  # noqa: BLE001
             raise NoChampionError(f"cannot load the champion model v{version}: {exc}") from exc
         check_compatible(model, self.feature_version)
+        try:
+            self._warmup(model)
+        except Exception as exc:  # noqa: BLE001
+            raise NoChampionError(f"champion v{version} fails on a sample session: {exc}") from exc
         self._current = model
         self._on_swap(model)
         if self.interval_s > 0:
@@ -140,6 +146,7 @@ class ChampionWatcher:
         try:
             model = self._load()
             check_compatible(model, self.feature_version)
+            self._warmup(model)  # lazy imports and explainers are built here, not in a batch
         except IncompatibleModelError as exc:
             log.error("not swapping to champion v%s: %s", version, exc)
             self._rejected_version = version  # retrying cannot help

@@ -25,7 +25,7 @@ from serving.chain import Chain, ChainOptions, build_chain
 from serving.commit import CommitPolicy, Offsets
 from serving.dlq import (DeadLetterProducer, InvalidRatioLimit, InvalidRatioTracker,
                          dead_letter_producer_config)
-from serving.messages import Source
+from serving.messages import EXAMPLE_SESSION, Source
 from serving.metrics import Heartbeat, MetricsServer, WorkerMetrics
 from serving.model import ChampionWatcher, IncompatibleModelError, NoChampionError
 from serving.publish import RabbitPublisher, RetryPolicy
@@ -51,7 +51,8 @@ class WorkerReport:
 
 def consumer_config(settings: Settings) -> dict:
     session = settings.serve_session_timeout_ms
-    return {
+    static = {"group.instance.id": settings.serve_instance_id} if settings.serve_instance_id else {}
+    return {**static,
         "bootstrap.servers": settings.kafka_servers,
         "group.id": settings.consumer_group,
         "client.id": f"evguard-serving-{os.getpid()}",
@@ -311,6 +312,10 @@ class ScoringWorker:
             log.warning("offset commit failed (%s); those messages may be scored again", err)
 
     def _on_kafka_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._FENCED or "fenced" in err.str().lower():
+            raise KafkaException(KafkaError(err.code(), f"another worker uses instance id "
+                                 f"{self.settings.serve_instance_id!r}; give each worker its own "
+                                 f"EVGUARD_SERVE_INSTANCE_ID ({err.str()})", fatal=True))
         if err.fatal():
             raise KafkaException(err)
         now = time.monotonic()
@@ -391,7 +396,8 @@ def run_worker(settings: Settings, stop: threading.Event | None = None,
         load=lambda: registry.load_champion(settings),
         poll_version=lambda: registry.champion_version(settings),
         interval_s=settings.serve_model_poll_s, feature_version=FEATURE_VERSION,
-        on_swap=metrics.observe_model, on_error=metrics.model_reload_errors.inc)
+        on_swap=metrics.observe_model, on_error=metrics.model_reload_errors.inc,
+        warmup=lambda model: warm_up(model, feature_matrix, settings.serve_explain_top_k))
     empty = WorkerReport()
     try:
         watcher.start()
@@ -410,9 +416,18 @@ def run_worker(settings: Settings, stop: threading.Event | None = None,
         return ServeOutcome(EXIT_INVALID_RATIO, f"STOPPED: {exc}", worker.report)
     except DeadLetterError as exc:
         return ServeOutcome(EXIT_DEAD_LETTER, f"STOPPED: {exc}", worker.report)
+    except KafkaException as exc:
+        return ServeOutcome(EXIT_ERROR, f"STOPPED: Kafka: {exc.args[0].str()}", worker.report)
     finally:
         watcher.stop()
     return ServeOutcome(EXIT_OK, "stopped cleanly", report)
+
+
+def warm_up(model, feature_fn: FeatureFn, top_k: int) -> None:
+    """Score and explain one sample session, so lazy imports happen before serving."""
+    features = feature_fn([EXAMPLE_SESSION])
+    model.score(features)
+    model.explain(features, top_k=top_k)
 
 
 def configure_logging(level: int = logging.INFO, batches: bool = True) -> None:

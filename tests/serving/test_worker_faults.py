@@ -1,0 +1,175 @@
+"""Faults: a killed worker, RabbitMQ restarting, two workers in a group, a new champion.
+
+Every case checks from the results on RabbitMQ that no session was lost;
+duplicates are allowed (at-least-once) and counted.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+
+from evguard.services.stack import ensure_topics
+from pipelines import registry
+from pipelines.synth import generate_sessions
+from serving.replay import ReplayPace, replay
+from tests.conftest import free_port
+from tests.serving.helpers import (InProcessWorker, ResultQueue, register_champion,
+                                   start_worker_process)
+
+
+def synthetic(n: int, seed: int) -> list[dict]:
+    return generate_sessions(n, seed=seed, anomaly_rate=0.03)[0]
+
+
+def replay_in_background(settings, records, rate: float) -> threading.Thread:
+    def run() -> None:
+        report = replay(settings, records, ReplayPace(rate=rate))
+        assert report.failed == 0
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def wait_healthy(port: int, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            body = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).json()
+            if body.get("partitions"):
+                return body
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"worker on port {port} did not get partitions in {timeout}s")
+
+
+def test_worker_killed_mid_stream_and_restarted_loses_nothing(serving_settings, result_queue,
+                                                               tmp_path):
+    records = synthetic(1500, seed=11)
+    # static membership: the embedded broker never expires a dead member (docs/serving.md)
+    settings = serving_settings.model_copy(update={"metrics_port": free_port(),
+                                                   "serve_batch_size": 100,
+                                                   "serve_instance_id": "worker-a"})
+    log = tmp_path / "worker.log"
+    worker = start_worker_process(settings, log)
+    try:
+        wait_healthy(settings.metrics_port)
+        producer = replay_in_background(settings, records, rate=500)
+        result_queue.wait_for(lambda r: len(r.bodies) >= 300)
+        os.kill(worker.pid, signal.SIGKILL)
+        assert worker.wait(10) == -signal.SIGKILL
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    before_restart = result_queue.wait_for(lambda r: False, timeout=0.3)
+    assert len(before_restart.sessions()) < len(records), "it finished before it was killed"
+    # the same worker code and configuration, restarted (on a thread, to skip a second start-up)
+    restarted = InProcessWorker(settings)
+    producer.join(30)
+    results = result_queue.wait_for(lambda r: r.sessions() >= {x["sessionID"] for x in records},
+                                    timeout=60)
+    outcome = restarted.finish()
+    assert results.sessions() == {r["sessionID"] for r in records}
+    assert outcome.code == 0
+    print(f"kill -9 after {len(before_restart.bodies)} results: {len(records)} sessions, "
+          f"{results.duplicates()} duplicates")
+
+
+def test_rabbitmq_restart_mid_stream_loses_nothing(serving_settings, private_rabbitmq):
+    rabbit_settings, stack = private_rabbitmq
+    settings = serving_settings.model_copy(update={"rabbitmq_url": rabbit_settings.rabbitmq_url,
+                                                   "serve_batch_size": 100,
+                                                   "serve_publish_retry_max_s": 1.0})
+    records = synthetic(1500, seed=12)
+    queue = ResultQueue(settings.rabbitmq_url, settings.rabbitmq_exchange)
+    worker = InProcessWorker(settings)
+    try:
+        producer = replay_in_background(settings, records, rate=500)
+        queue.wait_for(lambda r: len(r.bodies) >= 300)
+        stack.rabbitmq_process().stop()
+        time.sleep(1.0)
+        stack.up(only=("rabbitmq",))
+        producer.join(30)
+        results = queue.wait_for(lambda r: r.sessions() >= {x["sessionID"] for x in records},
+                                 timeout=60)
+        outcome = worker.finish()
+    finally:
+        worker.stop.set()
+        queue.close()
+    assert results.sessions() == {r["sessionID"] for r in records}
+    assert outcome.code == 0
+    print(f"RabbitMQ restart: {len(records)} sessions, {results.duplicates()} duplicates")
+
+
+def test_two_workers_in_one_group_split_the_partitions_without_loss(serving_settings,
+                                                                    result_queue):
+    ports = [free_port(), free_port()]
+    workers = [InProcessWorker(serving_settings.model_copy(update={"metrics_port": p}))
+               for p in ports]
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            owned = [wait_healthy(p)["partitions"] for p in ports]
+            if sorted(owned[0] + owned[1]) == list(range(serving_settings.topic_partitions)):
+                break
+            time.sleep(0.2)
+        assert owned[0] and owned[1] and not set(owned[0]) & set(owned[1]), owned
+        records = synthetic(900, seed=13)
+        replay(serving_settings, records)
+        results = result_queue.wait_for(
+            lambda r: r.sessions() >= {x["sessionID"] for x in records})
+    finally:
+        outcomes = [w.finish() for w in workers]
+    assert results.sessions() == {r["sessionID"] for r in records}
+    assert all(o.report.scored > 0 for o in outcomes)
+    assert sum(o.report.scored for o in outcomes) == len(results.bodies)
+    partitions_seen = [{b["kafka"]["partition"] for b in results.bodies}]
+    assert partitions_seen[0] == set(range(serving_settings.topic_partitions))
+
+
+def test_promoting_a_new_champion_switches_the_version_without_a_restart(serving_settings,
+                                                                         result_queue, tmp_path):
+    store = {"mlflow_tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+             "state_dir": tmp_path / "state"}
+    settings = serving_settings.model_copy(update={**store, "serve_model_poll_s": 0.3})
+    first = register_champion(settings, seed=1)
+    second = register_champion(settings, seed=2, promote=False)
+    worker = InProcessWorker(settings)
+    try:
+        early = synthetic(300, seed=14)
+        replay(settings, early)
+        result_queue.wait_for(lambda r: len(r.bodies) >= len(early))
+        registry.mlflow_client(settings).set_registered_model_alias(
+            settings.model_name, registry.CHAMPION, second)
+        late = synthetic(300, seed=15)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # until the worker has swapped
+            replay(settings, late[:10])
+            results = result_queue.wait_for(lambda r: r.versions()[second] > 0, timeout=1)
+            if results.versions()[second]:
+                break
+        replay(settings, late)
+        results = result_queue.wait_for(
+            lambda r: r.sessions() >= {x["sessionID"] for x in early + late})
+    finally:
+        outcome = worker.finish()
+    version_of = {}
+    for body in results.bodies:
+        version_of.setdefault(body["sessionID"], set()).add(body["model"]["version"])
+    assert all(version_of[r["sessionID"]] == {first} for r in early)
+    assert all(second in version_of[r["sessionID"]] for r in late)
+    assert outcome.code == 0  # the same worker served both
+    by_partition: dict[int, list[tuple[int, str]]] = {}
+    for body in results.bodies:
+        by_partition.setdefault(body["kafka"]["partition"], []).append(
+            (body["kafka"]["offset"], body["model"]["version"]))
+    for rows in by_partition.values():  # one switch per partition, never back
+        versions = [v for _o, v in sorted(rows)]
+        assert versions == sorted(versions, key=lambda v: v != first)
