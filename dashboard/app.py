@@ -25,8 +25,7 @@ STATIC = Path(__file__).with_name("static")
 
 
 def ui_links(settings: Settings) -> dict[str, str]:
-    return {"prefect": settings.prefect_api.removesuffix("/api"),
-            "mlflow": f"http://127.0.0.1:{settings.mlflow_ui_port}"}
+    return {"prefect": settings.prefect_ui, "mlflow": settings.mlflow_ui}
 
 
 def create_app(settings: Settings, champion_refresh_s: float = 30.0) -> FastAPI:

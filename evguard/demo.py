@@ -135,7 +135,7 @@ class Demo:
         self.flow_runs[name] = str(run.id)
         if wait and not run.state.is_completed():
             raise DemoError(f"{name}: flow run {run.id} ended {run.state.type.value}: "
-                            f"{run.state.message}. See the Prefect UI at {self._prefect_ui()}.")
+                            f"{run.state.message}. See the Prefect UI at {self.settings.prefect_ui}.")
         return str(run.id)
 
     def _ingest(self) -> None:
@@ -160,7 +160,7 @@ class Demo:
         metrics = f"http://127.0.0.1:{self.settings.metrics_port}/healthz"
         if not wait_until(lambda: _http_ok(metrics), 120, interval=1):
             raise DemoError(f"the serving worker did not become healthy ({metrics}); "
-                            f"see its flow run in the Prefect UI at {self._prefect_ui()}")
+                            f"see its flow run in the Prefect UI at {self.settings.prefect_ui}")
 
     def _replay(self) -> None:
         o = self.options
@@ -216,11 +216,7 @@ class Demo:
                                              if k in SUMMARY_METRICS or k.startswith("recall_type_")}}
         s = self.settings
         self.summary.urls = {"dashboard": f"http://127.0.0.1:{s.dashboard_port}",
-                             "prefect": self._prefect_ui(),
-                             "mlflow": f"http://127.0.0.1:{s.mlflow_ui_port}"}
-
-    def _prefect_ui(self) -> str:
-        return self.settings.prefect_api.removesuffix("/api")
+                             "prefect": s.prefect_ui, "mlflow": s.mlflow_ui}
 
     # ---- shutdown ----------------------------------------------------------
     def stop(self) -> None:

@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     dashboard_port: int = Field(8050, description="Dashboard port")
     metrics_port: int = Field(9108, description="Worker Prometheus/health port; 0 = any free port")
     metrics_host: str = Field("127.0.0.1", description="Interface the worker's metrics bind to")
+    prefect_ui_url: str = Field("", description="Prefect UI link shown to users; empty = local")
+    mlflow_ui_url: str = Field("", description="MLflow UI link shown to users; empty = local")
     worker_metrics_url: str = Field(
         "", description="Worker /metrics the dashboard scrapes; empty = metrics_host:metrics_port")
 
@@ -141,6 +143,14 @@ class Settings(BaseSettings):
     @property
     def prefect_api(self) -> str:
         return self.prefect_api_url or f"http://127.0.0.1:{self.prefect_port}/api"
+
+    @property
+    def prefect_ui(self) -> str:
+        return self.prefect_ui_url or self.prefect_api.removesuffix("/api")
+
+    @property
+    def mlflow_ui(self) -> str:
+        return self.mlflow_ui_url or f"http://127.0.0.1:{self.mlflow_ui_port}"
 
     @property
     def monitoring_db(self) -> str:
