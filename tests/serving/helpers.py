@@ -171,9 +171,9 @@ class InProcessWorker:
         self.thread.start()
 
     def finish(self, timeout: float = 30.0):
+        """Stop and wait for the worker; its outcome (None if it did not stop in time)."""
         self.stop.set()
         self.thread.join(timeout)
-        assert not self.thread.is_alive(), "worker did not stop"
         return self.outcome
 
 

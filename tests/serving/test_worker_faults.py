@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
-from evguard.services.stack import ensure_topics
+from evguard.services.stack import RABBITMQ_SERVER
 from pipelines import registry
 from pipelines.synth import generate_sessions
 from serving.replay import ReplayPace, replay
@@ -82,12 +84,24 @@ def test_worker_killed_mid_stream_and_restarted_loses_nothing(serving_settings, 
           f"{results.duplicates()} duplicates")
 
 
-def test_rabbitmq_restart_mid_stream_loses_nothing(serving_settings, private_rabbitmq):
+def set_memory_alarm(stack, on: bool) -> None:
+    """Make the private node block publishers (memory alarm), or clear it."""
+    proc = stack.rabbitmq_process()
+    ctl = Path(RABBITMQ_SERVER).with_name("rabbitmqctl")
+    subprocess.run([str(ctl), "-n", proc.env["RABBITMQ_NODENAME"], "set_vm_memory_high_watermark",
+                    "0.00001" if on else "0.4"], env={**os.environ, **proc.env}, check=True,
+                   capture_output=True, timeout=30)
+
+
+def test_rabbitmq_restarted_or_blocking_mid_stream_loses_nothing(serving_settings,
+                                                                 private_rabbitmq):
     rabbit_settings, stack = private_rabbitmq
     settings = serving_settings.model_copy(update={"rabbitmq_url": rabbit_settings.rabbitmq_url,
                                                    "serve_batch_size": 100,
-                                                   "serve_publish_retry_max_s": 1.0})
+                                                   "serve_publish_retry_max_s": 1.0,
+                                                   "metrics_port": free_port()})
     records = synthetic(1500, seed=12)
+    late = synthetic(1500, seed=16)  # more than the in-flight limit, so consumption must pause
     queue = ResultQueue(settings.rabbitmq_url, settings.rabbitmq_exchange)
     worker = InProcessWorker(settings)
     try:
@@ -97,15 +111,29 @@ def test_rabbitmq_restart_mid_stream_loses_nothing(serving_settings, private_rab
         time.sleep(1.0)
         stack.up(only=("rabbitmq",))
         producer.join(30)
-        results = queue.wait_for(lambda r: r.sessions() >= {x["sessionID"] for x in records},
-                                 timeout=60)
-        outcome = worker.finish()
+        queue.wait_for(lambda r: r.sessions() >= {x["sessionID"] for x in records}, timeout=60)
+
+        set_memory_alarm(stack, on=True)  # RabbitMQ now blocks publishing connections
+        replay(settings, late)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            health = httpx.get(f"http://127.0.0.1:{settings.metrics_port}/healthz").json()
+            if health["paused"]:
+                break
+            time.sleep(0.1)
+        assert health["paused"] and health["rabbitmq"] == "unavailable"
+        while_blocked = queue.wait_for(lambda r: False, timeout=1.0).sessions()
+        assert not while_blocked & {x["sessionID"] for x in late}
+        set_memory_alarm(stack, on=False)
+        everything = {x["sessionID"] for x in records + late}
+        results = queue.wait_for(lambda r: r.sessions() >= everything, timeout=60)
     finally:
-        worker.stop.set()
+        outcome = worker.finish()
         queue.close()
-    assert results.sessions() == {r["sessionID"] for r in records}
+    assert results.sessions() == everything
     assert outcome.code == 0
-    print(f"RabbitMQ restart: {len(records)} sessions, {results.duplicates()} duplicates")
+    print(f"RabbitMQ restart and block: {len(everything)} sessions, "
+          f"{results.duplicates()} duplicates")
 
 
 def test_two_workers_in_one_group_split_the_partitions_without_loss(serving_settings,

@@ -42,27 +42,29 @@ def test_every_session_produced_gets_one_result_with_its_routing_key(serving_set
             [r["stationID"] for r in records])
     port = free_port()
     worker = InProcessWorker(serving_settings.model_copy(update={"metrics_port": port}))
-    results = result_queue.wait_for(lambda r: len(r.bodies) >= len(records))
-    by_session = {b["sessionID"]: (b, k) for b, k in zip(results.bodies, results.keys)}
-    assert set(by_session) == {r["sessionID"] for r in records}
-    assert results.duplicates() == 0
-    for record in records:
-        body, key = by_session[record["sessionID"]]
-        assert key == routing_key(record["siteID"], body["is_anomaly"])
-        assert body["is_anomaly"] == (body["score"] >= body["threshold"])
-        assert body["model"]["version"] == champion_store["version"]
-        assert (body["explanation"] != []) == body["is_anomaly"]
-    flagged = sum(b["is_anomaly"] for b in results.bodies)
-    assert 0 < flagged < len(records) / 2
+    try:
+        results = result_queue.wait_for(lambda r: len(r.bodies) >= len(records))
+        by_session = {b["sessionID"]: (b, k) for b, k in zip(results.bodies, results.keys)}
+        assert set(by_session) == {r["sessionID"] for r in records}
+        assert results.duplicates() == 0
+        for record in records:
+            body, key = by_session[record["sessionID"]]
+            assert key == routing_key(record["siteID"], body["is_anomaly"])
+            assert body["is_anomaly"] == (body["score"] >= body["threshold"])
+            assert body["model"]["version"] == champion_store["version"]
+            assert (body["explanation"] != []) == body["is_anomaly"]
+        flagged = sum(b["is_anomaly"] for b in results.bodies)
+        assert 0 < flagged < len(records) / 2
 
-    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-    assert f"evguard_serving_scored_total {float(len(records))}" in metrics
-    assert f"evguard_serving_anomalies_total {float(flagged)}" in metrics
-    assert f'version="{champion_store["version"]}"' in metrics
-    assert "evguard_serving_end_to_end_seconds_bucket" in metrics
-    health = httpx.get(f"http://127.0.0.1:{port}/healthz")
-    assert health.status_code == 200 and health.json()["status"] == "ok"
-    outcome = worker.finish()
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        assert f"evguard_serving_scored_total {float(len(records))}" in metrics
+        assert f"evguard_serving_anomalies_total {float(flagged)}" in metrics
+        assert f'version="{champion_store["version"]}"' in metrics
+        assert "evguard_serving_end_to_end_seconds_bucket" in metrics
+        health = httpx.get(f"http://127.0.0.1:{port}/healthz")
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+    finally:
+        outcome = worker.finish()
     assert outcome.code == 0 and outcome.report.scored == len(records)
 
 
@@ -119,10 +121,9 @@ def test_a_producer_gone_mad_stops_the_worker_loudly(serving_settings, result_qu
     assert outcome.code == 3 and "invalid" in outcome.message
 
 
-def test_no_champion_at_start_exits_with_a_clear_message(serving_settings, tmp_path):
+def test_no_champion_at_start_exits_with_a_clear_message(serving_settings):
     from serving.worker import EXIT_NO_MODEL, run_worker
 
-    empty = serving_settings.model_copy(update={
-        "mlflow_tracking_uri": f"sqlite:///{tmp_path}/empty.db", "state_dir": tmp_path})
-    outcome = run_worker(empty)
+    unknown = serving_settings.model_copy(update={"model_name": f"never-{uuid.uuid4().hex[:6]}"})
+    outcome = run_worker(unknown)
     assert outcome.code == EXIT_NO_MODEL and "evguard train" in outcome.message
