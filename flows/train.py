@@ -36,7 +36,8 @@ def _cell(value: object) -> object:
     return round(value, 4) if isinstance(value, float) else value
 
 
-@flow(name="train_flow", description="Tune IF and EIF, log to MLflow, promote a better champion")
+@flow(name="train_flow",
+      description="Tune IF, EIF and isotree forests, log to MLflow, promote a better champion")
 def train_flow(params: TrainParams = TrainParams(), reason: str | None = None) -> dict:  # noqa: B008
     """Train once; returns the `TrainingReport` as a dict.
 

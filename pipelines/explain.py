@@ -7,8 +7,8 @@ Contributions are in **anomaly-score units, positive = pushes towards anomaly**.
   rescaled onto the score `s = 2 ** (-E[h] / c)` so that, per session, they sum
   to `s(x) - s(baseline)` (the rescaling is one positive factor per row: signs
   and ranking are TreeSHAP's).
-- Extended Isolation Forest: TreeSHAP does not apply (its splits are oblique
-  hyperplanes inside a Cython object), so it gets **occlusion against the
+- Extended forests (`eif`, `isotree`): TreeSHAP does not apply (their splits
+  are oblique hyperplanes inside compiled objects), so they get **occlusion against the
   training median**: contribution_j = s(x) - s(x with feature j set to its
   training median). One batch of `n_features + 1` rows per session, so it is as
   fast as scoring. It ignores interactions; `benchmarks/explain_methods.py`
@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pipelines.estimators import Detector, ExtendedIsolationForestDetector
+from pipelines.estimators import Detector, IsolationForestDetector
 
 ExplainMethod = Literal["tree_shap", "occlusion"]
 
@@ -42,7 +42,7 @@ class Explainer:
         detector: a fitted detector from `pipelines.estimators`.
         background: training rows; their median is the "typical" value of each feature.
         feature_names: column names, in the detector's input order.
-        method: None picks TreeSHAP for the Isolation Forest and occlusion for EIF.
+        method: None picks TreeSHAP for the Isolation Forest, occlusion for extended forests.
     """
 
     def __init__(self, detector: Detector, background: np.ndarray,
@@ -50,11 +50,12 @@ class Explainer:
         background = np.asarray(background, dtype=np.float64)
         if background.ndim != 2 or background.shape[1] != len(feature_names):
             raise ValueError("background must be a 2-D matrix with one column per feature name")
+        axis_parallel = isinstance(detector, IsolationForestDetector)
         if method is None:
-            method = "occlusion" if isinstance(detector, ExtendedIsolationForestDetector) \
-                else "tree_shap"
-        if method == "tree_shap" and isinstance(detector, ExtendedIsolationForestDetector):
-            raise ValueError("TreeSHAP needs axis-parallel trees; use occlusion for EIF")
+            method = "tree_shap" if axis_parallel else "occlusion"
+        if method == "tree_shap" and not axis_parallel:
+            raise ValueError("TreeSHAP needs scikit-learn's axis-parallel trees; use occlusion "
+                             "for extended forests")
         self.detector = detector
         self.feature_names = list(feature_names)
         self.method: ExplainMethod = method

@@ -39,14 +39,15 @@ class TrainParams(BaseModel):
                         "demo, manual); recorded as an MLflow tag")
     dataset_id: str | None = Field(None, description="Dataset to train on; empty = the newest "
                                    "one that passed validation")
-    kinds: list[Literal["iforest", "eif"]] = Field(["iforest", "eif"],
-                                                   description="Detector families to tune")
+    kinds: list[Literal["iforest", "eif", "isotree"]] = Field(
+        ["iforest", "eif", "isotree"], description="Detector families to tune")
     n_estimators: list[int] = Field([100, 200], description="Trees per forest (grid)")
     max_samples: list[int] = Field([256, 512], description="Rows drawn per tree (grid)")
     max_features: list[float] = Field([0.5, 1.0],
                                       description="Isolation Forest: share of features per tree")
-    extension_levels: list[int] = Field([0, 1, 3], description="EIF extension levels (grid); "
-                                        "values above n_features - 1 mean fully extended")
+    extension_levels: list[int] = Field([1, 3, 64], description="Extension levels of eif and "
+                                        "isotree (grid); values >= n_features - 1 mean fully "
+                                        "extended")
     alert_budget: float = Field(0.01, gt=0, lt=0.5, description="Share of sessions that may "
                                 "alert; sets the stored threshold")
     eval_fraction: float = Field(0.3, gt=0.05, lt=0.9, description="Latest share of sessions "

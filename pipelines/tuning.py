@@ -71,7 +71,7 @@ class Candidate:
     def build(self, seed: int, n_features: int | None = None):
         """An unfitted detector; EIF extension levels are capped at `n_features - 1`."""
         params = self.param_dict
-        if self.kind == "eif" and n_features is not None:
+        if self.kind in ("eif", "isotree") and n_features is not None:
             level = params.get("extension_level")
             params["extension_level"] = n_features - 1 if level is None \
                 else min(int(level), n_features - 1)
@@ -80,18 +80,19 @@ class Candidate:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """Grid values; `max_features` applies to the Isolation Forest, extension levels to EIF."""
+    """Grid values; `max_features` applies to the Isolation Forest, extension levels to the
+    extended forests (eif, isotree). Levels >= n_features - 1 mean fully extended."""
 
-    kinds: tuple[DetectorKind, ...] = ("iforest", "eif")
+    kinds: tuple[DetectorKind, ...] = ("iforest", "eif", "isotree")
     n_estimators: tuple[int, ...] = (100, 200)
     max_samples: tuple[int, ...] = (256, 512)
     max_features: tuple[float, ...] = (0.5, 1.0)
-    extension_levels: tuple[int, ...] = (0, 1, 3)
+    extension_levels: tuple[int, ...] = (1, 3, 64)
 
     def candidates(self, n_features: int) -> list[Candidate]:
         """The grid as candidates; extension levels beyond `n_features - 1` collapse into one."""
         out: list[Candidate] = []
-        for kind in self.kinds:
+        for kind in dict.fromkeys(self.kinds):
             if kind == "iforest":
                 axes = {"n_estimators": self.n_estimators, "max_samples": self.max_samples,
                         "max_features": self.max_features}

@@ -45,11 +45,14 @@ class _ProgressHandler(logging.Handler):
 def train(
     dataset: Annotated[str | None, typer.Option(
         help="Dataset id (default: newest that passed validation)")] = None,
-    kinds: Annotated[str, typer.Option(help="Detector families: iforest,eif")] = "iforest,eif",
+    kinds: Annotated[str, typer.Option(help="Detector families: iforest,eif,isotree")]
+    = "iforest,eif,isotree",
     n_estimators: Annotated[str, typer.Option(help="Grid of trees per forest")] = "100,200",
     max_samples: Annotated[str, typer.Option(help="Grid of rows per tree")] = "256,512",
     max_features: Annotated[str, typer.Option(help="Grid of IF feature shares")] = "0.5,1.0",
-    extension_levels: Annotated[str, typer.Option(help="Grid of EIF extension levels")] = "0,1,3",
+    extension_levels: Annotated[str, typer.Option(
+        help="Grid of extension levels (eif, isotree); >= features - 1 = fully extended")]
+    = "1,3,64",
     alert_budget: Annotated[float, typer.Option(min=0.0001, max=0.5,
                                                 help="Share of sessions that may alert")] = 0.01,
     margin: Annotated[float, typer.Option(min=0, max=1, help="Relative improvement over "
@@ -61,7 +64,7 @@ def train(
         help="Start the train-weekly deployment on the Prefect server instead of "
              "training in this process")] = False,
 ) -> None:
-    """Tune IF and EIF, log candidates to MLflow, register the best, promote only if better."""
+    """Tune IF/EIF/isotree, log candidates to MLflow, register the best, promote if better."""
     from pydantic import ValidationError
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

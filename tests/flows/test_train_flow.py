@@ -53,7 +53,7 @@ def test_train_flow_registers_a_champion_and_publishes_artifacts(prefect_harness
 
     report = train_flow(TrainParams(**SMALL), reason="drift")
     assert report["dataset_id"] == dataset.dataset_id and report["decision"] == "promoted"
-    assert report["criterion"] == "pr_auc" and len(report["candidates"]) == 2
+    assert report["criterion"] == "pr_auc" and len(report["candidates"]) == 3  # one per family
     chosen = next(c for c in report["candidates"] if c["selected"])
     assert chosen["probe_recall"] >= 0.9 and chosen["candidate"] == report["chosen"]
     assert champion_version(train_env) == report["version"] == "1"

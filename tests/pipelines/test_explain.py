@@ -18,7 +18,7 @@ def data() -> np.ndarray:
     return np.random.default_rng(0).normal(size=(2000, 4))
 
 
-@pytest.mark.parametrize("kind", ["iforest", "eif"])
+@pytest.mark.parametrize("kind", ["iforest", "eif", "isotree"])
 def test_the_perturbed_feature_explains_the_anomaly(kind, data):
     detector = make_detector(kind, n_estimators=60, random_state=0).fit(data)
     explainer = Explainer(detector, data, NAMES)

@@ -44,7 +44,7 @@ def test_fixed_seed_gives_same_choice_and_metrics(split):
     progress: list[tuple[int, int]] = []
     first = tune(split, SPACE, CONFIG, progress=lambda done, total, _r: progress.append((done, total)))
     second = tune(split, SPACE, replace(CONFIG, n_jobs=1))
-    assert len(first.results) == 4 and progress[-1] == (4, 4)
+    assert len(first.results) == 6 and progress[-1] == (6, 6)  # 2 per detector family
     assert first.criterion == "pr_auc"
     assert first.best.candidate == second.best.candidate
     for a, b in zip(first.results, second.results):
@@ -94,8 +94,10 @@ def test_probe_gate_excludes_candidates_that_miss_impossible_sessions():
 
 
 def test_grid_caps_extension_level_and_config_is_validated():
-    names = [c.name for c in SearchSpace(kinds=("eif",), n_estimators=(10,), max_samples=(64,),
-                                         extension_levels=(0, 5, 9)).candidates(n_features=4)]
-    assert names == ["eif-n10-s64-ext0", "eif-n10-s64-ext3"]
+    names = [c.name for c in SearchSpace(kinds=("eif", "isotree", "eif"), n_estimators=(10,),
+                                         max_samples=(64,), extension_levels=(0, 5, 9))
+             .candidates(n_features=4)]
+    assert names == ["eif-n10-s64-ext0", "eif-n10-s64-ext3", "isotree-n10-s64-ext0",
+                     "isotree-n10-s64-ext3"]
     with pytest.raises(ValueError):
         TuningConfig(alert_budget=0)
