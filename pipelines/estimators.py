@@ -173,7 +173,7 @@ class IsotreeDetector(BaseEstimator):
 
     kind: DetectorKind = "isotree"
 
-    def __init__(self, n_estimators: int = 100, max_samples: int | float = 256,
+    def __init__(self, n_estimators: int = 100, max_samples: float = 256,
                  extension_level: int | None = None, standardize: bool = True,
                  random_state: int | None = None):
         self.n_estimators = n_estimators

@@ -12,7 +12,6 @@ from sklearn.base import clone
 
 from pipelines.estimators import IsolationForestDetector, make_detector
 
-
 KINDS = ["iforest", "eif", "isotree"]
 
 
