@@ -211,6 +211,14 @@ class Sampler:
         return {name: (last[2][name] - first[2][name]) / span for name in first[2]}
 
 
+def cpu_pressure() -> str:
+    """Linux PSI: share of time some runnable task waited for a CPU (other work on the box)."""
+    try:
+        return Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except OSError:
+        return "unknown"
+
+
 def wait_healthy(port: int, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -369,11 +377,16 @@ def main() -> None:
         figures["throughput"] = n / (finished - started)
         figures["throughput_steady"] = (hi[1] - lo[1]) / (hi[0] - lo[0])
         figures["cpu_cores"] = sampler.cpu_share(lo[0], hi[0])
+        figures["worker_cpu_us_per_session"] = (
+            1e6 * figures["cpu_cores"].get("worker", float("nan")) / figures["throughput_steady"])
+        figures["cpu_pressure"] = cpu_pressure()
         figures["worker_memory_mb"] = memory_mb(worker.pid)
         figures["stages"] = stage_times(log, started)
         figures["queue_depth"] = queue_depth(settings, queue)
         print(f"throughput {figures['throughput']:.0f}/s (steady {figures['throughput_steady']:.0f}"
-              f"/s), cpu {figures['cpu_cores']}, memory {figures['worker_memory_mb']}", flush=True)
+              f"/s), cpu {figures['cpu_cores']}, worker "
+              f"{figures['worker_cpu_us_per_session']:.0f} us CPU/session, memory "
+              f"{figures['worker_memory_mb']}, {figures['cpu_pressure']}", flush=True)
         purge(settings, queue)
 
         before = buckets(scrape(settings.metrics_port), "evguard_serving_end_to_end_seconds")

@@ -59,33 +59,38 @@ class InvalidSession(ValueError):
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return type(value) in (int, float)  # JSON gives exactly these; bool is excluded
 
 
 def _check_date(record: Mapping[str, Any], field: str, optional: bool) -> None:
     value = record.get(field)
     if value is None and optional:
         return
-    if not isinstance(value, str) or _RFC1123.fullmatch(value) is None:
+    if type(value) is not str or _RFC1123.fullmatch(value) is None:
         raise InvalidSession(f"{field} must be an RFC 1123 GMT date, got {value!r:.60}")
 
 
 def _check_inputs(inputs: Any) -> None:
+    """Every edit must be an object; the last one (the request in force, the only one the
+    features read) must have numbers and dates where ACN has them."""
     if inputs is None:
         return
-    if not isinstance(inputs, list):
+    if type(inputs) is not list:
         raise InvalidSession(f"userInputs must be a list or null, got {type(inputs).__name__}")
     for i, edit in enumerate(inputs):
-        if not isinstance(edit, dict):
+        if type(edit) is not dict:
             raise InvalidSession(f"userInputs[{i}] must be an object")
-        for field in _INPUT_NUMBERS:
-            value = edit.get(field)
-            if value is not None and not _is_number(value):
-                raise InvalidSession(f"userInputs[{i}].{field} must be a number, got {value!r:.40}")
-        for field in _INPUT_DATES:
-            value = edit.get(field)
-            if value is not None and (not isinstance(value, str) or not _RFC1123.fullmatch(value)):
-                raise InvalidSession(f"userInputs[{i}].{field} must be an RFC 1123 GMT date")
+    if not inputs:
+        return
+    last, i = inputs[-1], len(inputs) - 1
+    for field in _INPUT_NUMBERS:
+        value = last.get(field)
+        if value is not None and type(value) not in (int, float):
+            raise InvalidSession(f"userInputs[{i}].{field} must be a number, got {value!r:.40}")
+    for field in _INPUT_DATES:
+        value = last.get(field)
+        if value is not None and (type(value) is not str or not _RFC1123.fullmatch(value)):
+            raise InvalidSession(f"userInputs[{i}].{field} must be an RFC 1123 GMT date")
 
 
 def validate_session(record: Any, site_ids: frozenset[str] = frozenset()) -> dict:
