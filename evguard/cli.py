@@ -20,7 +20,7 @@ app = typer.Typer(
 app.add_typer(services.app, name="services")
 
 # each capability registers its commands here; a missing module is a bug, not optional
-for _module in ("data", "models", "serving", "monitoring", "platform"):
+for _module in ("data", "models", "serving", "monitoring", "platform", "evaluate"):
     try:
         _mod = __import__(f"evguard.commands.{_module}", fromlist=["register"])
     except ModuleNotFoundError as exc:

@@ -1,0 +1,196 @@
+"""`evguard evaluate`: plant labelled faults in real ACN exports and measure the whole pipeline."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.table import Table
+
+from evguard.commands.common import clear_errors, console, err_console, settings
+
+# the columns of `pipelines.evaluation_metrics.TYPE_HEADERS`, narrow enough for 80 columns
+SHORT_TYPE_HEADERS = ("n", "validation", "model", "combined", "baseline", "SHAP")
+
+
+def _csv(value: str | None, kind: type) -> list | None:
+    return None if value is None else [kind(v.strip()) for v in value.split(",") if v.strip()]
+
+
+def _train_overrides(jobs: int, **grid: str | None) -> dict:
+    """The grid options given on the command line; the others keep `evguard train`'s defaults."""
+    kinds = {"kinds": str, "n_estimators": int, "max_samples": int, "max_features": float,
+             "extension_levels": int}
+    given = {name: _csv(value, kinds[name]) for name, value in grid.items() if value is not None}
+    return {**given, "n_jobs": jobs}
+
+
+def _command(inputs: list[Path], options: dict, train) -> str:
+    """The command line that reproduces a run, with the grid spelled out."""
+    grid = {name: ",".join(map(str, getattr(train, name))) for name in
+            ("kinds", "n_estimators", "max_samples", "max_features", "extension_levels")}
+    parts = ["evguard evaluate --acn", *map(str, inputs)]
+    for name, value in {**options, **grid, "jobs": train.n_jobs}.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else flag.replace("--", "--no-", 1))
+        else:
+            parts += [flag, str(value)]
+    return " ".join(parts)
+
+
+class _TrainingProgress(logging.Handler):
+    """Shows the candidates of `pipelines.training` on a second progress bar."""
+
+    def __init__(self, progress, task_id) -> None:
+        super().__init__(logging.INFO)
+        self.progress, self.task_id = progress, task_id
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stage, done, total = getattr(record, "progress", (None, 0, 0))
+        if stage is not None:
+            self.progress.update(self.task_id, description=f"  {stage}"[:48], completed=done,
+                                 total=total)
+
+
+def _tables(report: dict) -> list[Table]:
+    from pipelines.evaluation_metrics import summary_rows, type_rows
+
+    tables = []
+    for scenario in report["scenarios"].values():
+        metrics, model = scenario["metrics"], scenario["model"]
+        summary = Table(title=f"{scenario['title']}: {metrics['sessions']:,} sessions scored, "
+                        f"{metrics['injected']} injected; model {model['candidate']} "
+                        f"v{model['version']} ({model['decision']})",
+                        title_justify="left", box=box.SIMPLE_HEAD)
+        for header, justify in (("measure", "left"), ("evguard", "right"),
+                                ("seed baseline", "right")):
+            summary.add_column(header, justify=justify)
+        for row in summary_rows(metrics):
+            summary.add_row(*row)
+        per_type = Table(box=box.SIMPLE_HEAD, pad_edge=False, caption_justify="left",
+                         caption="validation: quarantined by the ingest suites; model: alert; "
+                         "combined: either; SHAP: top feature matches the fault")
+        per_type.add_column("anomaly type", no_wrap=True)
+        for header in SHORT_TYPE_HEADERS:
+            per_type.add_column(header, justify="right")
+        for row in type_rows(metrics):
+            per_type.add_row(*row)
+        tables += [summary, per_type]
+    return tables
+
+
+def evaluate(
+    acn: Annotated[list[Path] | None, typer.Option(
+        "--acn", help="ACN export file or directory of them (repeatable)")] = None,
+    paths: Annotated[list[Path] | None, typer.Argument(
+        help="More export files, so that `--acn dir/*.json` works", show_default=False)] = None,
+    rate: Annotated[float, typer.Option(min=0.001, max=0.49,
+                                        help="Share of sessions turned into labelled faults")]
+    = 0.03,
+    seed: Annotated[int, typer.Option(help="Seed of injection, training and baseline")] = 1,
+    train_site: Annotated[str, typer.Option(help="Cross-site: the site that trains")] = "caltech",
+    score_site: Annotated[str, typer.Option(help="Cross-site: the site that is scored")] = "jpl",
+    cross_site: Annotated[bool, typer.Option(help="Also run the cross-site scenario")] = True,
+    eval_fraction: Annotated[float, typer.Option(
+        min=0.05, max=0.9, help="Time split: latest share of sessions scored")] = 0.3,
+    alert_budget: Annotated[float, typer.Option(
+        min=0.0001, max=0.5, help="Share of sessions that may alert")] = 0.01,
+    kinds: Annotated[str | None, typer.Option(
+        help="Detector families, e.g. iforest,eif [default: as evguard train]")] = None,
+    n_estimators: Annotated[str | None, typer.Option(
+        help="Grid of trees per forest [default: as evguard train]")] = None,
+    max_samples: Annotated[str | None, typer.Option(
+        help="Grid of rows per tree [default: as evguard train]")] = None,
+    max_features: Annotated[str | None, typer.Option(
+        help="Grid of IF feature shares [default: as evguard train]")] = None,
+    extension_levels: Annotated[str | None, typer.Option(
+        help="Grid of extension levels [default: as evguard train]")] = None,
+    jobs: Annotated[int, typer.Option(min=1, help="Parallel candidate evaluations")] = 2,
+    out: Annotated[Path, typer.Option(help="JSON report; the PR-curve PNG goes next to it")]
+    = Path("evaluation.json"),
+    workdir: Annotated[Path | None, typer.Option(
+        help="Private data dir and MLflow store (default <state dir>/evaluation/<time>)")] = None,
+) -> None:
+    """Evaluate evguard on real ACN exports with injected faults, next to the seed baseline.
+
+    Injects the generator's labelled anomaly types at --rate, then per scenario
+    (time split; cross-site) ingests with validation, trains, registers and
+    promotes in a private MLflow store, and scores the held-out sessions through
+    the worker's decode and score steps.
+    """
+    from pydantic import ValidationError
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from pipelines.evaluation import EvaluationConfig, EvaluationError, run_evaluation
+    from pipelines.evaluation_metrics import pr_curves_png
+    from pipelines.exports import ExportFormatError, load_exports
+    from pipelines.training import TrainParams
+
+    inputs = [*(acn or []), *(paths or [])]
+    if not inputs:
+        err_console.print("[bold red]error:[/] give ACN export files: --acn PATH "
+                          "(e.g. --acn ../shared/acn/*.json)")
+        raise typer.Exit(2)
+    s = settings()
+    with clear_errors(ExportFormatError, FileNotFoundError, ValueError, ValidationError):
+        records = load_exports(inputs)
+        config = EvaluationConfig(
+            rate=rate, seed=seed, eval_fraction=eval_fraction, alert_budget=alert_budget,
+            train_site=train_site if cross_site else None,
+            score_site=score_site if cross_site else None,
+            train=_train_overrides(jobs, kinds=kinds, n_estimators=n_estimators,
+                                   max_samples=max_samples, max_features=max_features,
+                                   extension_levels=extension_levels))
+        train = TrainParams(**config.train)
+    workdir = workdir or s.state_path / "evaluation" / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    console.print(f"{len(records):,} sessions from {len(inputs)} path(s); injecting "
+                  f"{rate:.1%} faults (seed {seed}); work dir {workdir}", highlight=False)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    training_log = logging.getLogger("pipelines.training")
+    progress = Progress(TextColumn("{task.description:<48}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console)
+    with clear_errors(EvaluationError), progress:
+        stages = progress.add_task("starting", total=6)
+        candidates = progress.add_task("  training", total=1)
+        handler = _TrainingProgress(progress, candidates)
+        training_log.addHandler(handler)
+        training_log.setLevel(logging.INFO)
+
+        def on_stage(stage: str, done: int, total: int) -> None:
+            progress.update(stages, description=stage[:48], completed=done, total=total)
+
+        try:
+            result = run_evaluation(s, records, config, workdir, on_stage)
+        finally:
+            training_log.removeHandler(handler)
+    command = _command(inputs, {"rate": rate, "seed": seed, "cross_site": cross_site,
+                                "train_site": train_site, "score_site": score_site,
+                                "eval_fraction": eval_fraction, "alert_budget": alert_budget},
+                       train)
+    command += f" --out {out}"
+    report = {"command": command, "inputs": [str(p) for p in inputs], **result.report}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str))
+    for table in _tables(report):
+        console.print(table)
+    if result.curves:
+        figure = out.with_name(out.stem + "_pr_curves.png")
+        figure.write_bytes(pr_curves_png(result.curves))
+        console.print(f"PR curves: {figure}")
+    console.print(f"report: {out} ({report['seconds']:.0f}s)")
+    for reason in report["skipped"].values():
+        console.print(f"[yellow]cross-site skipped:[/] {reason}", highlight=False)
+    for reason in report["failed"].values():
+        err_console.print(f"[bold red]scenario failed:[/] {reason}", highlight=False)
+    if report["failed"]:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="evaluate")(evaluate)
