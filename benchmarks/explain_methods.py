@@ -72,13 +72,14 @@ def run(args: argparse.Namespace) -> None:
         default = Explainer(detector, train, FEATURE_COLUMNS)
         occlusion = Explainer(detector, train, FEATURE_COLUMNS, method="occlusion")
         main_contrib = default.contributions(rows)
-        for name, explainer in ((default.method, default), ("occlusion", occlusion)):
-            if name == "occlusion" and default.method == "occlusion":
-                continue
+        methods = [(default.method, default)]
+        if default.method == "tree_shap":
+            methods.append(("occlusion", occlusion))
+        for name, explainer in methods:
             single = per_session_ms(explainer.contributions, rows, 1)
             batched = per_session_ms(explainer.contributions, rows, 20)
             agreement = "-"
-            if name == "occlusion" and default.method == "tree_shap":
+            if explainer is occlusion:
                 same = (occlusion.contributions(rows).argmax(1) == main_contrib.argmax(1)).mean()
                 agreement = f"{same:.0%} with TreeSHAP"
             print(f"| {kind} | {name} | {single:.2f} | {batched:.2f} | {agreement} | {len(rows)} |")
