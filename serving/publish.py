@@ -256,7 +256,9 @@ class RabbitPublisher:
 
     def _complete_confirmed(self) -> None:
         while self._inflight and self._inflight[0][1] <= self._floor:
-            self._completed.append(self._inflight.popleft()[0])
+            batch = self._inflight.popleft()[0]
+            batch.timings["confirmed_at"] = time.time()
+            self._completed.append(batch)
 
     def _on_return(self, routing_key: str) -> None:
         self._metrics.unroutable.inc()
@@ -310,7 +312,8 @@ class PublishStep(ProcessingStep):
         stamps = np.fromiter((s.timestamp_ms for s in batch.sources), dtype=np.float64,
                              count=len(batch.sources))
         stamps = stamps[stamps > 0]
-        e2e = (now_ms - stamps) / 1000
+        confirmed_ms = batch.timings.get("confirmed_at", now_ms / 1000) * 1000
+        e2e = (confirmed_ms - stamps) / 1000
         self._metrics.end_to_end_seconds.observe_many(e2e)
         if len(e2e):
             batch.timings["e2e_max_ms"] = float(e2e.max() * 1000)

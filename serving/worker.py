@@ -61,6 +61,9 @@ def consumer_config(settings: Settings) -> dict:
         "auto.offset.reset": "earliest",
         "session.timeout.ms": session,
         "heartbeat.interval.ms": max(500, min(3000, session // 3)),
+        # a fetch that waits longer than a batch would is latency for nothing (default 500 ms;
+        # the embedded broker holds fetches that long even when data arrives)
+        "fetch.wait.max.ms": max(1, settings.serve_batch_timeout_ms // 2),
     }
 
 
@@ -192,7 +195,7 @@ class ScoringWorker:
         while not stop.is_set():
             self.heartbeat.beat()
             self._submit_held()
-            messages = consumer.consume(s.serve_batch_size, 0.05 if self._paused else timeout)
+            messages = self._consume(consumer, 0.05 if self._paused else timeout)
             batch = self._to_batch(messages)
             if batch is not None:
                 last_message = time.monotonic()
@@ -210,6 +213,19 @@ class ScoringWorker:
             if idle_exit_s and now - last_message >= idle_exit_s and self._idle():
                 log.info("no messages for %.0fs and nothing in flight: stopping", idle_exit_s)
                 return
+
+    def _consume(self, consumer: Consumer, timeout: float) -> list:
+        """A micro-batch: wait (up to `timeout`) for one message only, then take what else
+        is already fetched, up to the batch size.
+
+        Waiting for a full batch would add the whole timeout to every session's latency at
+        low rates; this way a batch is what arrived while the last one was processed, and
+        it grows by itself when the worker falls behind.
+        """
+        first = consumer.consume(1, timeout)
+        if not first or self.settings.serve_batch_size == 1:
+            return first
+        return first + consumer.consume(self.settings.serve_batch_size - 1, 0)
 
     def _submit_held(self) -> None:
         while self._held and self._chain is not None:
