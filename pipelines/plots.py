@@ -72,5 +72,6 @@ def attribution_summary(contributions: np.ndarray, rows: np.ndarray,
     plt, _fig = _figure(7.5, 5.5)
     shap.summary_plot(contributions, rows, feature_names=list(feature_names), show=False,
                       plot_size=None, max_display=12)
+    plt.xlabel("contribution to the anomaly score (> 0 = more anomalous)")
     plt.title(title)
     return _png(plt, plt.gcf())
