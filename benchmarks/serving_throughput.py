@@ -77,13 +77,13 @@ def memory_mb(pid: int) -> dict[str, float]:
 
 
 def pid_of(command: str, port: int | None = None) -> int | None:
-    """The pid of a process by command name (and listening port), read from /proc only."""
+    """The pid of a process by executable name (and port in its arguments), read from /proc."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            if (entry / "comm").read_text().strip() != command:
-                continue
+            if Path(os.readlink(entry / "exe")).name != command:
+                continue  # e.g. the Python wrapper script of the noida-db binary
             if port is None or str(port) in (entry / "cmdline").read_text():
                 return int(entry.name)
         except OSError:

@@ -201,3 +201,33 @@ def test_promoting_a_new_champion_switches_the_version_without_a_restart(serving
     for rows in by_partition.values():  # one switch per partition, never back
         versions = [v for _o, v in sorted(rows)]
         assert versions == sorted(versions, key=lambda v: v != first)
+
+
+def test_kafka_broker_restart_mid_stream_is_survived_without_loss(serving_settings, result_queue,
+                                                                  tmp_path):
+    from evguard.services.stack import LocalStack, ensure_topics
+
+    settings = serving_settings.model_copy(update={"kafka_port": free_port(),
+                                                   "state_dir": tmp_path / "kafka-state",
+                                                   "serve_batch_size": 100})
+    broker = LocalStack(settings)  # a broker of this test alone, which it may restart
+    broker.up(only=("kafka",))
+    try:
+        ensure_topics(settings)
+        records = synthetic(1500, seed=17)
+        worker = InProcessWorker(settings)
+        try:
+            replay(settings, records[:500])
+            result_queue.wait_for(lambda r: len(r.sessions()) >= 500)
+            broker.kafka_process().stop()
+            time.sleep(2.0)
+            broker.up(only=("kafka",))
+            assert replay(settings, records[500:]).failed == 0
+            results = result_queue.wait_for(
+                lambda r: r.sessions() >= {x["sessionID"] for x in records}, timeout=60)
+        finally:
+            outcome = worker.finish()
+    finally:
+        broker.kafka_process().stop()
+    assert results.sessions() == {r["sessionID"] for r in records}
+    assert outcome.code == 0
