@@ -7,6 +7,8 @@ champion is refreshed by a background thread (importing MLflow takes seconds).
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import logging
 import threading
 import time
@@ -108,7 +110,8 @@ def champion_summary(settings: Settings) -> dict | None:
     return {
         "name": settings.model_name, "version": str(version.version),
         "registered_ts": version.creation_timestamp / 1000,
-        "promoted_ts": float(promoted) if promoted else version.last_updated_timestamp / 1000,
+        "promoted_ts": (datetime.fromisoformat(promoted).timestamp() if promoted
+                        else version.last_updated_timestamp / 1000),
         "decision_reason": tags.get("decision_reason"), "criterion": tags.get("criterion"),
         "metrics": {k: metrics[k] for k in sorted(metrics)[:16]},
     }

@@ -19,6 +19,8 @@ and reasons are written as tags on the new version.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import logging
 import math
 from dataclasses import dataclass, field
@@ -226,7 +228,10 @@ def promote_if_better(settings: Settings, version: str, new_model: Any, split: E
             client.delete_registered_model_alias(name, CHALLENGER)
     elif decision.decision == "challenger":
         client.set_registered_model_alias(name, CHALLENGER, version)
-    for key, value in decision.as_tags().items():
+    tags = decision.as_tags()
+    if decision.decision == "promoted":  # MLflow does not record when an alias moved
+        tags["promoted_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     log.info("%s v%s %s: %s", name, version, decision.decision, decision.reason)
     return decision
