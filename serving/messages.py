@@ -109,7 +109,7 @@ def validate_session(record: Any, site_ids: frozenset[str] = frozenset()) -> dic
     if not isinstance(record, dict):
         raise InvalidSession(f"a session must be a JSON object, got {type(record).__name__}")
     version = record.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version != SCHEMA_VERSION or type(version) is bool:  # JSON true == 1 in Python
         raise InvalidSession(f"schema_version must be {SCHEMA_VERSION}, got {version!r:.20}")
     for field in _REQUIRED_TEXT:
         value = record.get(field)
