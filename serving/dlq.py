@@ -112,4 +112,4 @@ class DeadLetterProducer:
 
 def dead_letter_producer_config(bootstrap: str) -> dict:
     return {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
-            "linger.ms": 5, "client.id": "evguard-serving-dlq"}
+            "linger.ms": 5, "client.id": "evguard-serving-dlq", "log_level": 2}

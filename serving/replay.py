@@ -62,8 +62,29 @@ class ReplayReport:
 
 
 def producer_config(bootstrap: str) -> dict:
+    # librdkafka's own log lines would cut through the progress bar; failures are
+    # reported by the pre-flight check and the delivery reports instead
     return {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
-            "linger.ms": 5, "client.id": "evguard-replay"}
+            "linger.ms": 5, "client.id": "evguard-replay", "log_level": 2}
+
+
+def check_topic(producer, settings: Settings, topic: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, and readably, when the broker is down or the topic is missing.
+
+    Raises:
+        ConnectionError: the broker does not answer.
+        LookupError: the topic does not exist.
+    """
+    from confluent_kafka import KafkaException  # noqa: I001
+
+    try:
+        topics = producer.list_topics(timeout=timeout_s).topics
+    except KafkaException as exc:
+        raise ConnectionError(f"Kafka does not answer at {settings.kafka_servers} "
+                              f"({exc.args[0].str()}); start it with `evguard services up`") from None
+    if topic not in topics:
+        raise LookupError(f"topic {topic!r} does not exist at {settings.kafka_servers}; "
+                          f"`evguard services up` creates {settings.topic_sessions!r}")
 
 
 def load_records(source: SourceKind, settings: Settings, *, paths: Sequence[str | Path] = (),
@@ -143,7 +164,8 @@ def _repeated(records: Sequence[dict], repeat: int) -> Iterator[dict]:
 def replay(settings: Settings, records: Sequence[dict], pace: ReplayPace = AS_FAST_AS_POSSIBLE,
            *, topic: str | None = None, repeat: int = 1,
            progress: Callable[[ReplayReport], None] | None = None,
-           producer=None, flush_timeout_s: float = 60.0) -> ReplayReport:
+           producer=None, flush_timeout_s: float = 60.0,
+           connect_timeout_s: float = 5.0) -> ReplayReport:
     """Produce the records to Kafka at `pace` and wait for every delivery report.
 
     Args:
@@ -155,14 +177,20 @@ def replay(settings: Settings, records: Sequence[dict], pace: ReplayPace = AS_FA
         progress: called about 10 times a second with the running report.
         producer: a confluent-kafka Producer to use (default: a new idempotent one).
         flush_timeout_s: how long to wait for outstanding deliveries at the end.
+        connect_timeout_s: how long the pre-flight check waits for the broker.
 
     Returns:
         Counts of produced, delivered and failed messages.
+
+    Raises:
+        ConnectionError, LookupError: the broker is down or the topic is missing (before
+            anything is sent).
     """
     from confluent_kafka import Producer
 
     topic = topic or settings.topic_sessions
     producer = producer or Producer(producer_config(settings.kafka_servers))
+    check_topic(producer, settings, topic, connect_timeout_s)
     report = ReplayReport()
     ordered, offsets = schedule(records, pace)
     span = offsets[-1] if offsets else 0.0

@@ -64,6 +64,9 @@ def consumer_config(settings: Settings) -> dict:
         # a fetch that waits longer than a batch would is latency for nothing (default 500 ms;
         # the embedded broker holds fetches that long even when data arrives)
         "fetch.wait.max.ms": max(1, settings.serve_batch_timeout_ms // 2),
+        # errors reach error_cb, which logs them at most every 10 s; librdkafka would repeat
+        # a refused connection on stderr several times a second
+        "log_level": 2,
     }
 
 

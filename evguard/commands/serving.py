@@ -67,8 +67,10 @@ def replay(
     """Stream ACN sessions into Kafka (acks=all, idempotent), with a progress bar."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from confluent_kafka import Producer
+
     from pipelines.exports import ExportFormatError
-    from serving.replay import ReplayPace, load_records
+    from serving.replay import ReplayPace, check_topic, load_records, producer_config
     from serving.replay import replay as run_replay
 
     s = settings()
@@ -82,6 +84,9 @@ def replay(
                                anomaly_rate=anomaly_rate)
     total = len(records) * repeat
     target = topic or s.topic_sessions
+    producer = Producer(producer_config(s.kafka_servers))
+    with clear_errors(ConnectionError, LookupError):
+        check_topic(producer, s, target)
     console.print(f"replaying {total} sessions ({source}) to [bold]{target}[/] at "
                   f"{s.kafka_servers}, " + (f"{rate:g}/s" if rate else
                                             f"{speedup:g}x real time" if speedup else
@@ -95,7 +100,8 @@ def replay(
         def show(report) -> None:
             bar.update(task, completed=report.delivered, rate=report.rate, failed=report.failed)
 
-        report = run_replay(s, records, pace, topic=target, repeat=repeat, progress=show)
+        report = run_replay(s, records, pace, topic=target, repeat=repeat, progress=show,
+                            producer=producer)
     console.print(f"{report.delivered} delivered, {report.failed} failed in "
                   f"{report.seconds:.1f}s ({report.rate:.0f}/s)")
     for error, count in report.errors.most_common(5):

@@ -82,3 +82,15 @@ def test_replay_from_real_acn_export_files(kafka_settings, shared_acn):
 def test_files_source_needs_paths(kafka_settings):
     with pytest.raises(ValueError, match="path"):
         load_records("files", kafka_settings)
+
+
+def test_replay_fails_fast_and_readably_without_a_broker_or_topic(kafka_settings):
+    from tests.conftest import free_port
+
+    nowhere = kafka_settings.model_copy(update={"kafka_port": free_port()})
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionError, match="evguard services up"):
+        replay(nowhere, [session(0)], connect_timeout_s=1.0)
+    assert time.monotonic() - t0 < 10
+    with pytest.raises(LookupError, match="does not exist"):
+        replay(kafka_settings, [session(0)], topic=f"missing-{uuid.uuid4().hex[:8]}")
