@@ -47,8 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from evguard.services.stack import LocalStack  # noqa: E402
-from evguard.settings import Settings, settings_env  # noqa: E402
+from evguard.services.stack import LocalStack
+from evguard.settings import Settings, settings_env
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 STAGES = ("decode_ms", "score_ms", "explain_ms", "encode_ms", "confirm_ms", "batch_ms")
@@ -96,12 +96,12 @@ def scrape(port: int) -> str:
 
 
 def metric(text: str, name: str) -> float:
-    m = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.M)
+    m = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.MULTILINE)
     return float(m.group(1)) if m else 0.0
 
 
 def buckets(text: str, name: str) -> list[tuple[float, float]]:
-    rows = re.findall(rf'^{name}_bucket{{le="([^"]+)"}} ([0-9.e+-]+)$', text, re.M)
+    rows = re.findall(rf'^{name}_bucket{{le="([^"]+)"}} ([0-9.e+-]+)$', text, re.MULTILINE)
     return [(float("inf") if le == "+Inf" else float(le), float(c)) for le, c in rows]
 
 
@@ -195,7 +195,7 @@ class Sampler:
                 pass
             time.sleep(0.1)
 
-    def start(self) -> "Sampler":
+    def start(self) -> Sampler:
         self._thread.start()
         return self
 

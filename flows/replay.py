@@ -27,7 +27,7 @@ class ReplayParams(BaseModel):
     topic: str | None = Field(None, description="Kafka topic; empty = EVGUARD_TOPIC_SESSIONS")
 
     @model_validator(mode="after")
-    def _one_pace(self) -> "ReplayParams":
+    def _one_pace(self) -> ReplayParams:
         ReplayPace(self.rate, self.speedup)  # raises on rate and speedup together
         if self.source == "files" and not self.paths:
             raise ValueError("source 'files' needs paths")

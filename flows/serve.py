@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 
 from evguard.settings import load_settings
 from pipelines.registry import champion_version
-from serving.worker import run_worker
+from serving.run import run_worker
 
 
 class ServeParams(BaseModel):

@@ -7,7 +7,7 @@ import logging
 import sys
 
 from evguard.settings import load_settings
-from serving.worker import configure_logging, run_worker
+from serving.run import configure_logging, run_worker
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,9 @@
 """A small AMQP 0-9-1 publishing connection: what the worker needs, and cheap per message.
 
 pika builds method, header and body frames from objects for every message
-(~10 us each, measured); at 20,000 results/s that is a fifth of a core. Here
-the frames of a publish are a cached method frame per routing key plus two
-struct-packed frames, about 1 us. Only publishing in confirm mode is
+(5.6 us for the frames alone, 7-11 us per basic_publish, measured); at 20,000
+results/s that is a fifth of a core. Here the frames of a publish are a cached
+method frame per routing key plus two struct-packed frames, 0.5 us. Only publishing in confirm mode is
 supported: handshake (PLAIN), one channel, exchange declare, confirm.select,
 basic.publish, and the frames a publisher receives (ack, nack, return,
 connection blocked/unblocked, close, heartbeat). Used from one thread only.
@@ -84,7 +84,7 @@ class Endpoint:
     password: str
 
     @classmethod
-    def from_url(cls, url: str) -> "Endpoint":
+    def from_url(cls, url: str) -> Endpoint:
         u = urlparse(url)
         vhost = unquote(u.path[1:]) if u.path not in ("", "/") else "/"
         return cls(u.hostname or "127.0.0.1", u.port or 5672, vhost,

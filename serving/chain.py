@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-from serving.commit import CommitPolicy, CommitStep, Offsets
+from serving.commit import FIVE_PER_SECOND, CommitPolicy, CommitStep, Offsets
 from serving.dlq import DeadLetterProducer, InvalidRatioTracker
 from serving.metrics import WorkerMetrics
 from serving.model import Scorer
@@ -32,7 +32,7 @@ class Chain:
 @dataclass(frozen=True)
 class ChainOptions:
     max_inflight_batches: int = 8
-    commit_policy: CommitPolicy = CommitPolicy(0.2)
+    commit_policy: CommitPolicy = FIVE_PER_SECOND
     explain_top_k: int = 3
     site_ids: frozenset[str] = frozenset()
 

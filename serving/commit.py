@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from serving.dlq import DeadLetterProducer
 from serving.strategy import Batch, DeadLetterError, ProcessingStep

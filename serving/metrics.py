@@ -6,11 +6,17 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 import numpy as np
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
 from prometheus_client.core import HistogramMetricFamily
 
 log = logging.getLogger("evguard.serving.metrics")
@@ -108,7 +114,7 @@ class MetricsServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server API
+            def do_GET(self) -> None:
                 if self.path.startswith("/metrics"):
                     self._send(200, CONTENT_TYPE_LATEST, outer.metrics.render())
                 elif self.path.startswith("/healthz"):
@@ -141,7 +147,7 @@ class MetricsServer:
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         name="metrics-http", daemon=True)
 
-    def start(self) -> "MetricsServer":
+    def start(self) -> MetricsServer:
         self._thread.start()
         return self
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -82,7 +83,7 @@ class ChampionWatcher:
         """
         try:
             version = self._poll_version()
-        except Exception as exc:  # noqa: BLE001 - any registry failure has the same remedy
+        except Exception as exc:
             raise NoChampionError(f"cannot read the model registry: {exc}") from exc
         if version is None:
             raise NoChampionError(
@@ -91,12 +92,12 @@ class ChampionWatcher:
             )
         try:
             model = self._load()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise NoChampionError(f"cannot load the champion model v{version}: {exc}") from exc
         check_compatible(model, self.feature_version)
         try:
             self._warmup(model)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise NoChampionError(f"champion v{version} fails on a sample session: {exc}") from exc
         self._current = model
         self._on_swap(model)
@@ -152,7 +153,7 @@ class ChampionWatcher:
             self._rejected_version = version  # retrying cannot help
             self._on_error()
             return
-        except Exception:  # noqa: BLE001 - retried at the next poll
+        except Exception:
             log.exception("cannot load champion v%s; still serving the loaded model", version)
             self._on_error()
             return

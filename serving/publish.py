@@ -1,7 +1,7 @@
 """Publishing results to RabbitMQ with pipelined publisher confirms.
 
-pika's BlockingConnection waits for each confirm in turn (~1,000 messages/s
-here), and pika's frame building costs ~10 us per message. `RabbitPublisher`
+pika's BlockingConnection waits for each confirm in turn (216 persistent
+messages/s here), and pika's frame building costs 5.6 us per message. `RabbitPublisher`
 runs its own connection (`serving.amqp`) on an I/O thread: a batch is encoded
 and written in one go, and confirms (usually `multiple=True` acks) are matched
 to batches by delivery tag. A batch is complete when every tag up to its last
@@ -83,7 +83,7 @@ class RabbitPublisher:
         """True when a publish now would be sent at once (connected, not blocked)."""
         return self._usable and not self._blocked
 
-    def start(self) -> "RabbitPublisher":
+    def start(self) -> RabbitPublisher:
         self._thread.start()
         return self
 

@@ -12,9 +12,10 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Literal
 
 from evguard.settings import Settings
 from serving.messages import encode_session
@@ -75,7 +76,7 @@ def check_topic(producer, settings: Settings, topic: str, timeout_s: float = 5.0
         ConnectionError: the broker does not answer.
         LookupError: the topic does not exist.
     """
-    from confluent_kafka import KafkaException  # noqa: I001
+    from confluent_kafka import KafkaException
 
     try:
         topics = producer.list_topics(timeout=timeout_s).topics

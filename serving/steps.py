@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import NamedTuple
 
 import numpy as np
 
@@ -108,7 +109,7 @@ class ScoreStep(TransformStep):
             explanations,
             {"name": model.name, "version": str(model.version),
              "feature_version": model.feature_version},
-            datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            datetime.now(UTC).isoformat(timespec="milliseconds"),
         )
         batch.anomalies = len(anomalous)
         batch.payloads = []
@@ -162,7 +163,7 @@ class ScoreStep(TransformStep):
             return {}
         try:
             explained = model.explain(features.iloc[anomalous], top_k=self._top_k)
-        except Exception:  # noqa: BLE001 - a result without explanation beats no result
+        except Exception:
             log.exception("explaining %d anomalies failed; publishing them unexplained",
                           len(anomalous))
             self._metrics.explain_errors.inc()

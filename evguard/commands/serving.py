@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -11,13 +11,13 @@ from evguard.commands.common import clear_errors, console, err_console, settings
 
 
 def serve(
-    batch_size: Annotated[Optional[int], typer.Option(
+    batch_size: Annotated[int | None, typer.Option(
         min=1, help="Max messages per micro-batch [EVGUARD_SERVE_BATCH_SIZE]")] = None,
-    metrics_port: Annotated[Optional[int], typer.Option(
+    metrics_port: Annotated[int | None, typer.Option(
         min=0, help="Port of /metrics and /healthz; 0 = any free port [EVGUARD_METRICS_PORT]")] = None,
-    model_poll: Annotated[Optional[float], typer.Option(
+    model_poll: Annotated[float | None, typer.Option(
         min=0, help="Seconds between polls of the champion alias [EVGUARD_SERVE_MODEL_POLL_S]")] = None,
-    max_invalid_ratio: Annotated[Optional[float], typer.Option(
+    max_invalid_ratio: Annotated[float | None, typer.Option(
         min=0.0, max=1.0, help="Stop when this share of recent messages is invalid; 1 = never")] = None,
     idle_exit: Annotated[float, typer.Option(
         min=0, help="Stop after this many seconds without messages; 0 = run until Ctrl-C")] = 0.0,
@@ -29,7 +29,7 @@ def serve(
 
     Exit codes: 0 stopped, 1 Kafka unreachable, 2 no champion, 3 too many invalid messages.
     """
-    from serving.worker import configure_logging, run_worker
+    from serving.run import configure_logging, run_worker
 
     overrides = {"serve_batch_size": batch_size, "metrics_port": metrics_port,
                  "serve_model_poll_s": model_poll, "serve_max_invalid_ratio": max_invalid_ratio}
@@ -49,25 +49,24 @@ def serve(
 def replay(
     source: Annotated[str, typer.Option(
         help="synthetic (seeded generator), dataset (newest ingest dataset) or files")] = "synthetic",
-    path: Annotated[Optional[list[Path]], typer.Option(
+    path: Annotated[list[Path] | None, typer.Option(
         exists=True, dir_okay=False, help="ACN export file (repeat the option for several)")] = None,
     sessions: Annotated[int, typer.Option(min=1, help="Synthetic sessions to generate")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic generator")] = 0,
     anomaly_rate: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="Share of synthetic sessions with an injected anomaly")] = 0.02,
-    rate: Annotated[Optional[float], typer.Option(
+    rate: Annotated[float | None, typer.Option(
         min=0.0, help="Sessions per second (default: as fast as possible)")] = None,
-    speedup: Annotated[Optional[float], typer.Option(
+    speedup: Annotated[float | None, typer.Option(
         min=0.0, help="Replay at this multiple of real time, by disconnectTime")] = None,
     repeat: Annotated[int, typer.Option(
         min=1, help="Send the sessions this many times (unique sessionIDs per round)")] = 1,
-    topic: Annotated[Optional[str], typer.Option(
+    topic: Annotated[str | None, typer.Option(
         help="Kafka topic [EVGUARD_TOPIC_SESSIONS]")] = None,
 ) -> None:
     """Stream ACN sessions into Kafka (acks=all, idempotent), with a progress bar."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from confluent_kafka import Producer
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from pipelines.exports import ExportFormatError
     from serving.replay import ReplayPace, check_topic, load_records, producer_config

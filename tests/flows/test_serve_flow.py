@@ -50,7 +50,7 @@ def test_replayed_sessions_are_scored_by_the_serving_flow(prefect_harness, serve
     from flows.replay import ReplayParams, replay_flow
     from flows.serve import ServeParams, serve_flow
 
-    settings, version, queue = serve_env
+    _settings, version, queue = serve_env
     replayed = replay_flow(ReplayParams(sessions=120, seed=4, anomaly_rate=0.05))
     assert replayed["delivered"] == 120 and replayed["failed"] == 0
 

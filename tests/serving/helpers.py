@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -56,10 +57,8 @@ def delete_topics(settings: Settings, topics: list[str]) -> None:
 
     for future in AdminClient({"bootstrap.servers": settings.kafka_servers}).delete_topics(
             topics).values():
-        try:
+        with contextlib.suppress(Exception):  # cleanup is best effort
             future.result(timeout=10)
-        except Exception:  # noqa: BLE001 - cleanup is best effort
-            pass
 
 
 @dataclass
@@ -159,7 +158,7 @@ class InProcessWorker:
     """`run_worker` on a thread of the test process (no signal handling)."""
 
     def __init__(self, settings: Settings, idle_exit_s: float = 0.0) -> None:
-        from serving.worker import run_worker
+        from serving.run import run_worker
 
         self.stop = threading.Event()
         self.outcome = None

@@ -8,11 +8,19 @@ import re
 
 import orjson
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipelines.score_result import parse_score_result
-from serving.messages import (InvalidSession, Source, build_results, decode_session,
-                              encode_session, rfc1123_to_iso, routing_key)
+from serving.messages import (
+    InvalidSession,
+    Source,
+    build_results,
+    decode_session,
+    encode_session,
+    rfc1123_to_iso,
+    routing_key,
+)
 
 SESSION = {
     "_id": "5e225f9ff9af8b5c26d21716", "clusterID": "0039",

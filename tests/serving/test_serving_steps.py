@@ -7,12 +7,17 @@ import pytest
 
 from pipelines.features import feature_matrix
 from serving.commit import IMMEDIATE, CommitPolicy, CommitStep
-from serving.dlq import InvalidRatioLimit, InvalidRatioTracker, LENIENT
+from serving.dlq import LENIENT, InvalidRatioLimit, InvalidRatioTracker
 from serving.metrics import WorkerMetrics
 from serving.steps import DecodeStep, ScoreStep
 from serving.strategy import DeadLetterError, InvalidRatioExceeded, MessageRejected
-from tests.serving.stand_ins import (PowerScorer, RecordingDeadLetters, RecordingStep, encoded,
-                                     raw_batch)
+from tests.serving.stand_ins import (
+    PowerScorer,
+    RecordingDeadLetters,
+    RecordingStep,
+    encoded,
+    raw_batch,
+)
 
 
 def decode_step(next_step, limit=LENIENT, dead=None):

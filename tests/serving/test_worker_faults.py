@@ -14,15 +14,18 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from evguard.services.stack import RABBITMQ_SERVER
 from pipelines import registry
 from pipelines.synth import generate_sessions
 from serving.replay import ReplayPace, replay
 from tests.conftest import free_port
-from tests.serving.helpers import (InProcessWorker, ResultQueue, register_champion,
-                                   start_worker_process)
+from tests.serving.helpers import (
+    InProcessWorker,
+    ResultQueue,
+    register_champion,
+    start_worker_process,
+)
 
 
 def synthetic(n: int, seed: int) -> list[dict]:

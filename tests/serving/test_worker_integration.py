@@ -7,7 +7,6 @@ import uuid
 
 import httpx
 import orjson
-import pytest
 from confluent_kafka import Consumer
 
 from pipelines.synth import generate_sessions
@@ -122,7 +121,7 @@ def test_a_producer_gone_mad_stops_the_worker_loudly(serving_settings, result_qu
 
 
 def test_no_champion_at_start_exits_with_a_clear_message(serving_settings):
-    from serving.worker import EXIT_NO_MODEL, run_worker
+    from serving.run import EXIT_NO_MODEL, run_worker
 
     unknown = serving_settings.model_copy(update={"model_name": f"never-{uuid.uuid4().hex[:6]}"})
     outcome = run_worker(unknown)

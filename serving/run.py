@@ -1,0 +1,88 @@
+"""Running the worker: build it from the settings, map how it ended to an exit code."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaException
+
+from evguard.settings import Settings
+from serving.messages import EXAMPLE_SESSION
+from serving.metrics import WorkerMetrics
+from serving.model import ChampionWatcher, IncompatibleModelError, NoChampionError
+from serving.steps import FeatureFn
+from serving.strategy import DeadLetterError, InvalidRatioExceeded
+from serving.worker import WorkerReport, batch_log
+
+EXIT_OK, EXIT_ERROR, EXIT_NO_MODEL, EXIT_INVALID_RATIO, EXIT_DEAD_LETTER = 0, 1, 2, 3, 4
+
+
+@dataclass
+class ServeOutcome:
+    """How a worker run ended: the process exit code, why, and its counts."""
+
+    code: int
+    message: str
+    report: WorkerReport
+
+
+def run_worker(settings: Settings, stop: threading.Event | None = None,
+               idle_exit_s: float = 0.0) -> ServeOutcome:
+    """Serve the champion until stopped (signal, `stop`, or idle).
+
+    Exit codes: 0 stopped cleanly, 1 Kafka unreachable, 2 no usable champion,
+    3 invalid-ratio limit, 4 dead letter not acknowledged.
+    """
+    from evguard.services.process import ServiceError
+    from evguard.services.stack import ensure_topics
+    from pipelines import registry
+    from pipelines.features import FEATURE_VERSION, feature_matrix
+
+    metrics = WorkerMetrics()
+    watcher = ChampionWatcher(
+        load=lambda: registry.load_champion(settings),
+        poll_version=lambda: registry.champion_version(settings),
+        interval_s=settings.serve_model_poll_s, feature_version=FEATURE_VERSION,
+        on_swap=metrics.observe_model, on_error=metrics.model_reload_errors.inc,
+        warmup=lambda model: warm_up(model, feature_matrix, settings.serve_explain_top_k))
+    empty = WorkerReport()
+    try:
+        watcher.start()
+    except (NoChampionError, IncompatibleModelError) as exc:
+        return ServeOutcome(EXIT_NO_MODEL, f"cannot serve: {exc}", empty)
+    try:
+        ensure_topics(settings, timeout=10)
+    except ServiceError as exc:
+        watcher.stop()
+        return ServeOutcome(EXIT_ERROR, f"Kafka is not usable at {settings.kafka_servers} ({exc}); "
+                            "start it with `evguard services up`", empty)
+    from serving.worker import ScoringWorker
+
+    worker = ScoringWorker(settings, watcher, feature_matrix, metrics)
+    try:
+        report = worker.run(stop, idle_exit_s)
+    except InvalidRatioExceeded as exc:
+        return ServeOutcome(EXIT_INVALID_RATIO, f"STOPPED: {exc}", worker.report)
+    except DeadLetterError as exc:
+        return ServeOutcome(EXIT_DEAD_LETTER, f"STOPPED: {exc}", worker.report)
+    except KafkaException as exc:
+        return ServeOutcome(EXIT_ERROR, f"STOPPED: Kafka: {exc.args[0].str()}", worker.report)
+    finally:
+        watcher.stop()
+    return ServeOutcome(EXIT_OK, "stopped cleanly", report)
+
+
+def warm_up(model, feature_fn: FeatureFn, top_k: int) -> None:
+    """Score and explain one sample session, so lazy imports happen before serving."""
+    features = feature_fn([EXAMPLE_SESSION])
+    model.score(features)
+    model.explain(features, top_k=top_k)
+
+
+def configure_logging(level: int = logging.INFO, batches: bool = True) -> None:
+    """One line per event on stderr; pika's own chatter only from warnings up."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("pika").setLevel(logging.WARNING)
+    batch_log.setLevel(logging.INFO if batches else logging.WARNING)
