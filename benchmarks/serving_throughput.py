@@ -232,20 +232,20 @@ def wait_healthy(port: int, timeout: float = 120.0) -> None:
     raise RuntimeError("the worker did not start")
 
 
-def stage_times(log: Path, since: float) -> dict[str, float]:
-    """Mean ms per batch and sessions per batch from the worker's batch log lines."""
-    rows = []
-    for line in log.read_text(errors="replace").splitlines():
-        if "evguard.serving.batch" not in line:
-            continue
-        fields = dict(re.findall(r"(\w+)=([0-9.]+)", line))
-        rows.append(fields)
-    rows = rows[int(len(rows) * 0.1):] or rows  # skip the warm-up
-    out = {"batches": len(rows)}
+def batch_rows(log: Path) -> list[dict[str, str]]:
+    """The fields of the worker's per-batch log lines, in order."""
+    return [dict(re.findall(r"(\w+)=([0-9.]+)", line))
+            for line in log.read_text(errors="replace").splitlines()
+            if "evguard.serving.batch" in line]
+
+
+def stage_times(rows: list[dict[str, str]], statistic=statistics.mean) -> dict[str, float]:
+    """Ms per batch for each stage, and sessions per batch."""
+    out: dict[str, float] = {"batches": len(rows)}
     if rows:
-        out["sessions_per_batch"] = statistics.mean(float(r["n"]) for r in rows)
-        for stage in STAGES:
-            out[stage] = statistics.mean(float(r.get(stage, 0)) for r in rows)
+        out["sessions_per_batch"] = statistic([float(r["n"]) for r in rows])
+        for stage in (*STAGES, "e2e_max_ms"):
+            out[stage] = statistic([float(r.get(stage, 0)) for r in rows])
     return out
 
 
@@ -383,7 +383,9 @@ def main() -> None:
             1e6 * figures["cpu_cores"].get("worker", float("nan")) / figures["throughput_steady"])
         figures["cpu_pressure"] = cpu_pressure()
         figures["worker_memory_mb"] = memory_mb(worker.pid)
-        figures["stages"] = stage_times(log, started)
+        rows = batch_rows(log)
+        figures["stages"] = stage_times(rows[len(rows) // 10:])  # skip the warm-up
+        throughput_batches = len(rows)
         figures["queue_depth"] = queue_depth(settings, queue)
         print(f"throughput {figures['throughput']:.0f}/s (steady {figures['throughput_steady']:.0f}"
               f"/s), cpu {figures['cpu_cores']}, worker "
@@ -417,6 +419,8 @@ def main() -> None:
         time.sleep(0.5)
         after = buckets(scrape(settings.metrics_port), "evguard_serving_end_to_end_seconds")
         latencies = [lat for sent, lat in observed if sent >= window_start_ms]
+        figures["latency_stages_median"] = stage_times(
+            batch_rows(log)[throughput_batches + warm_n // 50:], statistics.median)
         delta = [(le, a - b) for (le, a), (_, b) in zip(after, before)]
         figures["latency"] = {
             "rate": args.latency_rate, "sessions": expected, "received": len(latencies),

@@ -65,9 +65,6 @@ def consumer_config(settings: Settings) -> dict:
         "auto.offset.reset": "earliest",
         "session.timeout.ms": session,
         "heartbeat.interval.ms": max(500, min(3000, session // 3)),
-        # a fetch that waits longer than a batch would is latency for nothing (default 500 ms;
-        # the embedded broker holds fetches that long even when data arrives)
-        "fetch.wait.max.ms": max(1, settings.serve_batch_timeout_ms // 2),
         # errors reach error_cb, which logs them at most every 10 s; librdkafka would repeat
         # a refused connection on stderr several times a second
         "log_level": 2,
