@@ -234,3 +234,52 @@ def test_kafka_broker_restart_mid_stream_is_survived_without_loss(serving_settin
         broker.kafka_process().stop()
     assert results.sessions() == {r["sessionID"] for r in records}
     assert outcome.code == 0
+
+
+def committed_offsets(settings) -> dict[int, int]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": settings.kafka_servers,
+                         "group.id": settings.consumer_group, "enable.auto.commit": False})
+    try:
+        partitions = [TopicPartition(settings.topic_sessions, p)
+                      for p in range(settings.topic_partitions)]
+        return {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=10)
+                if tp.offset >= 0}
+    finally:
+        consumer.close()
+
+
+def test_sigterm_finishes_what_is_in_flight_and_commits_exactly_what_was_published(
+        serving_settings, result_queue):
+    from serving.run import run_worker
+
+    settings = serving_settings.model_copy(update={"serve_batch_size": 100})
+    records = synthetic(1500, seed=18)
+    producer = replay_in_background(settings, records, rate=1000)
+
+    def terminate_when_flowing() -> None:
+        flowing = result_queue.wait_for(lambda r: len(r.bodies) >= 300)
+        if len(flowing.bodies) >= 300:  # the worker's handler is installed: it is running
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=terminate_when_flowing, daemon=True).start()
+    outcome = run_worker(settings)  # on the main thread, so with the real signal handlers
+    producer.join(30)
+    assert outcome.code == 0 and 0 < outcome.report.scored < len(records)
+    published = result_queue.wait_for(lambda r: len(r.bodies) >= outcome.report.scored,
+                                      timeout=10)
+    ends: dict[int, int] = {}
+    for body in published.bodies:
+        k = body["kafka"]
+        ends[k["partition"]] = max(ends.get(k["partition"], 0), k["offset"] + 1)
+    assert committed_offsets(settings) == ends  # a restart scores nothing twice
+
+    restarted = InProcessWorker(settings)
+    try:
+        results = result_queue.wait_for(
+            lambda r: r.sessions() >= {x["sessionID"] for x in records})
+    finally:
+        restarted.finish()
+    assert results.sessions() == {r["sessionID"] for r in records}
+    assert results.duplicates() == 0
