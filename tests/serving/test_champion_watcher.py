@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pipelines.features import FEATURE_VERSION
 from serving.model import ChampionWatcher, IncompatibleModelError, NoChampionError
 from tests.serving.stand_ins import PowerScorer
 
@@ -30,7 +31,7 @@ class Registry:
 
 
 def watcher(reg: Registry, **kw) -> ChampionWatcher:
-    return ChampionWatcher(reg.load, reg.poll, interval_s=0, feature_version="f1", **kw)
+    return ChampionWatcher(reg.load, reg.poll, interval_s=0, feature_version=FEATURE_VERSION, **kw)
 
 
 def test_no_champion_at_start_is_a_clear_error():
