@@ -87,6 +87,7 @@ class Demo:
         self.log = log
         self.stack = LocalStack(settings)
         self.summary = DemoSummary()
+        self.before = {"scored": 0, "anomalies": 0, "alerts_sent": 0, "emails": 0}
         self.flow_runs: dict[str, str] = {}
         os.environ.update(prefect_env(settings))  # this process talks to the same Prefect API
 
@@ -162,9 +163,30 @@ class Demo:
             raise DemoError(f"the serving worker did not become healthy ({metrics}); "
                             f"see its flow run in the Prefect UI at {self.settings.prefect_ui}")
 
+    def _counts(self) -> dict[str, int]:
+        """Rows and emails so far: a re-run of the demo reports only what it added."""
+        from sqlalchemy import text
+
+        from pipelines.store import MonitoringStore
+
+        store = MonitoringStore(self.settings.monitoring_db)
+        try:
+            with store.engine.connect() as conn:
+                counts = {name: conn.execute(text(sql)).scalar() or 0 for name, sql in (
+                    ("scored", "select count(*) from scores"),
+                    ("anomalies", "select count(*) from scores where is_anomaly"),
+                    ("alerts_sent", "select count(*) from alerts where state = 'sent'"))}
+        finally:
+            store.close()
+        counts["emails"] = len(list(self.settings.outbox_dir.glob("*.eml")))
+        return counts
+
     def _replay(self) -> None:
+        self.before = self._counts()
         o = self.options
-        params = {"source": "synthetic", "sessions": o.replay_sessions, "seed": o.seed + 1000,
+        # a re-run streams new sessions: a seed of its own, derived from what is stored
+        seed = o.seed + 1000 + self.before["scored"]
+        params = {"source": "synthetic", "sessions": o.replay_sessions, "seed": seed,
                   "anomaly_rate": max(o.anomaly_rate, 0.02), "rate": o.rate}
         self._run("replay_flow/replay", {"params": params})
         self.summary.replayed = o.replay_sessions
@@ -174,9 +196,11 @@ class Demo:
 
         store = MonitoringStore(self.settings.monitoring_db)
         try:
-            if not wait_until(lambda: store.count_scores() >= self.summary.replayed,
+            target = self.before["scored"] + self.summary.replayed
+            if not wait_until(lambda: store.count_scores() >= target,
                               self.options.timeout_s, interval=1):
-                raise DemoError(f"only {store.count_scores()} of {self.summary.replayed} "
+                raise DemoError(f"only {store.count_scores() - self.before['scored']} of "
+                                f"{self.summary.replayed} "
                                 f"sessions were stored within {self.options.timeout_s:.0f}s")
         finally:
             store.close()
@@ -187,27 +211,19 @@ class Demo:
         def settled() -> bool:
             first = len(list(outbox.glob("*.eml")))
             time.sleep(2)
-            return first > 0 and len(list(outbox.glob("*.eml"))) == first
+            return first > self.before["emails"] and len(list(outbox.glob("*.eml"))) == first
 
         wait_until(settled, 60, interval=0.5)
 
     def _collect(self) -> None:
-        from sqlalchemy import text
-
         from pipelines.registry import load_champion
-        from pipelines.store import MonitoringStore
 
-        store = MonitoringStore(self.settings.monitoring_db)
-        try:
-            with store.engine.connect() as conn:
-                self.summary.scored = conn.execute(text("select count(*) from scores")).scalar()
-                self.summary.anomalies = conn.execute(
-                    text("select count(*) from scores where is_anomaly")).scalar()
-                self.summary.alerts_sent = conn.execute(
-                    text("select count(*) from alerts where state = 'sent'")).scalar()
-        finally:
-            store.close()
-        self.summary.emails = sorted(self.settings.outbox_dir.glob("*.eml"))
+        after = self._counts()
+        self.summary.scored = after["scored"] - self.before["scored"]
+        self.summary.anomalies = after["anomalies"] - self.before["anomalies"]
+        self.summary.alerts_sent = after["alerts_sent"] - self.before["alerts_sent"]
+        emails = sorted(self.settings.outbox_dir.glob("*.eml"), key=lambda p: p.stat().st_mtime)
+        self.summary.emails = emails[self.before["emails"]:]
         champion = load_champion(self.settings)
         metrics = getattr(champion, "metrics", {}) or {}
         self.summary.champion = {"name": champion.name, "version": champion.version,

@@ -100,7 +100,7 @@ class ManagedProcess:
                 f"Stop that program, or choose another port with the matching EVGUARD_ setting."
             )
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_file, "ab")
+        log = open(self.log_file, "wb")  # this run's log only: health checks may read it
         try:
             proc = subprocess.Popen(
                 self.command,
