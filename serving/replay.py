@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -56,6 +57,7 @@ class ReplayReport:
     failed: int = 0
     seconds: float = 0.0
     errors: Counter = field(default_factory=Counter)
+    resent: int = 0  # sent again by a new producer after a fatal producer error
 
     @property
     def rate(self) -> float:
@@ -86,6 +88,132 @@ def check_topic(producer, settings: Settings, topic: str, timeout_s: float = 5.0
     if topic not in topics:
         raise LookupError(f"topic {topic!r} does not exist at {settings.kafka_servers}; "
                           f"`evguard services up` creates {settings.topic_sessions!r}")
+
+
+# delivery errors of a producer that has failed fatally (idempotence state lost or purged)
+_RESEND_AFTER = ("_FATAL", "_PURGE_QUEUE", "_PURGE_INFLIGHT", "OUT_OF_ORDER_SEQUENCE_NUMBER",
+                 "UNKNOWN_PRODUCER_ID", "INVALID_PRODUCER_EPOCH")
+
+
+def _discard(retired: list) -> None:
+    while retired:
+        producer = retired.pop()
+        try:
+            producer.purge()
+            producer.poll(0)
+        except Exception:  # noqa: BLE001 - it has failed already
+            pass
+        del producer  # destroyed here, on this thread
+
+
+def _fatal(exc) -> bool:
+    error = exc.args[0] if exc.args else None
+    return hasattr(error, "fatal") and (error.fatal() or error.name() == "_FATAL")
+
+
+class _Sender:
+    """Produces with a delivery report per message and keeps each until it is acknowledged.
+
+    An idempotent producer fails for good (a fatal error) when a restarted broker has lost
+    the sequence of messages in flight (seen with the embedded broker). Then a new producer
+    sends again what was not acknowledged: at-least-once for those few, nothing lost.
+    confluent-kafka 2.16 surfaces that error from `flush`/`poll` as a bare SystemError.
+    """
+
+    max_restarts = 10
+
+    def __init__(self, producer, make_producer: Callable[[], object], topic: str,
+                 report: ReplayReport) -> None:
+        self.producer, self._make, self.topic, self.report = producer, make_producer, topic, report
+        self.unacked: dict[int, tuple[bytes, str | None]] = {}
+        self._generation = self._restarts = self._count = 0
+        self._broken = False
+        self._retired: list = []  # failed producers, destroyed off the caller's thread
+
+    def close(self) -> None:
+        """Let go of failed producers: destroying one can wait for its requests to time out."""
+        if self._retired:
+            threading.Thread(target=_discard, args=(self._retired,), name="discard-producers",
+                             daemon=True).start()
+            self._retired = []
+
+    def send(self, value: bytes, key: str | None) -> None:
+        self.unacked[self._count] = (value, key)
+        self._count += 1
+        self._produce(self._count - 1)
+
+    def _produce(self, i: int) -> None:
+        from confluent_kafka import KafkaException
+
+        value, key = self.unacked[i]
+        while True:
+            try:
+                self.producer.produce(self.topic, value=value, key=key,
+                                      on_delivery=self._reported(i, self._generation))
+                return
+            except BufferError:  # local queue full: let deliveries drain
+                self.poll(0.05)
+            except KafkaException as exc:
+                if not _fatal(exc):
+                    raise
+                self._restart(exc)  # sends `i` again with the rest
+                return
+
+    def _reported(self, i: int, generation: int):
+        def delivered(err, _msg) -> None:
+            if generation != self._generation:
+                return  # from a producer given up on; its messages are being resent
+            if err is None:
+                del self.unacked[i]
+                self.report.delivered += 1
+            elif err.fatal() or err.name() in _RESEND_AFTER:
+                self._broken = True
+            else:
+                del self.unacked[i]
+                self.report.failed += 1
+                self.report.errors[err.str()] += 1
+        return delivered
+
+    def _guarded(self, call, *args):
+        from confluent_kafka import KafkaException
+
+        try:
+            return call(*args)
+        except (KafkaException, SystemError) as exc:
+            if isinstance(exc, KafkaException) and not _fatal(exc):
+                raise
+            self._restart(exc)
+            return None
+
+    def poll(self, timeout: float) -> None:
+        self._guarded(self.producer.poll, timeout)
+        if self._broken:
+            self._restart("a delivery failed fatally")
+
+    def flush(self, timeout: float) -> int:
+        """Wait up to `timeout` for every acknowledgement (afresh after a restart); the
+        number still unacknowledged."""
+        while True:
+            generation = self._generation
+            self._guarded(self.producer.flush, timeout)
+            if self._broken and self.unacked:
+                self._restart("a delivery failed fatally")
+            elif generation == self._generation:
+                return len(self.unacked)
+
+    def _restart(self, reason) -> None:
+        self._restarts += 1
+        if self._restarts > self.max_restarts:
+            raise RuntimeError(f"the Kafka producer failed {self._restarts} times; last: {reason}")
+        log.warning("Kafka producer failed (%s); a new one sends the %d unacknowledged sessions "
+                    "again", reason, len(self.unacked))
+        self._retired.append(self.producer)
+        self._generation, self._broken = self._generation + 1, False
+        self.producer = self._make()
+        self.report.resent += len(self.unacked)
+        for i in list(self.unacked):
+            if i in self.unacked:
+                self._produce(i)
 
 
 def load_records(source: SourceKind, settings: Settings, *, paths: Sequence[str | Path] = (),
@@ -176,7 +304,8 @@ def replay(settings: Settings, records: Sequence[dict], pace: ReplayPace = AS_FA
         topic: overrides `settings.topic_sessions`.
         repeat: send the records this many times (unique sessionIDs per round).
         progress: called about 10 times a second with the running report.
-        producer: a confluent-kafka Producer to use (default: a new idempotent one).
+        producer: a confluent-kafka Producer to use (default: a new idempotent one); after
+            a fatal producer error it is replaced by a new default one (see `_Sender`).
         flush_timeout_s: how long to wait for outstanding deliveries at the end.
         connect_timeout_s: how long the pre-flight check waits for the broker.
 
@@ -198,36 +327,25 @@ def replay(settings: Settings, records: Sequence[dict], pace: ReplayPace = AS_FA
     if pace.rate is not None and offsets:
         span = len(offsets) / pace.rate
 
-    def delivered(err, _msg) -> None:
-        if err is None:
-            report.delivered += 1
-        else:
-            report.failed += 1
-            report.errors[err.str()] += 1
-
+    sender = _Sender(producer, lambda: Producer(producer_config(settings.kafka_servers)), topic,
+                     report)
     start = time.perf_counter()
     next_progress = 0.0
     for i, record in enumerate(_repeated(ordered, repeat)):
         round_, j = divmod(i, len(ordered))
         target = start + round_ * span + offsets[j]
         while (wait := target - time.perf_counter()) > 0:
-            producer.poll(min(wait, 0.05))
-        value = encode_session(record)
+            sender.poll(min(wait, 0.05))
         key = record.get("stationID")
-        while True:
-            try:
-                producer.produce(topic, value=value, key=None if key is None else str(key),
-                                 on_delivery=delivered)
-                break
-            except BufferError:  # local queue full: let deliveries drain
-                producer.poll(0.05)
+        sender.send(encode_session(record), None if key is None else str(key))
         report.produced += 1
-        producer.poll(0)
+        sender.poll(0)
         if progress is not None and (now := time.perf_counter()) >= next_progress:
             report.seconds = now - start
             progress(report)
             next_progress = now + 0.1
-    remaining = producer.flush(flush_timeout_s)
+    remaining = sender.flush(flush_timeout_s)
+    sender.close()
     if remaining:
         report.failed += remaining
         report.errors["not delivered before the flush timeout"] += remaining

@@ -25,7 +25,7 @@ import httpx
 from evguard.settings import Settings, settings_env
 
 ROOT = Path(__file__).resolve().parents[2]
-STANDBY = Path(__file__).with_name("standby_worker.py")
+ZYGOTE = Path(__file__).with_name("worker_zygote.py")
 
 
 # ---- the worker as a process ------------------------------------------------------------
@@ -61,10 +61,9 @@ def metric(port: int, name: str, labels: str = "") -> float:
 class WorkerSupervisor:
     """Runs the scoring worker (`python -m serving`) as one process at a time, and restarts it.
 
-    The next process is started ahead of need (`standby_worker.py`): it imports the
-    worker's modules, then waits; `start` lets it run `serving.__main__.main`. So a restart
-    costs the champion load and the group join, as after a crash on a warm host.
-    Processes run in their own sessions and are signalled by PID only.
+    Workers are forked from a warm parent (`worker_zygote.py`), so a restart costs the
+    champion load and the group join, as after a crash on a warm host, and not the imports
+    of a new interpreter. Each worker is a process of its own session, signalled by PID.
     """
 
     def __init__(self, settings: Settings, log: Path, env: dict[str, str] | None = None,
@@ -74,68 +73,92 @@ class WorkerSupervisor:
         self.env = {**os.environ, **settings_env(settings), "MLFLOW_DISABLE_TELEMETRY": "true",
                     **(env or {})}
         self.args = list(args)
-        self.current: subprocess.Popen | None = None
-        self._standby: subprocess.Popen | None = None
+        self.pid: int | None = None
         self.started = 0
         self.kills = 0
         self.exit_codes: list[int] = []
-
-    def _spawn(self) -> subprocess.Popen:
-        with open(self.log, "ab") as out:
-            return subprocess.Popen([sys.executable, str(STANDBY), *self.args], cwd=ROOT,
-                                    env=self.env, stdin=subprocess.PIPE, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+        self._zygote: subprocess.Popen | None = None
+        self._exits: dict[int, int] = {}
+        self._pids: list[int] = []
+        self._changed = threading.Condition()
 
     def prepare(self) -> None:
-        """Start the next process now, so that it is warm when needed."""
-        if self._standby is None or self._standby.poll() is not None:
-            self._standby = self._spawn()
+        """Start the warm parent now (its imports take a while)."""
+        if self._zygote is not None:
+            return
+        with open(self.log, "ab") as out:
+            self._zygote = subprocess.Popen(
+                [sys.executable, str(ZYGOTE), *self.args], cwd=ROOT, env=self.env,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=out,
+                start_new_session=True, text=True, bufsize=1)
+        threading.Thread(target=self._read, name="zygote-reader", daemon=True).start()
 
-    def start(self, prepare_next: bool = True) -> subprocess.Popen:
-        """Let the prepared process serve (preparing one first if there is none)."""
-        assert self.current is None or self.current.poll() is not None, "one worker at a time"
+    def _read(self) -> None:
+        for line in self._zygote.stdout:
+            kind, *numbers = line.split()
+            with self._changed:
+                if kind == "pid":
+                    self._pids.append(int(numbers[0]))
+                elif kind == "exit":
+                    self._exits[int(numbers[0])] = int(numbers[1])
+                self._changed.notify_all()
+
+    def _wait(self, predicate, timeout: float, what: str):
+        with self._changed:
+            if not self._changed.wait_for(predicate, timeout):
+                raise AssertionError(f"{what} within {timeout:.0f}s (log {self.log})")
+            return predicate()
+
+    def start(self, timeout: float = 120.0) -> int:
+        """Fork a new worker; its PID."""
+        assert not self.alive(), "one worker at a time"
         self.prepare()
-        proc, self._standby = self._standby, None
-        proc.stdin.write(b"go\n")
-        proc.stdin.close()
-        self.current = proc
+        self._zygote.stdin.write("fork\n")
+        self._zygote.stdin.flush()
+        self.pid = self._wait(lambda: len(self._pids) > self.started and self._pids[-1],
+                              timeout, "the warm parent forked no worker")
         self.started += 1
-        if prepare_next:
-            self.prepare()
-        return proc
+        return self.pid
 
     def alive(self) -> bool:
-        return self.current is not None and self.current.poll() is None
+        return self.pid is not None and self.pid not in self._exits
+
+    def _exit_code(self, timeout: float) -> int:
+        pid = self.pid
+        self._wait(lambda: pid in self._exits, timeout, f"worker {pid} did not exit")
+        code = self._exits[pid]
+        self.exit_codes.append(code)
+        return code
 
     def kill(self) -> None:
-        """SIGKILL the serving process, by its PID, and reap it."""
-        proc = self.current
-        assert proc is not None and proc.poll() is None, "no running worker to kill"
-        os.kill(proc.pid, signal.SIGKILL)
-        self.exit_codes.append(proc.wait(30))
+        """SIGKILL the serving process, by its PID."""
+        assert self.alive(), "no running worker to kill"
+        os.kill(self.pid, signal.SIGKILL)
+        self._exit_code(30)
         self.kills += 1
 
     def stop(self, timeout: float = 60.0) -> int | None:
         """SIGTERM the serving process (graceful: finish, confirm, commit); its exit code."""
-        proc = self.current
-        if proc is None or proc.poll() is not None:
-            return None if proc is None else proc.returncode
-        proc.send_signal(signal.SIGTERM)
+        if not self.alive():
+            return self._exits.get(self.pid) if self.pid is not None else None
+        os.kill(self.pid, signal.SIGTERM)
         try:
-            code = proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = proc.wait(10)
-        self.exit_codes.append(code)
-        return code
+            return self._exit_code(timeout)
+        except AssertionError:
+            os.kill(self.pid, signal.SIGKILL)
+            return self._exit_code(10)
 
     def close(self) -> None:
-        """Stop the serving process and discard the prepared one."""
+        """Stop the serving process, then the warm parent."""
         self.stop(timeout=30)
-        if self._standby is not None and self._standby.poll() is None:
-            self._standby.kill()
-            self._standby.wait(10)
-        self._standby = None
+        if self._zygote is not None:
+            self._zygote.stdin.close()
+            try:
+                self._zygote.wait(15)
+            except subprocess.TimeoutExpired:
+                self._zygote.kill()
+                self._zygote.wait(5)
+            self._zygote = None
 
 
 # ---- a replay that runs until stopped -----------------------------------------------------
@@ -154,6 +177,8 @@ class ContinuousReplay:
         self.tag = tag or uuid.uuid4().hex[:6]
         self.expected: list[str] = []
         self.failed = 0
+        self.resent = 0
+        self.error: Exception | None = None
         self.errors: list[str] = []
         self.rounds = 0
         self._stop = threading.Event()
@@ -167,18 +192,20 @@ class ContinuousReplay:
         return self._thread.is_alive()
 
     def _run(self) -> None:
-        from confluent_kafka import Producer
+        from serving.replay import ReplayPace, replay
 
-        from serving.replay import ReplayPace, producer_config, replay
-
-        producer = Producer(producer_config(self.settings.kafka_servers))
         while not self._stop.is_set():
             suffix = f"~{self.tag}{self.rounds}"
             records = [{**r, "sessionID": f"{r['sessionID']}{suffix}"} for r in self.pool]
             self.expected.extend(r["sessionID"] for r in records)
-            report = replay(self.settings, records, ReplayPace(rate=self.rate),
-                            producer=producer, flush_timeout_s=120)
+            try:
+                report = replay(self.settings, records, ReplayPace(rate=self.rate),
+                                flush_timeout_s=120)
+            except Exception as exc:  # noqa: BLE001 - the test reports it
+                self.error = exc
+                return
             self.failed += report.failed
+            self.resent += report.resent
             self.errors.extend(report.errors)
             self.rounds += 1
 
@@ -187,6 +214,7 @@ class ContinuousReplay:
         self._stop.set()
         self._thread.join(timeout)
         assert not self._thread.is_alive(), "the replay did not finish its last round"
+        assert self.error is None, f"the replay crashed: {self.error!r}"
 
 
 # ---- reading back and counting ------------------------------------------------------------

@@ -1,0 +1,77 @@
+"""A warm parent of scoring workers: it imports what the worker needs once, then forks a
+fresh worker process for every `fork` line on stdin, which runs `python -m serving`
+(`serving.__main__.main`) with this script's arguments.
+
+The fault suite and the soak kill workers with SIGKILL and restart them many times; a
+new interpreter pays 10-20 s of imports on a loaded 2-core machine, a fork pays none
+(as a pre-forking server does). Each worker gets its own session (process group), reads
+its settings from the environment after the fork, and owns nothing of the parent but
+imported modules. The parent writes `pid <pid>` for each fork and `exit <pid> <code>`
+when a worker ends (code < 0: killed by that signal) on stdout; it exits at stdin EOF.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+
+import mlflow.pyfunc  # noqa: F401  - what a worker imports on its way to serving
+import mlflow.store.model_registry.sqlalchemy_store  # noqa: F401
+import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+import pipelines.explain  # noqa: F401
+import pipelines.features  # noqa: F401
+import pipelines.model_package  # noqa: F401
+import pipelines.registry  # noqa: F401
+import serving.worker  # noqa: F401
+import shap  # noqa: F401
+from serving.__main__ import main
+
+_write_lock = threading.Lock()
+
+
+def tell(line: str) -> None:
+    with _write_lock:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+def reap() -> None:
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            time.sleep(0.05)
+            continue
+        tell(f"exit {pid} {os.waitstatus_to_exitcode(status)}")
+
+
+def serve_one(args: list[str]) -> None:
+    """In the child: a new session, stdout to the log, then the worker; never returns."""
+    os.setsid()
+    os.dup2(2, 1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    code = 1
+    try:
+        code = main(args)
+    except BaseException:  # noqa: BLE001 - report, then leave with an error code
+        traceback.print_exc()
+    finally:
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+if __name__ == "__main__":
+    threading.Thread(target=reap, name="reaper", daemon=True).start()
+    for line in sys.stdin:
+        if line.strip() != "fork":
+            continue
+        pid = os.fork()
+        if pid == 0:
+            serve_one(sys.argv[1:])
+        tell(f"pid {pid}")
