@@ -57,8 +57,10 @@ def _version_by_alias(client: Any, name: str, alias: str):
 
     try:
         return client.get_model_version_by_alias(name, alias)
-    except MlflowException:  # no such alias, or no such registered model
-        return None
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None  # no such registered model, or no such alias
+        raise  # the registry is unreachable or failing: that is not "no champion"
 
 
 def champion_version(settings: Settings) -> str | None:
