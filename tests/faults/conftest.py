@@ -20,6 +20,7 @@ from evguard.services.process import free_port
 from evguard.services.stack import LocalStack, ensure_topics
 from evguard.settings import Settings
 from tests.serving.helpers import ResultQueue, delete_topics, register_champion
+from tests.support.faultkit import Zygote
 
 ROOT = Path(__file__).resolve().parents[2]
 FIGURES = ROOT / "test-artifacts" / "fault-suite.jsonl"
@@ -98,10 +99,10 @@ def private_kafka(fault_settings, tmp_path):
     stack.kafka_process().stop()
 
 
-# ---- an MLflow tracking server, started in the background at collection ----------------
+# ---- slow starters, begun at collection so that they overlap the first cases ----------
 class _BackgroundMlflow:
     """`mlflow server` (the stack's `mlflow_ui_process`) on a fresh sqlite store. It takes
-    40-60 s to start on a loaded 2-core machine, so it starts while other cases run."""
+    40-60 s to start on a loaded 2-core machine."""
 
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="evguard-faults-mlflow-"))
@@ -126,29 +127,55 @@ class _BackgroundMlflow:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-_mlflow_server: _BackgroundMlflow | None = None
+class _BackgroundZygote:
+    """The warm parent the cases fork worker processes from (10-20 s of imports)."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="evguard-faults-zygote-"))
+        self.zygote = Zygote(self.root / "zygote.log")
+
+    def close(self) -> None:
+        self.zygote.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+_STARTERS = {"mlflow_server": _BackgroundMlflow, "worker_zygote": _BackgroundZygote}
+_started: dict[str, object] = {}
 
 
 @pytest.hookimpl(trylast=True)  # after -k/-m deselection
 def pytest_collection_modifyitems(session, config, items) -> None:
-    global _mlflow_server
-    if _mlflow_server is None and any("mlflow_server" in getattr(i, "fixturenames", ())
-                                      for i in items):
-        _mlflow_server = _BackgroundMlflow()
+    wanted = {name for item in items for name in getattr(item, "fixturenames", ())}
+    for name, starter in _STARTERS.items():
+        if name in wanted and name not in _started:
+            _started[name] = starter()
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
-    if _mlflow_server is not None:
-        _mlflow_server.close()
+    while _started:
+        _started.popitem()[1].close()
+
+
+def _background(name: str):
+    if name not in _started:
+        _started[name] = _STARTERS[name]()
+    return _started[name]
 
 
 @pytest.fixture(scope="session")
 def mlflow_server():
-    """A running MLflow tracking server: yields (settings of its store and port, stack).
-    A case may stop it; it is stopped at the end of the session in any case."""
-    server = _mlflow_server or _BackgroundMlflow()
+    """A running MLflow tracking server: (settings of its store and port, stack). A case may
+    stop it; it is stopped at the end of the session in any case."""
+    server = _background("mlflow_server")
     server.thread.join(180)
     if server.error is not None:
         raise server.error
-    yield server.settings, server.stack
-    server.close()  # stops by the PID file; a second close finds nothing to stop
+    return server.settings, server.stack
+
+
+@pytest.fixture(scope="session")
+def worker_zygote() -> Zygote:
+    """The warm parent of worker processes, shared by the cases."""
+    zygote = _background("worker_zygote").zygote
+    zygote.wait_ready()
+    return zygote

@@ -39,7 +39,7 @@ def test_worker_keeps_scoring_with_the_loaded_model_while_mlflow_is_down(
         assert stack.mlflow_ui_process().stop()
         assert not port_open("127.0.0.1", server.mlflow_ui_port)
         seen = len(result_queue.wait_for(lambda r: False, timeout=0).sessions())
-        result_queue.wait_for(lambda r: len(r.sessions()) >= seen + 900, timeout=60)
+        result_queue.wait_for(lambda r: len(r.sessions()) >= seen + 600, timeout=60)
         polls_failed = wait_until(lambda: metric(s.metrics_port, RELOAD_ERRORS) >= 3, 20)
         during = replay.running()
         replay.stop()

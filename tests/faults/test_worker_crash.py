@@ -16,10 +16,11 @@ KILLS = 5
 
 
 def test_worker_killed_five_times_during_a_replay_loses_no_session(fault_settings, result_queue,
+                                                                   worker_zygote,
                                                                    fault_figures, tmp_path):
     s = fault_settings.model_copy(update={"serve_batch_size": 200,
                                           "serve_instance_id": f"faults-{uuid.uuid4().hex[:6]}"})
-    workers = WorkerSupervisor(s, tmp_path / "worker.log")
+    workers = WorkerSupervisor(s, tmp_path / "worker.log", worker_zygote)
     replay = ContinuousReplay(s, rate=300, seed=31, round_size=300)
     kills_mid_replay = 0
     try:

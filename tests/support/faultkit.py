@@ -58,46 +58,34 @@ def metric(port: int, name: str, labels: str = "") -> float:
     return float(match.group(1)) if match else 0.0
 
 
-class WorkerSupervisor:
-    """Runs the scoring worker (`python -m serving`) as one process at a time, and restarts it.
+class Zygote:
+    """The warm parent of worker processes (`worker_zygote.py`): start it early, fork often.
 
-    Workers are forked from a warm parent (`worker_zygote.py`), so a restart costs the
-    champion load and the group join, as after a crash on a warm host, and not the imports
-    of a new interpreter. Each worker is a process of its own session, signalled by PID.
+    Its imports take 10-20 s; forking a worker from it takes milliseconds. One zygote can
+    serve any settings: each fork gets its own environment and log.
     """
 
-    def __init__(self, settings: Settings, log: Path, env: dict[str, str] | None = None,
-                 args: Sequence[str] = ("--quiet-batches",)) -> None:
-        self.settings = settings
+    def __init__(self, log: Path) -> None:
         self.log = log
-        self.env = {**os.environ, **settings_env(settings), "MLFLOW_DISABLE_TELEMETRY": "true",
-                    **(env or {})}
-        self.args = list(args)
-        self.pid: int | None = None
-        self.started = 0
-        self.kills = 0
-        self.exit_codes: list[int] = []
-        self._zygote: subprocess.Popen | None = None
         self._exits: dict[int, int] = {}
         self._pids: list[int] = []
+        self._ready = False
         self._changed = threading.Condition()
-
-    def prepare(self) -> None:
-        """Start the warm parent now (its imports take a while)."""
-        if self._zygote is not None:
-            return
-        with open(self.log, "ab") as out:
-            self._zygote = subprocess.Popen(
-                [sys.executable, str(ZYGOTE), *self.args], cwd=ROOT, env=self.env,
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=out,
-                start_new_session=True, text=True, bufsize=1)
+        self._lock = threading.Lock()
+        with open(log, "ab") as out:
+            self._proc = subprocess.Popen(
+                [sys.executable, str(ZYGOTE)], cwd=ROOT, stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=out, start_new_session=True, text=True,
+                bufsize=1, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
         threading.Thread(target=self._read, name="zygote-reader", daemon=True).start()
 
     def _read(self) -> None:
-        for line in self._zygote.stdout:
+        for line in self._proc.stdout:
             kind, *numbers = line.split()
             with self._changed:
-                if kind == "pid":
+                if kind == "ready":
+                    self._ready = True
+                elif kind == "pid":
                     self._pids.append(int(numbers[0]))
                 elif kind == "exit":
                     self._exits[int(numbers[0])] = int(numbers[1])
@@ -109,24 +97,82 @@ class WorkerSupervisor:
                 raise AssertionError(f"{what} within {timeout:.0f}s (log {self.log})")
             return predicate()
 
-    def start(self, timeout: float = 120.0) -> int:
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        self._wait(lambda: self._ready or self._proc.poll() is not None, timeout,
+                   "the warm parent of the workers did not start")
+        assert self._ready, f"the warm parent of the workers died (log {self.log})"
+
+    def fork(self, env: dict[str, str], log: Path, args: Sequence[str] = (),
+             timeout: float = 180.0) -> int:
+        """A new worker process with this environment, writing to `log`; its PID."""
+        import json
+
+        with self._lock:
+            seen = len(self._pids)
+            self._proc.stdin.write(json.dumps({"env": env, "log": str(log),
+                                               "args": list(args)}) + "\n")
+            self._proc.stdin.flush()
+            return self._wait(lambda: len(self._pids) > seen and self._pids[seen], timeout,
+                              "the warm parent forked no worker")
+
+    def exited(self, pid: int) -> int | None:
+        return self._exits.get(pid)
+
+    def wait_exit(self, pid: int, timeout: float) -> int:
+        self._wait(lambda: pid in self._exits, timeout, f"worker {pid} did not exit")
+        return self._exits[pid]
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.stdin.close()
+            try:
+                self._proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(5)
+
+
+class WorkerSupervisor:
+    """Runs the scoring worker (`python -m serving`) as one process at a time, and restarts it.
+
+    Workers are forked from a warm parent (`Zygote`), so a restart costs the champion load
+    and the group join, as after a crash on a warm host, and not the imports of a new
+    interpreter. Each worker is a process of its own session, signalled by PID.
+    """
+
+    def __init__(self, settings: Settings, log: Path, zygote: Zygote | None = None,
+                 env: dict[str, str] | None = None,
+                 args: Sequence[str] = ("--quiet-batches",)) -> None:
+        self.log = log
+        self.env = {**os.environ, **settings_env(settings), "MLFLOW_DISABLE_TELEMETRY": "true",
+                    **(env or {})}
+        self.args = list(args)
+        self._own_zygote = zygote is None
+        self.zygote = zygote
+        self.pid: int | None = None
+        self.started = 0
+        self.kills = 0
+        self.exit_codes: list[int] = []
+
+    def prepare(self) -> None:
+        """Start a warm parent now if none was given (its imports take a while)."""
+        if self.zygote is None:
+            self.zygote = Zygote(self.log.with_suffix(".zygote.log"))
+
+    def start(self) -> int:
         """Fork a new worker; its PID."""
         assert not self.alive(), "one worker at a time"
         self.prepare()
-        self._zygote.stdin.write("fork\n")
-        self._zygote.stdin.flush()
-        self.pid = self._wait(lambda: len(self._pids) > self.started and self._pids[-1],
-                              timeout, "the warm parent forked no worker")
+        self.zygote.wait_ready()
+        self.pid = self.zygote.fork(self.env, self.log, self.args)
         self.started += 1
         return self.pid
 
     def alive(self) -> bool:
-        return self.pid is not None and self.pid not in self._exits
+        return self.pid is not None and self.zygote.exited(self.pid) is None
 
     def _exit_code(self, timeout: float) -> int:
-        pid = self.pid
-        self._wait(lambda: pid in self._exits, timeout, f"worker {pid} did not exit")
-        code = self._exits[pid]
+        code = self.zygote.wait_exit(self.pid, timeout)
         self.exit_codes.append(code)
         return code
 
@@ -139,8 +185,10 @@ class WorkerSupervisor:
 
     def stop(self, timeout: float = 60.0) -> int | None:
         """SIGTERM the serving process (graceful: finish, confirm, commit); its exit code."""
+        if self.pid is None:
+            return None
         if not self.alive():
-            return self._exits.get(self.pid) if self.pid is not None else None
+            return self.zygote.exited(self.pid)
         os.kill(self.pid, signal.SIGTERM)
         try:
             return self._exit_code(timeout)
@@ -149,16 +197,10 @@ class WorkerSupervisor:
             return self._exit_code(10)
 
     def close(self) -> None:
-        """Stop the serving process, then the warm parent."""
+        """Stop the serving process (and the warm parent, if this supervisor started it)."""
         self.stop(timeout=30)
-        if self._zygote is not None:
-            self._zygote.stdin.close()
-            try:
-                self._zygote.wait(15)
-            except subprocess.TimeoutExpired:
-                self._zygote.kill()
-                self._zygote.wait(5)
-            self._zygote = None
+        if self._own_zygote and self.zygote is not None:
+            self.zygote.close()
 
 
 # ---- a replay that runs until stopped -----------------------------------------------------
