@@ -101,8 +101,8 @@ def _discard(retired: list) -> None:
         try:
             producer.purge()
             producer.poll(0)
-        except Exception:  # noqa: BLE001 - it has failed already
-            pass
+        except Exception as exc:  # noqa: BLE001 - it has failed already
+            log.debug("discarding a failed producer: %s", exc)
         del producer  # destroyed here, on this thread
 
 

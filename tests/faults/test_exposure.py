@@ -27,8 +27,13 @@ from pipelines.store import MonitoringStore
 from pipelines.synth import generate_sessions
 from serving.messages import encode_session
 from tests.foundation.test_local_stack import listening_addresses
-from tests.support.faultkit import (WorkerSupervisor, produce_tracked, read_topic, tally,
-                                    wait_for_partitions)
+from tests.support.faultkit import (
+    WorkerSupervisor,
+    produce_tracked,
+    read_topic,
+    tally,
+    wait_for_partitions,
+)
 
 
 def test_services_bind_localhost_and_no_secret_leaks(fault_settings, result_queue, mlflow_server,
@@ -37,8 +42,9 @@ def test_services_bind_localhost_and_no_secret_leaks(fault_settings, result_queu
     token, password = f"acn-token-{uuid.uuid4().hex}", f"smtp-password-{uuid.uuid4().hex}"
     tag = uuid.uuid4().hex[:8]
     s = fault_settings.model_copy(update={
-        "acn_token": SecretStr(token), "smtp_password": SecretStr(password), "state_dir": tmp_path / "state",
-        "smtp_port": free_port(), "dashboard_port": free_port(), "alerts_queue": f"alerts-faults-{tag}",
+        "acn_token": SecretStr(token), "smtp_password": SecretStr(password),
+        "state_dir": tmp_path / "state", "smtp_port": free_port(), "dashboard_port": free_port(),
+        "alerts_queue": f"alerts-faults-{tag}",
         "monitoring_queue": f"monitoring-faults-{tag}", "alert_cooldown_s": 0,
         "monitoring_db_url": f"sqlite:///{tmp_path / 'monitoring.db'}"})
     stack = LocalStack(s)
@@ -75,7 +81,8 @@ def test_services_bind_localhost_and_no_secret_leaks(fault_settings, result_queu
                 "kafka": LocalStack(kafka_settings).kafka_process().pid()}
         listening = {name: listening_addresses({pid}) for name, pid in pids.items()}
         dashboard_env = Path(f"/proc/{pids['dashboard']}/environ").read_bytes()
-        given = {"dashboard": token.encode() in dashboard_env and password.encode() in dashboard_env,
+        given = {"dashboard": token.encode() in dashboard_env
+                 and password.encode() in dashboard_env,
                  "worker": {workers.env["EVGUARD_ACN_TOKEN"],
                             workers.env["EVGUARD_SMTP_PASSWORD"]} == {token, password}}
     finally:

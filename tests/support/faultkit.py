@@ -16,9 +16,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import httpx
 
@@ -220,13 +220,14 @@ class ContinuousReplay:
         self.expected: list[str] = []
         self.failed = 0
         self.resent = 0
+        self.waits_for_broker = 0
         self.error: Exception | None = None
         self.errors: list[str] = []
         self.rounds = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="continuous-replay", daemon=True)
 
-    def start(self) -> "ContinuousReplay":
+    def start(self) -> ContinuousReplay:
         self._thread.start()
         return self
 
@@ -240,12 +241,17 @@ class ContinuousReplay:
             suffix = f"~{self.tag}{self.rounds}"
             records = [{**r, "sessionID": f"{r['sessionID']}{suffix}"} for r in self.pool]
             self.expected.extend(r["sessionID"] for r in records)
-            try:
-                report = replay(self.settings, records, ReplayPace(rate=self.rate),
-                                flush_timeout_s=120)
-            except Exception as exc:  # noqa: BLE001 - the test reports it
-                self.error = exc
-                return
+            while True:
+                try:
+                    report = replay(self.settings, records, ReplayPace(rate=self.rate),
+                                    flush_timeout_s=120)
+                    break
+                except ConnectionError:  # the broker is restarting; nothing was sent
+                    self.waits_for_broker += 1
+                    time.sleep(0.5)
+                except Exception as exc:  # noqa: BLE001 - the test reports it
+                    self.error = exc
+                    return
             self.failed += report.failed
             self.resent += report.resent
             self.errors.extend(report.errors)
