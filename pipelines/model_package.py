@@ -74,7 +74,8 @@ class SessionAnomalyModel(mlflow.pyfunc.PythonModel):
         """Top contributing features per row (see `pipelines.explain.explain`)."""
         return explain(self.explainer, self.matrix(features), top_k=top_k)
 
-    def predict(self, context, model_input, params=None):  # untyped: MLflow rejects DataFrame hints
+    # a DataFrame hint is one MLflow infers no schema from, so it validates nothing
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         """pyfunc entry point: a frame with `score` and `is_anomaly` per input row."""
         scores = self.score(pd.DataFrame(model_input))
         return pd.DataFrame({"score": scores, "is_anomaly": scores >= self.threshold})

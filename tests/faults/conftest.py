@@ -10,7 +10,7 @@ import tempfile
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pika
@@ -36,7 +36,7 @@ def fault_figures(request):
         line = {"case": case, "messages": messages, "lost": lost, "duplicates": duplicates,
                 "seconds": round(time.monotonic() - started, 1), **more,
                 "test": request.node.name,
-                "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                "at": datetime.now(UTC).isoformat(timespec="seconds")}
         FIGURES.parent.mkdir(parents=True, exist_ok=True)
         with FIGURES.open("a") as out:
             out.write(json.dumps(line) + "\n")

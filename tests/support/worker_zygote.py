@@ -21,15 +21,16 @@ import threading
 import time
 import traceback
 
-import mlflow.pyfunc  # noqa: F401  - what a worker imports on its way to serving
-import mlflow.store.model_registry.sqlalchemy_store  # noqa: F401
+import mlflow.pyfunc
+import mlflow.store.model_registry.sqlalchemy_store
 import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
-import pipelines.explain  # noqa: F401
-import pipelines.features  # noqa: F401
-import pipelines.model_package  # noqa: F401
+import shap  # noqa: F401
+
+import pipelines.explain
+import pipelines.features
+import pipelines.model_package
 import pipelines.registry  # noqa: F401
 import serving.worker  # noqa: F401
-import shap  # noqa: F401
 from serving.__main__ import main
 
 _write_lock = threading.Lock()
