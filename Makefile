@@ -7,7 +7,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo test test-fast chromium services-up services-down clean help
+.PHONY: install demo test lint chromium services-up services-down clean help
 
 help:
 	@echo "make demo   - install, start the local stack, run the platform end to end"
@@ -29,7 +29,10 @@ demo: install
 chromium:
 	@bash scripts/ensure-chromium.sh
 
-test: install chromium
+lint: install
+	$(VENV)/bin/ruff check --quiet .
+
+test: install chromium lint
 	$(VENV)/bin/pytest -q -ra $(PYTEST_ARGS)
 
 services-up: install

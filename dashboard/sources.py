@@ -7,11 +7,10 @@ champion is refreshed by a background thread (importing MLflow takes seconds).
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import logging
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx

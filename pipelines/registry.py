@@ -19,11 +19,10 @@ and reasons are written as tags on the new version.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import logging
 import math
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 

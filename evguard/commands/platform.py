@@ -42,8 +42,8 @@ def print_summary(summary, keep_running: bool) -> None:
         ("sessions scored", str(summary.scored)),
         ("anomalies", str(summary.anomalies)),
         ("alerts emailed", str(summary.alerts_sent)),
-        ("champion", f"{champion.get('name')} v{champion.get('version')} "
-                     f"(threshold {champion.get('threshold', float('nan')):.4f})"),
+        ("champion", (f"{champion.get('name')} v{champion.get('version')} "
+                      f"(threshold {champion.get('threshold', float('nan')):.4f})")),
     ]
     for name, value in sorted((champion.get("metrics") or {}).items()):
         rows.append((f"  {name}", f"{value:.4f}" if isinstance(value, float) else str(value)))

@@ -16,11 +16,12 @@ app = typer.Typer(help="Start, stop and inspect the local service stack (127.0.0
                   no_args_is_help=True)
 
 Only = Annotated[str, typer.Option(help=f"Comma-separated subset of: {', '.join(ALL_SERVICES)}")]
+EVERY_SERVICE = ",".join(ALL_SERVICES)
 
 
 @app.command()
 def up(
-    only: Only = ",".join(ALL_SERVICES),
+    only: Only = EVERY_SERVICE,
     ui: Annotated[bool, typer.Option(help="Also start the MLflow UI server")] = False,
 ) -> None:
     """Start the services that are not running yet (safe to run twice)."""

@@ -12,9 +12,9 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 
 class ServiceError(RuntimeError):
@@ -100,7 +100,7 @@ class ManagedProcess:
                 f"Stop that program, or choose another port with the matching EVGUARD_ setting."
             )
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_file, "wb")  # this run's log only: health checks may read it
+        log = open(self.log_file, "wb")  # noqa: SIM115 - the child owns it; this run's log only: health checks may read it
         try:
             proc = subprocess.Popen(
                 self.command,

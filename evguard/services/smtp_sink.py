@@ -20,7 +20,7 @@ class OutboxHandler:
         self.outbox = outbox
         outbox.mkdir(parents=True, exist_ok=True)
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd API)
+    async def handle_DATA(self, server, session, envelope):
         name = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.eml"
         tmp = self.outbox / f".{name}.tmp"
         tmp.write_bytes(envelope.original_content or envelope.content)

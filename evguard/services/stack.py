@@ -58,7 +58,7 @@ def _amqp_ok(url: str) -> bool:
     try:
         pika.BlockingConnection(params).close()
         return True
-    except Exception:  # any handshake failure means "not ready yet"
+    except Exception:  # noqa: BLE001 - any handshake failure means "not ready yet"
         return False
 
 
@@ -102,7 +102,7 @@ class LocalStack:
         )
 
     def rabbitmq_process(self) -> ManagedProcess:
-        host, port = self._rabbit_address()
+        _, port = self._rabbit_address()
         base = self.settings.state_path / "rabbitmq"
         env = {
             "HOME": str(base),
@@ -205,9 +205,8 @@ class LocalStack:
                 started.append(name)
             log(f"{name}: {'started' if did_start else 'already up'} "
                 f"({time.monotonic() - t0:.1f}s)")
-        if ui and "mlflow" in only:
-            if self.mlflow_ui_process().start():
-                started.append("mlflow-ui")
+        if ui and "mlflow" in only and self.mlflow_ui_process().start():
+            started.append("mlflow-ui")
         return started
 
     def _up_kafka(self) -> bool:
@@ -326,7 +325,7 @@ def ensure_topics(settings: Settings, timeout: float = 20.0) -> None:
     def missing() -> list[str]:
         try:
             have = admin.list_topics(timeout=2).topics
-        except Exception:  # broker still starting
+        except Exception:  # noqa: BLE001 - broker still starting
             return list(wanted)
         return [t for t in wanted if t not in have]
 

@@ -77,9 +77,9 @@ def test_message_published_to_rabbitmq_is_received(rabbit_settings):
         ch.queue_bind(queue, exchange, "score.#")
         ch.confirm_delivery()
         ch.basic_publish(exchange, "score.0002.anomaly", b'{"sessionID": "s1"}')
-        method, props, body = None, None, None
+        method, body = None, None
         for _ in range(50):
-            method, props, body = ch.basic_get(queue, auto_ack=True)
+            method, _, body = ch.basic_get(queue, auto_ack=True)
             if method:
                 break
             conn.sleep(0.1)
