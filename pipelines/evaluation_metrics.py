@@ -22,21 +22,27 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipelines.anomalies import ANOMALY_TYPES
+from pipelines.features import FEATURE_COLUMNS
 from pipelines.metrics import label_metrics
 
-# anomaly type -> the features its injection changes (see pipelines.anomalies)
+# anomaly type -> the features its injection changes (see pipelines.anomalies); a log
+# column counts with its linear twin, excess_kwh where delivery is pushed above the request
 EXPECTED_FEATURES: dict[str, tuple[str, ...]] = {
     "meter_fault": ("kwh_delivered", "avg_kw", "charging_kw", "delivered_ratio",
-                    "charging_hours", "idle_hours"),
+                    "charging_hours", "idle_hours", "log_kwh_delivered", "log_avg_kw",
+                    "log_delivered_ratio"),
     "over_delivery": ("delivered_ratio", "kwh_requested", "kwh_delivered", "charging_kw",
-                      "avg_kw"),
+                      "avg_kw", "log_delivered_ratio", "log_kwh_delivered", "log_avg_kw",
+                      "excess_kwh"),
     "impossible_power": ("avg_kw", "charging_kw", "kwh_delivered", "connection_hours",
-                         "charging_hours"),
-    "stuck_session": ("connection_hours", "idle_hours", "departure_gap_hours", "avg_kw"),
+                         "charging_hours", "log_avg_kw", "log_kwh_delivered", "excess_kwh"),
+    "stuck_session": ("connection_hours", "idle_hours", "departure_gap_hours", "avg_kw",
+                      "log_avg_kw"),
     "timestamp_inversion": ("charging_hours", "idle_hours", "charging_kw"),
-    "absurd_request": ("kwh_requested", "delivered_ratio"),
+    "absurd_request": ("kwh_requested", "delivered_ratio", "log_delivered_ratio", "excess_kwh"),
 }
 assert set(EXPECTED_FEATURES) == set(ANOMALY_TYPES)
+assert {f for names in EXPECTED_FEATURES.values() for f in names} <= set(FEATURE_COLUMNS)
 
 
 @dataclass

@@ -25,6 +25,16 @@ Feature table (version `FEATURE_VERSION`):
 | n_edits              | number of userInputs edits                                  | null -> 0                                  |
 | has_user_inputs      | 1 when userInputs is a non-empty list                       |                                            |
 | done_missing         | 1 when doneChargingTime is null (common at DC fast chargers) |                                           |
+| log_kwh_delivered    | log10(kwh_delivered + 0.001)                                | negative energy -> 0 first                 |
+| log_avg_kw           | log10(avg_kw + 0.001)                                       | negative power -> 0 first                  |
+| log_delivered_ratio  | log2((kwh_delivered + 0.001) / (kwh_requested + 0.001))     | request floored at 0.1 kWh; no inputs -> 0 |
+| excess_kwh           | max(kwh_delivered - kwh_requested, 0)                       | no inputs -> 0                             |
+
+The log columns (added in `f2`) put near-zero energy on its own scale: the
+exports never go below 0.5 kWh, and on a linear axis a 0.02 kWh meter fault
+sits right next to them; 0.001 is the exports' resolution (1 Wh). `excess_kwh`
+is the energy delivered beyond the request in force: 0 for 97 % of the real
+sessions, so an over-delivery stands apart on it.
 
 Signed durations keep timestamp inversions visible (negative charging or idle
 hours). Anything still non-finite after these rules (an unparseable date, an
@@ -41,7 +51,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import pandas as pd
 
-FEATURE_VERSION = "f1"
+FEATURE_VERSION = "f2"
 
 FEATURE_COLUMNS: list[str] = [
     "kwh_delivered",
@@ -60,6 +70,10 @@ FEATURE_COLUMNS: list[str] = [
     "n_edits",
     "has_user_inputs",
     "done_missing",
+    "log_kwh_delivered",
+    "log_avg_kw",
+    "log_delivered_ratio",
+    "excess_kwh",
 ]
 
 SESSION_FIELDS = ("_id", "clusterID", "connectionTime", "disconnectTime", "doneChargingTime",
@@ -75,6 +89,7 @@ RFC1123 = "%a, %d %b %Y %H:%M:%S GMT"
 _MIN_CONNECTION_H = 1 / 60
 _MIN_CHARGING_H = 5 / 60
 _MIN_REQUEST_KWH = 0.1
+_LOG_FLOOR_KWH = 0.001  # the exports' resolution: 1 Wh
 
 
 _MONTHS = {m: f"{i:02d}" for i, m in enumerate(
@@ -231,13 +246,17 @@ def _compute_features(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     angle = 2.0 * np.pi * hour / 24.0
 
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        avg_kw = kwh / np.maximum(connection_h, _MIN_CONNECTION_H)
+        positive_kwh = np.maximum(kwh, 0.0) + _LOG_FLOOR_KWH
+        log_ratio = np.log2(positive_kwh / (np.maximum(requested, _MIN_REQUEST_KWH)
+                                            + _LOG_FLOOR_KWH))
         features = {
             "kwh_delivered": kwh,
             "kwh_requested": requested,
             "connection_hours": connection_h,
             "charging_hours": charging_h,
             "idle_hours": idle_h,
-            "avg_kw": kwh / np.maximum(connection_h, _MIN_CONNECTION_H),
+            "avg_kw": avg_kw,
             "charging_kw": kwh / np.maximum(charging_h, _MIN_CHARGING_H),
             "delivered_ratio": np.where(has_inputs,
                                         kwh / np.maximum(requested, _MIN_REQUEST_KWH), 1.0),
@@ -249,6 +268,10 @@ def _compute_features(frame: pd.DataFrame) -> dict[str, np.ndarray]:
             "n_edits": n_edits,
             "has_user_inputs": has_inputs.astype(float),
             "done_missing": done_missing.astype(float),
+            "log_kwh_delivered": np.log10(positive_kwh),
+            "log_avg_kw": np.log10(np.maximum(avg_kw, 0.0) + _LOG_FLOOR_KWH),
+            "log_delivered_ratio": np.where(has_inputs, log_ratio, 0.0),
+            "excess_kwh": np.where(has_inputs, np.maximum(kwh - requested, 0.0), 0.0),
         }
         return {name: np.where(np.isfinite(v := np.asarray(features[name], dtype=float)), v, 0.0)
                 for name in FEATURE_COLUMNS}

@@ -20,7 +20,8 @@ from pipelines.synth import generate_sessions
 from pipelines.training import impossible_power_probes
 from pipelines.tuning import EvalSplit, SearchSpace, TuningConfig, tune
 
-ENERGY_OR_POWER = {"kwh_delivered", "kwh_requested", "avg_kw", "charging_kw", "delivered_ratio"}
+ENERGY_OR_POWER = {"kwh_delivered", "kwh_requested", "avg_kw", "charging_kw", "delivered_ratio",
+                   "log_kwh_delivered", "log_avg_kw", "log_delivered_ratio", "excess_kwh"}
 SPACE = SearchSpace(n_estimators=(100,), max_samples=(256, 512), max_features=(1.0,),
                     extension_levels=(1, 3))
 CONFIG = TuningConfig(seed=3, em_draws=0, n_jobs=1)
@@ -100,7 +101,8 @@ def test_top_explanation_of_absurd_kwh_per_hour_is_an_energy_or_power_feature(mo
     tops = [e[0] for e in explanations]
     assert all(t["feature"] in ENERGY_OR_POWER for t in tops), [t["feature"] for t in tops]
     assert all(t["contribution"] > 0 for t in tops)
-    assert all(t["value"] > t["typical"] for t in tops if t["feature"] != "delivered_ratio")
+    assert all(t["value"] > t["typical"] for t in tops
+               if t["feature"] not in ("delivered_ratio", "log_delivered_ratio"))
 
 
 def test_both_explanation_methods_blame_power(model, sessions):

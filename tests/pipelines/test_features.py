@@ -56,6 +56,19 @@ def test_features_follow_the_documented_definitions():
     assert row["weekday"] == 2  # Wednesday
 
 
+def test_log_and_excess_columns_follow_the_documented_definitions():
+    base, over, meter, no_inputs = feature_matrix([
+        session(), session(kWhDelivered=30.0), session(kWhDelivered=0.0),
+        session(userInputs=None, userID=None)]).to_dict("records")
+    assert math.isclose(base["log_kwh_delivered"], math.log10(10.001))
+    assert math.isclose(base["log_avg_kw"], math.log10(2.501))
+    assert math.isclose(base["log_delivered_ratio"], math.log2(10.001 / 20.001))
+    assert base["excess_kwh"] == 0.0 and over["excess_kwh"] == 10.0
+    # no energy lands 3 decades below 1 kWh, not next to the 0.5 kWh sessions
+    assert meter["log_kwh_delivered"] == meter["log_avg_kw"] == -3.0
+    assert no_inputs["log_delivered_ratio"] == no_inputs["excess_kwh"] == 0.0
+
+
 def test_null_done_charging_time_is_imputed_and_flagged():
     row = feature_matrix([session(doneChargingTime=None)]).iloc[0]
     assert row["done_missing"] == 1
