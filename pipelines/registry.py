@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -136,6 +137,18 @@ def comparison_value(model: Any, split: EvalSplit, criterion: Criterion, seed: i
     return excess_mass(scores, model.detector.score_samples(uniform), 1.0)
 
 
+def split_for_columns(split: EvalSplit, columns: Sequence[str],
+                      wanted: Sequence[str]) -> EvalSplit | None:
+    """`split` (whose matrices hold `columns`) cut down to `wanted`, e.g. an older feature
+    version's columns; None when some wanted column is not there."""
+    index = {name: i for i, name in enumerate(columns)}
+    if any(name not in index for name in wanted):
+        return None
+    take = [index[name] for name in wanted]
+    return EvalSplit(split.X_train[:, take], split.X_eval[:, take], split.eval_types,
+                     None if split.X_probe is None else split.X_probe[:, take])
+
+
 @dataclass(frozen=True)
 class PromotionDecision:
     decision: Decision
@@ -176,12 +189,16 @@ def _decide(settings: Settings, client: Any, version: str, new_model: Any, split
                                  version, criterion, new_value)
     old_version = str(current.version)
     old_model = load_model_version(settings, old_version)
+    old_split = split
     if list(old_model.feature_columns) != list(new_model.feature_columns):
-        return PromotionDecision(
-            "promoted", f"champion v{old_version} uses feature version "
-            f"{old_model.feature_version}, not comparable with {new_model.feature_version}",
-            version, criterion, new_value, old_version)
-    old_value = comparison_value(old_model, split, criterion, seed)
+        old_split = split_for_columns(split, new_model.feature_columns, old_model.feature_columns)
+        # Excess-Mass values from spaces of different dimension do not compare
+        if old_split is None or criterion != "pr_auc":
+            return PromotionDecision(
+                "promoted", f"champion v{old_version} uses feature version "
+                f"{old_model.feature_version}, not comparable with {new_model.feature_version}",
+                version, criterion, new_value, old_version)
+    old_value = comparison_value(old_model, old_split, criterion, seed)
     if not math.isfinite(old_value):
         return PromotionDecision("promoted", f"champion v{old_version} gives {criterion}=NaN "
                                  "on the evaluation data", version, criterion, new_value,

@@ -39,13 +39,16 @@ def split() -> EvalSplit:
 
 
 def register_candidate(settings, split: EvalSplit, space: SearchSpace,
-                       threshold: float | None = None,
-                       figures: bool = False) -> tuple[str, SessionAnomalyModel]:
+                       threshold: float | None = None, figures: bool = False,
+                       columns: list[str] = FEATURE_COLUMNS,
+                       feature_version: str = FEATURE_VERSION) -> tuple[str, SessionAnomalyModel]:
+    if columns != FEATURE_COLUMNS:
+        split = registry.split_for_columns(split, FEATURE_COLUMNS, columns)
     tuning = tune(split, space, CONFIG)
     best = tuning.best
     detector = best.candidate.build(CONFIG.seed, split.X_train.shape[1]).fit(split.X_train)
     model = SessionAnomalyModel(detector, best.threshold if threshold is None else threshold,
-                                FEATURE_COLUMNS, FEATURE_VERSION, split.X_train,
+                                columns, feature_version, split.X_train,
                                 CONFIG.alert_budget, best.candidate.name)
     logged = tracking.log_tuning(settings, INFO, split, tuning, model, {"grid": "test"}, seed=1,
                                   figures=figures)
@@ -134,3 +137,28 @@ def test_worse_model_is_not_promoted_and_better_one_is(store, split):
     assert rejected.decision == "rejected"
     assert str(client.get_model_version_by_alias(name, "champion").version) == good
     assert client.get_model_version(name, broken).tags["decision"] == "rejected"
+
+
+def test_a_champion_of_an_older_feature_version_is_compared_on_its_own_columns(store, split):
+    """After a feature-version upgrade the champion still has to be beaten: it is scored on
+    the columns it knows (a subset of the new ones), not waved through."""
+    s = store.model_copy(update={"model_name": f"anomaly-{uuid.uuid4().hex[:8]}"})
+    older = FEATURE_COLUMNS[:-4]
+    champion, champion_model = register_candidate(s, split, GOOD, columns=older,
+                                                  feature_version="old")
+    older_split = registry.split_for_columns(split, FEATURE_COLUMNS, older)
+    assert registry.promote_if_better(s, champion, champion_model, older_split,
+                                      "pr_auc").decision == "promoted"
+
+    worse, worse_model = register_candidate(s, split, WORSE)
+    decision = registry.promote_if_better(s, worse, worse_model, split, "pr_auc", margin=0.05)
+    assert decision.decision == "challenger", decision.reason
+    assert decision.champion_version == champion
+    assert decision.new_value < decision.champion_value
+
+    better, better_model = register_candidate(s, split, GOOD)
+    decision = registry.promote_if_better(s, better, better_model, split, "pr_auc", margin=-1.0)
+    assert decision.decision == "promoted" and decision.champion_value is not None
+
+    # a champion whose columns no longer exist cannot be scored at all
+    assert registry.split_for_columns(split, FEATURE_COLUMNS, ["no_such_feature"]) is None
