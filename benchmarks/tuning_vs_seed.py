@@ -6,7 +6,7 @@ Protocol, per injection seed:
    nothing quarantined).
 2. `inject_anomalies` turns `--inject-rate` of the held-out sessions into
    labelled faults (all six types). Both approaches score the same rows.
-3. evguard: all `FEATURE_COLUMNS`, the default `SearchSpace` (IF + EIF), the
+3. evguard: all `FEATURE_COLUMNS`, the default `SearchSpace` (IF, EIF, isotree), the
    default `TuningConfig` (2 workers, EM/MV, impossible-power probe gate),
    selected by PR-AUC on the labelled held-out rows.
 4. Seed: `pipelines.baseline.seed_baseline` (3 features, `GridSearchCV` scored
@@ -111,7 +111,7 @@ def markdown(runs: list[dict]) -> str:
             "precision@k (k = 1% of rows)": "precision_at_k",
             "recall at the 1% budget": "recall_at_budget", "alert rate": "alert_rate"}
     types = sorted({k for r in runs for k in r["evguard"] if k.startswith("recall_type_")})
-    lines = ["| | evguard (all features, IF + EIF, PR-AUC) | seed (3 features, mean score) |",
+    lines = ["| | evguard (all features, IF + EIF + isotree, PR-AUC) | seed (3 features, mean score) |",
              "|---|---|---|"]
     for row in (*ROWS, *types):
         key = keys.get(row, row)
