@@ -126,3 +126,50 @@ def test_no_champion_at_start_exits_with_a_clear_message(serving_settings):
     unknown = serving_settings.model_copy(update={"model_name": f"never-{uuid.uuid4().hex[:6]}"})
     outcome = run_worker(unknown)
     assert outcome.code == EXIT_NO_MODEL and "evguard train" in outcome.message
+
+
+
+
+def test_the_worker_consumer_reads_a_200k_backlog_from_the_broker(serving_settings, tmp_path):
+    """A worker that starts behind a large backlog: a fresh embedded broker answers the first
+    fetch with the whole backlog (about 130 MB for 200,000 sessions), over librdkafka's
+    default receive limit of 100 MB, and the worker stalled on it (seen in the serving
+    benchmark). The worker's own consumer settings must read every message without error."""
+    from confluent_kafka import Producer
+
+    from evguard.services.stack import LocalStack
+    from serving.worker import consumer_config
+
+    settings = serving_settings.model_copy(update={"kafka_port": free_port(),
+                                                   "state_dir": tmp_path / "state"})
+    stack = LocalStack(settings)
+    stack.up(only=("kafka",))
+    try:
+        values = [encode_session(r) for r in synthetic(1_000, seed=11)]
+        total = 200_000
+        producer = Producer({"bootstrap.servers": settings.kafka_servers, "linger.ms": 5})
+        for i in range(total):
+            while True:
+                try:
+                    producer.produce(settings.topic_sessions, value=values[i % len(values)],
+                                     key=str(i))
+                    break
+                except BufferError:  # the local queue is full: let deliveries drain
+                    producer.poll(0.01)
+            producer.poll(0)
+        assert producer.flush(60) == 0
+
+        errors: list[str] = []
+        consumer = Consumer({**consumer_config(settings),
+                             "error_cb": lambda e: errors.append(str(e))})
+        consumer.subscribe([settings.topic_sessions])
+        received, deadline = 0, time.monotonic() + 120
+        try:
+            while received < total and time.monotonic() < deadline and not errors:
+                received += sum(m.error() is None for m in consumer.consume(10_000, 0.5))
+        finally:
+            consumer.close()
+    finally:
+        stack.kafka_process().stop()
+    assert not errors, errors[:3]
+    assert received == total
