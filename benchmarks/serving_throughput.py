@@ -341,6 +341,8 @@ def main() -> None:
     figures: dict = {"sessions": args.sessions, "model": args.model, "queue": args.queue,
                      "batch_size": args.batch_size, "load_before": os.getloadavg()}
     worker = None
+    # a stopped benchmark still tears down its broker, worker and RabbitMQ objects
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         stack.up(only=("kafka",))
         figures["champion"] = train_champion(settings, args.model)
