@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlalchemy import Integer, case, cast, func, select
 from sqlalchemy.engine import Engine
 
+from pipelines.features import readable_explanation
 from pipelines.store import alerts, dead_letters, scores, window_reports
 
 FEED_COLUMNS = (scores.c.id, scores.c.session_id, scores.c.station_id, scores.c.site_id,
@@ -22,7 +23,10 @@ def feed(engine: Engine, after_id: int = 0, limit: int = 50) -> list[dict]:
     query = (select(*FEED_COLUMNS).where(scores.c.id > after_id)
              .order_by(scores.c.id.desc()).limit(limit))
     with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(query)]
+        rows = [dict(r._mapping) for r in conn.execute(query)]
+    for row in rows:
+        row["explanation"] = readable_explanation(row["explanation"] or [])
+    return rows
 
 
 def series(engine: Engine, now: float, minutes: int = 60, bucket_s: int = 60) -> list[dict]:

@@ -8,6 +8,7 @@ from email.message import EmailMessage
 from email.utils import make_msgid
 from typing import Literal
 
+from pipelines.features import readable_explanation
 from pipelines.score_result import ScoreResult
 
 Severity = Literal["minor", "major", "critical"]
@@ -60,7 +61,7 @@ def alert_subject(result: ScoreResult, level: Severity) -> str:
 def explanation_lines(result: ScoreResult, top_k: int = 5) -> list[str]:
     """One line per top SHAP feature: value against its typical value, and its push."""
     lines = []
-    for item in result.explanation[:top_k]:
+    for item in readable_explanation(result.explanation)[:top_k]:
         value, typical = item.get("value"), item.get("typical")
         contribution = item.get("contribution")
         lines.append(f"  {item.get('feature', '?'):<24} {_fmt(value):>10}  "
@@ -116,7 +117,7 @@ def compose_email(result: ScoreResult, level: Severity, sender: str, recipients:
 def webhook_payload(result: ScoreResult, level: Severity, dashboard_url: str) -> dict:
     """Slack-compatible JSON (`text` plus one section block) for an incoming webhook."""
     top = ", ".join(f"{e.get('feature')}={_fmt(e.get('value'))} (typ {_fmt(e.get('typical'))})"
-                    for e in result.explanation[:3])
+                    for e in readable_explanation(result.explanation)[:3])
     text = (f"{alert_subject(result, level)}: score {result.score:.3f} > "
             f"{result.threshold:.3f}; session {result.session_id}; {top or 'no explanation'}; "
             f"model v{result.model_version}")

@@ -302,3 +302,29 @@ def feature_matrix(records: Iterable[dict]) -> pd.DataFrame:
     """
     frame = sessions_to_frame(records)
     return pd.DataFrame(_compute_features(frame), index=frame.index, columns=FEATURE_COLUMNS)
+
+
+# log column -> (its linear twin, the inverse transform); for people, not for the model
+_LINEAR_TWINS = {
+    "log_kwh_delivered": ("kwh_delivered", lambda v: max(10.0 ** v - _LOG_FLOOR_KWH, 0.0)),
+    "log_avg_kw": ("avg_kw", lambda v: max(10.0 ** v - _LOG_FLOOR_KWH, 0.0)),
+    "log_delivered_ratio": ("delivered_ratio", lambda v: 2.0 ** v),
+}
+
+
+def readable_explanation(items: Iterable[dict]) -> list[dict]:
+    """Explanation items as an operator reads them: a log column is shown as its linear
+    twin (`log_kwh_delivered -1.7` becomes `kwh_delivered 0.02`), and a feature already
+    listed is not listed again. Order and contributions are kept."""
+    out, seen = [], set()
+    for item in items:
+        twin = _LINEAR_TWINS.get(item.get("feature"))
+        if twin is not None:
+            name, inverse = twin
+            item = {**item, "feature": name,
+                    **{k: inverse(item[k]) for k in ("value", "typical")
+                       if isinstance(item.get(k), (int, float))}}
+        if item.get("feature") not in seen:
+            seen.add(item.get("feature"))
+            out.append(item)
+    return out

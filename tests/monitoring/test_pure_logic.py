@@ -117,3 +117,26 @@ def test_email_and_webhook_carry_the_explanation(kit):
     assert "avg_kw" in body and "typical" in body and "http://dash/" in body
     hook = webhook_payload(result, "critical", "http://dash/")
     assert "avg_kw=2.4 (typ 3.2)" in hook["text"] and hook["blocks"][0]["type"] == "section"
+
+
+def test_email_shows_log_features_in_their_own_units(kit):
+    """The model explains a meter fault with log10 energy; the operator reads kWh."""
+    from pipelines.features import feature_matrix
+    from pipelines.synth import generate_sessions
+
+    record = generate_sessions(1, seed=2, anomaly_rate=0.0)[0][0]
+    meter = feature_matrix([{**record, "kWhDelivered": 0.02}]).iloc[0]
+    typical = feature_matrix([record]).iloc[0]
+    explanation = [{"feature": name, "value": float(meter[name]),
+                    "typical": float(typical[name]), "contribution": 0.1 - i / 100}
+                   for i, name in enumerate(("log_kwh_delivered", "kwh_delivered",
+                                             "log_avg_kw"))]
+    result = parse_score_result(_msg(kit, explanation=explanation))
+    body = compose_email(result, "critical", "f@x", ["t@x"], "http://dash/").get_content()
+    lines = [line.split() for line in body.splitlines() if "contribution" in line
+             and "typical" in line and not line.startswith("Top")]
+    assert [words[0] for words in lines] == ["kwh_delivered", "avg_kw"]  # no log_, no repeat
+    printed = {"rel": 5e-3}  # 3 significant digits
+    assert float(lines[0][1]) == pytest.approx(0.02, **printed)
+    assert float(lines[0][3]) == pytest.approx(record["kWhDelivered"], **printed)
+    assert float(lines[1][1]) == pytest.approx(meter["avg_kw"], **printed)
