@@ -77,18 +77,12 @@ def main() -> None:
     from confluent_kafka import Producer
     from sqlalchemy import select
 
+    from evguard.services.process import free_port
     from evguard.services.stack import LocalStack
     from evguard.settings import Settings, settings_env
     from pipelines.store import MonitoringStore, scores
     from pipelines.synth import generate_sessions
     from serving.messages import encode_session
-
-    def free_port() -> int:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
 
     tag = uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory() as tmp:

@@ -8,6 +8,7 @@ workers) by signalling the process group whose id is that PID.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -29,11 +30,24 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+# Below Linux's ephemeral range (32768-60999): a service port from that range can be taken
+# by any outgoing connection while the service restarts, and a client retrying a stopped
+# service there can connect to itself (seen in the soak: RabbitMQ could not rebind its port).
+_PORT_RANGE = (20000, 32768)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that is free right now, outside the ephemeral range."""
+    rng = random.SystemRandom()
+    for _ in range(500):
+        port = rng.randrange(*_PORT_RANGE)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise ServiceError(f"no free port on 127.0.0.1 in {_PORT_RANGE[0]}-{_PORT_RANGE[1] - 1}")
 
 
 def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:

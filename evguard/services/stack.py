@@ -109,7 +109,8 @@ class LocalStack:
             "RABBITMQ_NODENAME": f"evguard{port}@localhost",
             "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
             "RABBITMQ_NODE_PORT": str(port),
-            "RABBITMQ_DIST_PORT": str(port + 10000 if port < 55000 else port - 10000),
+            # kept below the ephemeral range too (see process.free_port)
+            "RABBITMQ_DIST_PORT": str(port + 10000 if port + 10000 < 32768 else port - 10000),
             "RABBITMQ_BASE": str(base),
             "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
             "RABBITMQ_LOG_BASE": str(base / "log"),

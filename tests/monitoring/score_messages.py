@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import pika
 
+from evguard.services.process import free_port  # noqa: F401 - the kit hands it to tests
 from evguard.settings import Settings
 from pipelines.score_result import routing_key
 
@@ -78,11 +79,3 @@ def queue_messages(settings: Settings, queue: str) -> list[tuple[dict, bytes]]:
             out.append((props.headers or {}, body))
     finally:
         conn.close()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
