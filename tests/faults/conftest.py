@@ -19,7 +19,12 @@ import pytest
 from evguard.services.process import free_port
 from evguard.services.stack import LocalStack, ensure_topics
 from evguard.settings import Settings
-from tests.serving.helpers import ResultQueue, delete_topics, register_champion
+from tests.serving.helpers import (
+    ResultQueue,
+    delete_topics,
+    private_kafka_broker,
+    register_champion,
+)
 from tests.support.faultkit import Zygote
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,12 +96,8 @@ def result_queue(fault_settings):
 def private_kafka(fault_settings, tmp_path):
     """A Kafka-compatible broker of this test alone (own port and data dir), which it may
     restart; the settings of `fault_settings` pointed at it. Yields (settings, stack)."""
-    settings = fault_settings.model_copy(update={"kafka_port": free_port(),
-                                                 "state_dir": tmp_path / "kafka-state"})
-    stack = LocalStack(settings)
-    stack.up(only=("kafka",))
-    yield settings, stack
-    stack.kafka_process().stop()
+    with private_kafka_broker(fault_settings, tmp_path / "kafka-state") as broker:
+        yield broker
 
 
 # ---- slow starters, begun at collection so that they overlap the first cases ----------

@@ -52,6 +52,22 @@ def register_champion(settings: Settings, seed: int = 0, promote: bool = True) -
     return version
 
 
+@contextlib.contextmanager
+def private_kafka_broker(settings: Settings, state_dir: Path):
+    """An embedded broker of the caller alone (own port and data dir, topics created), which
+    it may restart; yields (settings pointed at it, its stack)."""
+    from evguard.services.process import free_port
+    from evguard.services.stack import LocalStack
+
+    settings = settings.model_copy(update={"kafka_port": free_port(), "state_dir": state_dir})
+    stack = LocalStack(settings)
+    stack.up(only=("kafka",))
+    try:
+        yield settings, stack
+    finally:
+        stack.kafka_process().stop()
+
+
 def delete_topics(settings: Settings, topics: list[str]) -> None:
     from confluent_kafka.admin import AdminClient
 

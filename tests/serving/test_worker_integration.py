@@ -12,7 +12,7 @@ from confluent_kafka import Consumer
 from pipelines.synth import generate_sessions
 from serving.messages import encode_session, routing_key
 from tests.conftest import free_port
-from tests.serving.helpers import InProcessWorker, produce
+from tests.serving.helpers import InProcessWorker, private_kafka_broker, produce
 
 
 def synthetic(n: int, seed: int = 3, anomaly_rate: float = 0.05) -> list[dict]:
@@ -137,14 +137,9 @@ def test_the_worker_consumer_reads_a_200k_backlog_from_the_broker(serving_settin
     benchmark). The worker's own consumer settings must read every message without error."""
     from confluent_kafka import Producer
 
-    from evguard.services.stack import LocalStack
     from serving.worker import consumer_config
 
-    settings = serving_settings.model_copy(update={"kafka_port": free_port(),
-                                                   "state_dir": tmp_path / "state"})
-    stack = LocalStack(settings)
-    stack.up(only=("kafka",))
-    try:
+    with private_kafka_broker(serving_settings, tmp_path / "state") as (settings, _):
         values = [encode_session(r) for r in synthetic(1_000, seed=11)]
         total = 200_000
         producer = Producer({"bootstrap.servers": settings.kafka_servers, "linger.ms": 5})
@@ -169,7 +164,5 @@ def test_the_worker_consumer_reads_a_200k_backlog_from_the_broker(serving_settin
                 received += sum(m.error() is None for m in consumer.consume(10_000, 0.5))
         finally:
             consumer.close()
-    finally:
-        stack.kafka_process().stop()
     assert not errors, errors[:3]
     assert received == total
