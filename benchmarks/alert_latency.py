@@ -32,11 +32,11 @@ def register_champion(settings) -> float:
     import mlflow
     import numpy as np
 
-    from pipelines import registry
-    from pipelines.estimators import make_detector
-    from pipelines.features import FEATURE_COLUMNS, FEATURE_VERSION, feature_matrix
-    from pipelines.model_package import SessionAnomalyModel
-    from pipelines.synth import generate_sessions
+    from pipelines.data.features import FEATURE_COLUMNS, FEATURE_VERSION, feature_matrix
+    from pipelines.data.synth import generate_sessions
+    from pipelines.models import registry
+    from pipelines.models.anomaly_model import SessionAnomalyModel
+    from pipelines.models.estimators import make_detector
 
     records, _ = generate_sessions(2000, seed=3)
     X = feature_matrix(records).to_numpy()
@@ -79,10 +79,10 @@ def main() -> None:
 
     from evguard.services.process import free_port
     from evguard.services.stack import LocalStack
-    from evguard.settings import Settings, settings_env
-    from pipelines.store import MonitoringStore, scores
-    from pipelines.synth import generate_sessions
-    from serving.messages import encode_session
+    from pipelines.contracts.sessions import encode_session
+    from pipelines.data.synth import generate_sessions
+    from pipelines.scores.store import MonitoringStore, scores
+    from pipelines.settings import Settings, settings_env
 
     tag = uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory() as tmp:
@@ -172,7 +172,7 @@ def main() -> None:
 def _delete_queues(settings) -> None:
     import pika
 
-    from monitoring.rabbit import dlq_name
+    from pipelines.contracts.dead_letters import dlq_name
 
     with pika.BlockingConnection(pika.URLParameters(settings.rabbitmq_url)) as conn:
         ch = conn.channel()

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/calibration.py [--acn-dir ../shared/acn] [--sessions 20000]
 
 Prints the markdown table kept in docs/data.md. Quantiles are of the parsed
-sessions and the features of `pipelines.features` (local time = America/Los_Angeles).
+sessions and the features of `pipelines.data.features` (local time = America/Los_Angeles).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.exports import load_export
-from pipelines.features import add_features, sessions_to_frame
-from pipelines.synth import SITES, generate_sessions
+from pipelines.data.exports import load_export
+from pipelines.data.features import add_features, sessions_to_frame
+from pipelines.data.synth import SITES, generate_sessions
 
 DEFAULT_ACN = Path(__file__).resolve().parents[2] / "shared" / "acn"
 

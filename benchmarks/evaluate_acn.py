@@ -44,7 +44,7 @@ def main() -> None:
     wall = time.perf_counter() - started
     if code not in (0, 1):
         sys.exit(code)
-    from pipelines.evaluation_metrics import markdown_tables
+    from evaluation.report import markdown_tables
 
     report = json.loads((ROOT / args.out).read_text())
     print("\n" + "-" * 72)

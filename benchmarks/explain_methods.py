@@ -41,11 +41,11 @@ def kernel_shap(detector, background: np.ndarray, rows: np.ndarray, nsamples: in
 def run(args: argparse.Namespace) -> None:
     from tuning_vs_seed import load_sessions  # same time-ordered sessions as that benchmark
 
-    from pipelines.anomalies import inject_anomalies
-    from pipelines.estimators import make_detector
-    from pipelines.explain import Explainer
-    from pipelines.features import FEATURE_COLUMNS, feature_matrix
-    from pipelines.metrics import calibrate_threshold
+    from pipelines.data.anomalies import inject_anomalies
+    from pipelines.data.features import FEATURE_COLUMNS, feature_matrix
+    from pipelines.models.detection_metrics import calibrate_threshold
+    from pipelines.models.estimators import make_detector
+    from pipelines.models.explain import Explainer
 
     records = load_sessions(args.acn_dir)
     n_eval = round(len(records) * 0.3)

@@ -35,8 +35,8 @@ DETECTORS = (("isotree", {"n_estimators": 100, "max_samples": 512, "extension_le
 
 
 def scenarios(records: list[dict], rate: float, seed: int) -> dict[str, tuple]:
-    from pipelines.anomalies import inject_anomalies
-    from pipelines.evaluation_split import split_by_site, split_by_time
+    from evaluation.split import split_by_site, split_by_time
+    from pipelines.data.anomalies import inject_anomalies
 
     injected, labels = inject_anomalies(records, rate, seed)
     return {"time split": (*split_by_time(injected, 0.3), labels),
@@ -46,10 +46,10 @@ def scenarios(records: list[dict], rate: float, seed: int) -> dict[str, tuple]:
 def measure(train: list, scored: list, labels: dict, clean: bool, seed: int) -> dict:
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    from pipelines.anomalies import ANOMALY_TYPES, RULE_BREAKING_ANOMALIES
-    from pipelines.estimators import make_detector
-    from pipelines.features import FEATURE_COLUMNS, feature_matrix
-    from pipelines.metrics import calibrate_threshold
+    from pipelines.data.anomalies import ANOMALY_TYPES, RULE_BREAKING_ANOMALIES
+    from pipelines.data.features import FEATURE_COLUMNS, feature_matrix
+    from pipelines.models.detection_metrics import calibrate_threshold
+    from pipelines.models.estimators import make_detector
 
     def kinds(rows: list) -> np.ndarray:
         return np.array([labels.get(str(r["sessionID"]), "") for r in rows], dtype=object)
@@ -88,7 +88,7 @@ def _cell(values: list[float], pct: bool) -> str:
 
 
 def markdown(title: str, runs: list[dict]) -> str:
-    from pipelines.anomalies import ANOMALY_TYPES
+    from pipelines.data.anomalies import ANOMALY_TYPES
 
     keys = list(runs[0])
     lines = [f"**{title}**", "", "| | " + " | ".join(f"{d} {v}" for d, v in keys) + " |",
@@ -119,7 +119,7 @@ def main() -> None:
                         help="drop every injected session from training (not only rule-breaking)")
     args = parser.parse_args()
 
-    from pipelines.exports import load_exports
+    from pipelines.data.exports import load_exports
 
     files = sorted(args.acn_dir.glob("*.json"))
     if not files:

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/ingest_50k.py [--sessions 50000] [--anomaly-rate 0.02]
 
-Runs `pipelines.ingest.run_ingest` on a fresh temporary data dir (the Great
+Runs `pipelines.data.ingest.run_ingest` on a fresh temporary data dir (the Great
 Expectations import, ~5-10 s once per process, is measured apart) and prints a
 markdown table for docs/benchmarks.md.
 """
@@ -30,10 +30,10 @@ def main() -> None:
 
     gx_import_s = time.perf_counter() - started
 
-    from evguard.settings import Settings
-    from pipelines.features import feature_matrix
-    from pipelines.ingest import SynthSource, run_ingest
-    from pipelines.synth import generate_sessions
+    from pipelines.data.features import feature_matrix
+    from pipelines.data.ingest import SynthSource, run_ingest
+    from pipelines.data.synth import generate_sessions
+    from pipelines.settings import Settings
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -55,8 +55,8 @@ print(json.dumps(out))
 def prepare(acn_dir: Path, seed: int) -> dict[str, np.ndarray]:
     from tuning_vs_seed import load_sessions
 
-    from pipelines.anomalies import inject_anomalies
-    from pipelines.features import FEATURE_COLUMNS, feature_matrix
+    from pipelines.data.anomalies import inject_anomalies
+    from pipelines.data.features import FEATURE_COLUMNS, feature_matrix
 
     records = load_sessions(acn_dir)
     n_eval = round(len(records) * 0.3)
@@ -67,8 +67,8 @@ def prepare(acn_dir: Path, seed: int) -> dict[str, np.ndarray]:
 
 
 def run_eif(data: dict[str, np.ndarray]) -> list[dict]:
-    from pipelines.estimators import make_detector
-    from pipelines.metrics import calibrate_threshold, label_metrics
+    from pipelines.models.detection_metrics import calibrate_threshold, label_metrics
+    from pipelines.models.estimators import make_detector
 
     out = []
     for trees, samples, level in CONFIGS:

@@ -49,7 +49,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from evguard.services.process import free_port
 from evguard.services.stack import LocalStack
-from evguard.settings import Settings, settings_env
+from pipelines.settings import Settings, settings_env
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 STAGES = ("decode_ms", "score_ms", "explain_ms", "encode_ms", "confirm_ms", "batch_ms")
@@ -122,11 +122,11 @@ def train_champion(settings: Settings, kind: str) -> str:
     import mlflow
     import numpy as np
 
-    from pipelines import registry, tracking
-    from pipelines.estimators import make_detector
-    from pipelines.features import FEATURE_COLUMNS, FEATURE_VERSION, feature_matrix
-    from pipelines.model_package import SessionAnomalyModel
-    from pipelines.synth import generate_sessions
+    from pipelines.data.features import FEATURE_COLUMNS, FEATURE_VERSION, feature_matrix
+    from pipelines.data.synth import generate_sessions
+    from pipelines.models import registry, tracking
+    from pipelines.models.anomaly_model import SessionAnomalyModel
+    from pipelines.models.estimators import make_detector
 
     records, _ = generate_sessions(5000, seed=7, anomaly_rate=0.0)
     X = feature_matrix(records).to_numpy()
@@ -261,13 +261,13 @@ def naive_baseline(settings: Settings, seconds: float, records: list[dict]) -> d
     import pandas as pd
     from confluent_kafka import Consumer
 
-    from pipelines.features import feature_matrix
-    from pipelines.registry import load_champion
+    from pipelines.data.features import feature_matrix
+    from pipelines.models.registry import load_champion
     from serving.replay import replay
 
     topic = f"{settings.topic_sessions}-baseline"
     base = settings.model_copy(update={"topic_sessions": topic})
-    from evguard.services.stack import ensure_topics
+    from serving.kafka import ensure_topics
 
     ensure_topics(base)
     replay(base, records)
@@ -316,7 +316,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
-    from pipelines.synth import generate_sessions
+    from pipelines.data.synth import generate_sessions
     from serving.replay import ReplayPace, replay
 
     tmp = Path(tempfile.mkdtemp(prefix="evguard-bench-"))
@@ -401,7 +401,7 @@ def main() -> None:
         reader.start()
         from confluent_kafka import Producer
 
-        from serving.replay import producer_config
+        from serving.kafka import producer_config
 
         producer = Producer(producer_config(settings.kafka_servers))
         replay(settings, sample[:warm_n], ReplayPace(rate=args.latency_rate), producer=producer)

@@ -9,7 +9,7 @@ Protocol, per injection seed:
 3. evguard: all `FEATURE_COLUMNS`, the default `SearchSpace` (IF, EIF, isotree), the
    default `TuningConfig` (2 workers, EM/MV, impossible-power probe gate),
    selected by PR-AUC on the labelled held-out rows.
-4. Seed: `pipelines.baseline.seed_baseline` (3 features, `GridSearchCV` scored
+4. Seed: `evaluation.baseline.seed_baseline` (3 features, `GridSearchCV` scored
    by the mean of `score_samples`), threshold at the same alert budget.
 
 Tuning time is wall time of the whole search, including evaluation. Usage:
@@ -34,7 +34,7 @@ ROWS = ("tuning wall time (s)", "grid points", "chosen", "PR-AUC", "ROC-AUC",
 
 
 def load_sessions(acn_dir: Path) -> list[dict]:
-    from pipelines.exports import load_exports
+    from pipelines.data.exports import load_exports
 
     files = sorted(acn_dir.glob("*.json"))
     if not files:
@@ -46,18 +46,19 @@ def load_sessions(acn_dir: Path) -> list[dict]:
 def _when(text: str) -> float:
     from datetime import datetime
 
-    from pipelines.features import RFC1123
+    from pipelines.contracts.dates import RFC1123
 
     return datetime.strptime(text, RFC1123).timestamp()
 
 
 def run_once(records: list[dict], args: argparse.Namespace, seed: int) -> dict:
-    from pipelines.anomalies import inject_anomalies
-    from pipelines.baseline import seed_baseline
-    from pipelines.features import FEATURE_COLUMNS, feature_matrix
-    from pipelines.metrics import label_metrics, recall_by_type
-    from pipelines.training import impossible_power_probes
-    from pipelines.tuning import EvalSplit, SearchSpace, TuningConfig, tune
+    from evaluation.baseline import seed_baseline
+    from pipelines.data.anomalies import inject_anomalies
+    from pipelines.data.features import FEATURE_COLUMNS, feature_matrix
+    from pipelines.models.candidates import EvalSplit, SearchSpace
+    from pipelines.models.detection_metrics import label_metrics, recall_by_type
+    from pipelines.models.training_data import impossible_power_probes
+    from pipelines.models.tuning import TuningConfig, tune
 
     n_eval = round(len(records) * args.eval_fraction)
     train, held_out = records[:-n_eval], records[-n_eval:]
@@ -83,7 +84,7 @@ def run_once(records: list[dict], args: argparse.Namespace, seed: int) -> dict:
     seed_metrics = {**label_metrics(base.scores, is_anomaly, base.threshold, 0.01),
                     **recall_by_type(base.scores, types, base.threshold)}
     n_grid = 1
-    from pipelines.baseline import SEED_GRID
+    from evaluation.baseline import SEED_GRID
     for values in SEED_GRID.values():
         n_grid *= len(values)
     return {"seed": seed, "train": len(train), "eval": len(held_out), "anomalies":

@@ -17,9 +17,9 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from dashboard import queries
-from dashboard.sources import ChampionCache, WorkerHealth
-from evguard.settings import Settings
-from pipelines.store import MonitoringStore
+from dashboard.sources import ChampionCache, WorkerStatus
+from pipelines.scores.store import MonitoringStore
+from pipelines.settings import Settings
 
 STATIC = Path(__file__).with_name("static")
 
@@ -37,7 +37,7 @@ def create_app(settings: Settings, champion_refresh_s: float = 30.0) -> FastAPI:
         champion_refresh_s: how often the champion summary is re-read from MLflow.
     """
     store = MonitoringStore(settings.monitoring_db)
-    worker = WorkerHealth(settings)
+    worker = WorkerStatus(settings)
     champion = ChampionCache(settings, every_s=champion_refresh_s)
 
     @asynccontextmanager

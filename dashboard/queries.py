@@ -9,8 +9,8 @@ from __future__ import annotations
 from sqlalchemy import Integer, case, cast, func, select
 from sqlalchemy.engine import Engine
 
-from pipelines.features import readable_explanation
-from pipelines.store import alerts, dead_letters, scores, window_reports
+from pipelines.data.features import readable_explanation
+from pipelines.scores.store import alerts, dead_letters, scores, window_reports
 
 FEED_COLUMNS = (scores.c.id, scores.c.session_id, scores.c.station_id, scores.c.site_id,
                 scores.c.score, scores.c.threshold, scores.c.is_anomaly, scores.c.scored_ts,

@@ -11,12 +11,12 @@ import logging
 import threading
 import time
 from datetime import datetime
-from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from evguard.settings import Settings
+from pipelines.models import registry
+from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def parse_worker_metrics(text: str) -> dict:
             "lag": lag, "model_version": model}
 
 
-class WorkerHealth:
+class WorkerStatus:
     """Scrapes the worker's /metrics at most every `min_interval_s`; throughput from two scrapes."""
 
     def __init__(self, settings: Settings, min_interval_s: float = 2.0) -> None:
@@ -88,15 +88,16 @@ class WorkerHealth:
 
 
 def champion_summary(settings: Settings) -> dict | None:
-    """Version, metrics and promotion of `@champion` from MLflow, or None when there is none."""
-    from pipelines.registry import CHAMPION, mlflow_client
+    """Version, metrics and promotion of `@champion` from MLflow, or None when there is none.
 
-    client = mlflow_client(settings)
-    from mlflow.exceptions import MlflowException
+    Raises:
+        RegistryUnavailable: MLflow cannot be read (the dashboard says so, not "no champion").
+    """
+    from mlflow.exceptions import MlflowException  # MLflow takes seconds: refreshed off-thread
 
-    try:
-        version = client.get_model_version_by_alias(settings.model_name, CHAMPION)
-    except MlflowException:
+    client = registry.mlflow_client(settings)
+    version = registry.find_version(client, settings.model_name, registry.CHAMPION)
+    if version is None:
         return None
     tags = dict(version.tags or {})
     metrics = {}
@@ -137,8 +138,7 @@ class ChampionCache:
         return self._state
 
     def refresh(self) -> dict:
-        uri = self.settings.mlflow_uri
-        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        if not registry.store_exists(self.settings):
             self._state = {"state": "none", "detail": "no MLflow store yet: train a model first"}
             return self._state
         try:

@@ -1,14 +1,15 @@
 """The `evguard` command line. Each command group lives in `evguard/commands/`.
 
-Command modules import heavy libraries (mlflow, prefect, sklearn) inside the
-command functions, so that `evguard --help` stays instant.
+The command modules import their heavy dependencies (mlflow, prefect, sklearn and
+the project's packages that load them) inside the command functions, so that
+`evguard --help` stays instant.
 """
 
 from __future__ import annotations
 
 import typer
 
-from evguard.commands import services
+from evguard.commands import data, evaluate, models, monitoring, platform, services, serving
 
 app = typer.Typer(
     name="evguard",
@@ -18,16 +19,8 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(services.app, name="services")
-
-# each capability registers its commands here; a missing module is a bug, not optional
-for _module in ("data", "models", "serving", "monitoring", "platform", "evaluate"):
-    try:
-        _mod = __import__(f"evguard.commands.{_module}", fromlist=["register"])
-    except ModuleNotFoundError as exc:
-        if exc.name != f"evguard.commands.{_module}":
-            raise
-        continue
-    _mod.register(app)
+for commands in (data, models, serving, monitoring, platform, evaluate):
+    commands.register(app)
 
 
 def main() -> None:

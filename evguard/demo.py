@@ -21,7 +21,9 @@ import httpx
 
 from evguard.services.process import ServiceError, wait_until
 from evguard.services.stack import ALL_SERVICES, LocalStack, prefect_env
-from evguard.settings import Settings, settings_env
+from pipelines.models.registry import load_champion
+from pipelines.scores.store import MonitoringStore
+from pipelines.settings import Settings, settings_env
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SUMMARY_METRICS = ("pr_auc", "roc_auc", "precision_at_k", "recall_at_budget", "em", "mv")
@@ -168,8 +170,6 @@ class Demo:
         """Rows and emails so far: a re-run of the demo reports only what it added."""
         from sqlalchemy import text
 
-        from pipelines.store import MonitoringStore
-
         store = MonitoringStore(self.settings.monitoring_db)
         try:
             with store.engine.connect() as conn:
@@ -193,8 +193,6 @@ class Demo:
         self.summary.replayed = o.replay_sessions
 
     def _wait_scored(self) -> None:
-        from pipelines.store import MonitoringStore
-
         store = MonitoringStore(self.settings.monitoring_db)
         try:
             target = self.before["scored"] + self.summary.replayed
@@ -217,8 +215,6 @@ class Demo:
         wait_until(settled, 60, interval=0.5)
 
     def _collect(self) -> None:
-        from pipelines.registry import load_champion
-
         after = self._counts()
         self.summary.scored = after["scored"] - self.before["scored"]
         self.summary.anomalies = after["anomalies"] - self.before["anomalies"]

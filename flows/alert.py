@@ -12,9 +12,9 @@ import threading
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
-from evguard.settings import load_settings
 from monitoring.alerter import AlertConsumer
-from pipelines.store import MonitoringStore
+from pipelines.scores.store import MonitoringStore
+from pipelines.settings import load_settings
 
 
 class AlertParams(BaseModel):

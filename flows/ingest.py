@@ -1,6 +1,6 @@
 """The ingest deployment: source -> validate -> features -> versioned dataset.
 
-Each step is a `pipelines.ingest` function wrapped as a task. The source is the
+Each step is a `pipelines.data.ingest` function wrapped as a task. The source is the
 ACN-Data API when a token is set, else seeded synthetic sessions (`source=auto`).
 The validation table is published as a markdown artifact (key `ingest-validation`)
 before the batch is accepted or refused, so a refused batch still shows why.
@@ -17,11 +17,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from evguard.settings import Settings, load_settings
-from pipelines import ingest
-from pipelines.acn import ACN_SITES, AcnError
+from pipelines.data import ingest
+from pipelines.data.acn import ACN_SITES, AcnError
+from pipelines.settings import Settings, load_settings
 
-AcnSite = Literal["caltech", "jpl", "office001"]  # = pipelines.acn.ACN_SITES
+AcnSite = Literal["caltech", "jpl", "office001"]  # = pipelines.data.acn.ACN_SITES
 
 
 class IngestParams(BaseModel):

@@ -16,11 +16,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from evguard.settings import load_settings
 from monitoring.monitor import MonitoringConsumer
 from monitoring.triggers import ChampionReference, prefect_launcher
-from pipelines.health import drift_rows, report_markdown
-from pipelines.store import MonitoringStore
+from pipelines.scores.store import MonitoringStore
+from pipelines.scores.window_report import drift_rows, report_markdown
+from pipelines.settings import load_settings
 
 
 class MonitorParams(BaseModel):

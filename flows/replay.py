@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field, model_validator
 
-from evguard.settings import load_settings
+from pipelines.settings import load_settings
 from serving.replay import ReplayPace, ReplayReport, load_records, replay
 
 

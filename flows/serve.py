@@ -17,8 +17,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from evguard.settings import load_settings
-from pipelines.registry import champion_version
+from pipelines.models.registry import champion_version
+from pipelines.settings import load_settings
 from serving.run import run_worker
 
 

@@ -1,6 +1,6 @@
 """The training deployment: dataset -> tune -> MLflow -> register -> champion/challenger.
 
-Each step is a `pipelines.training` function wrapped as a task. Two artifacts
+Each step is a `pipelines.models.training` function wrapped as a task. Two artifacts
 are published: the candidate comparison table (key `train-candidates`) and the
 promotion decision with its reason (key `train-promotion`). Started weekly by
 `train-weekly`, by `evguard train`, by the monitoring flow on drift
@@ -13,11 +13,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from evguard.settings import load_settings
-from pipelines import training
-from pipelines.training import TrainParams
-
-__all__ = ["TrainParams", "train_flow"]
+from pipelines.models import training
+from pipelines.models.train_params import TrainParams
+from pipelines.settings import load_settings
 
 resolve = task(training.resolve_dataset, name="resolve-dataset", cache_policy=NO_CACHE)
 prepare = task(training.prepare_data, name="split-and-label", cache_policy=NO_CACHE)

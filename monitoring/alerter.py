@@ -23,20 +23,20 @@ from collections.abc import Callable
 
 from sqlalchemy.exc import OperationalError
 
-from evguard.settings import Settings
 from monitoring.rabbit import TRANSIENT_ERRORS, QueueConsumer
-from pipelines.alerting import (
+from pipelines.contracts.score_result import InvalidScoreResult, parse_score_result
+from pipelines.retry import BROKER_RECONNECT, RetryPolicy
+from pipelines.scores.alerting import (
     SeverityPolicy,
     alert_subject,
     compose_email,
     in_cooldown,
-    retry_delay,
     severity,
     webhook_payload,
 )
-from pipelines.notify import DeliveryError, SmtpConfig, post_webhook, send_email
-from pipelines.score_result import InvalidScoreResult, parse_score_result
-from pipelines.store import MonitoringStore
+from pipelines.scores.notify import DeliveryError, SmtpConfig, post_webhook, send_email
+from pipelines.scores.store import MonitoringStore
+from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,8 @@ class AlertConsumer:
         self.smtp = smtp_config(settings)
         self.severity_policy = SeverityPolicy(settings.alert_major_margin,
                                               settings.alert_critical_margin)
+        self.delivery_retry = RetryPolicy(initial_s=settings.alert_retry_base_s,
+                                          max_s=settings.alert_retry_max_s)
         self.rabbit = QueueConsumer(settings, settings.alerts_queue, "score.*.anomaly",
                                     prefetch=20)
         self.outcomes: Counter[str] = Counter()
@@ -108,8 +110,7 @@ class AlertConsumer:
                     log.error("alert for %s dead-lettered after %d attempts: %s",
                               result.station_id, attempts, exc)
                     return "dead_lettered"
-                delay = retry_delay(attempts, self.settings.alert_retry_base_s,
-                                    self.settings.alert_retry_max_s)
+                delay = self.delivery_retry.delay(attempts - 1)
                 log.warning("alert for %s not delivered (attempt %d), retry in %.1fs: %s",
                             result.station_id, attempts, delay, exc)
                 if not self.rabbit.sleep(delay, stop):
@@ -137,7 +138,7 @@ class AlertConsumer:
             idle_exit_s: float | None = None) -> Counter[str]:
         """Consume until `stop`, the runtime ends, or (if given) the queue is idle that long."""
         started = time.monotonic()
-        backoff = 1.0
+        failures = 0
 
         def finished() -> bool:
             return stop.is_set() or (max_runtime_s is not None
@@ -161,13 +162,14 @@ class AlertConsumer:
                     if finished():
                         break
                 self.rabbit.stop_consuming()
-                backoff = 1.0
+                failures = 0
                 if idle_exit_s is not None and idle >= idle_exit_s:
                     break
             except (*TRANSIENT_ERRORS, OperationalError) as exc:
-                log.warning("alerting consumer: %s; retrying in %.0fs", exc, backoff)
+                delay = BROKER_RECONNECT.delay(failures)
+                failures += 1
+                log.warning("alerting consumer: %s; retrying in %.0fs", exc, delay)
                 self.rabbit.close()
-                self.rabbit.sleep(backoff, stop)
-                backoff = min(backoff * 2, 30.0)
+                self.rabbit.sleep(delay, stop)
         self.rabbit.close()
         return self.outcomes

@@ -21,12 +21,14 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.exc import OperationalError
 
-from evguard.settings import Settings
 from monitoring.rabbit import TRANSIENT_ERRORS, QueueConsumer
-from pipelines.drift import drift_report, window_samples
-from pipelines.health import RetrainPolicy, cooldown_remaining, retrain_reason, window_health
-from pipelines.score_result import InvalidScoreResult, ScoreResult, parse_score_result
-from pipelines.store import MonitoringStore
+from pipelines.contracts.score_result import InvalidScoreResult, ScoreResult, parse_score_result
+from pipelines.retry import BROKER_RECONNECT
+from pipelines.scores.drift import drift_report, window_samples
+from pipelines.scores.retraining import RetrainPolicy, cooldown_remaining, retrain_reason
+from pipelines.scores.store import MonitoringStore
+from pipelines.scores.window_report import summarize_window
+from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -155,18 +157,18 @@ class MonitoringConsumer:
         end = self.clock() if now is None else now
         start = end - self.settings.monitor_window_s
         rows = self.store.scores_between(start, end)
-        health = window_health(rows, start, end)
+        summary = summarize_window(rows, start, end)
         reference = self._reference()
         drift = None
         if reference:
             drift = drift_report(reference, window_samples(rows), self.policy.psi_threshold,
                                  min_current=self.policy.min_volume,
                                  ignore=self.settings.drift_ignore_columns)
-        report = health.as_dict()
+        report = summary.as_dict()
         report["drift"] = drift.as_dict() if drift else None
-        report["retrain"] = self._maybe_retrain(retrain_reason(health, drift, self.policy), end)
+        report["retrain"] = self._maybe_retrain(retrain_reason(summary, drift, self.policy), end)
         self.store.save_window_report(report)
-        log.info("window %d sessions, anomaly rate %s, drifted %s, retrain %s", health.volume,
+        log.info("window %d sessions, anomaly rate %s, drifted %s, retrain %s", summary.volume,
                  report["anomaly_rate"], [c.name for c in drift.drifted] if drift else "n/a",
                  report["retrain"]["state"])
         return report
@@ -207,7 +209,7 @@ class MonitoringConsumer:
         started = time.monotonic()
         window = self.settings.monitor_window_s
         next_window = started + window
-        backoff = 1.0
+        failures = 0
 
         def finished() -> bool:
             return stop.is_set() or (max_runtime_s is not None
@@ -219,11 +221,12 @@ class MonitoringConsumer:
         while not finished():
             try:
                 self.drain(until=window_due, idle_s=None)
-                backoff = 1.0
+                failures = 0
             except (*TRANSIENT_ERRORS, OperationalError) as exc:
-                log.warning("monitoring consumer: %s; retrying in %.0fs", exc, backoff)
-                self.rabbit.sleep(backoff, stop)
-                backoff = min(backoff * 2, 30.0)
+                delay = BROKER_RECONNECT.delay(failures)
+                failures += 1
+                log.warning("monitoring consumer: %s; retrying in %.0fs", exc, delay)
+                self.rabbit.sleep(delay, stop)
                 continue
             if time.monotonic() >= next_window:
                 next_window += window

@@ -17,16 +17,13 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import AMQPConnectionError, AMQPError
 
-from evguard.settings import Settings
+from pipelines.contracts.dead_letters import dlq_name, result_dead_letter_headers
+from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # connection-level trouble: reconnect with backoff, unacked messages come back
 TRANSIENT_ERRORS = (AMQPError, OSError)
-
-
-def dlq_name(queue: str) -> str:
-    return f"{queue}.dlq"
 
 
 class BrokerUnavailable(AMQPConnectionError):
@@ -109,8 +106,7 @@ class QueueConsumer:
         """Publish to `<queue>.dlq` and wait for the broker's confirm."""
         props = pika.BasicProperties(
             delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json",
-            headers={"error": error[:1000], "source_queue": self.queue,
-                     "source_routing_key": routing_key, **headers})
+            headers=result_dead_letter_headers(error, self.queue, routing_key, **headers))
         self.channel.basic_publish("", dlq_name(self.queue), body, props, mandatory=True)
 
     def sleep(self, seconds: float, stop: threading.Event) -> bool:

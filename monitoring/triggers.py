@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
-from pathlib import Path
 
-from evguard.settings import Settings
+from pipelines.models import registry
+from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 class ChampionReference:
     """The champion's training-time reference, reloaded only when the champion changes.
 
-    Reads `pipelines.registry` (contract §4): `champion_version` is polled each
+    Reads `pipelines.models.registry` (contract §4): `champion_version` is polled each
     call, `load_champion(...).reference` is loaded on a new version. While the
     registry is unreachable the last known reference is kept.
     """
@@ -29,14 +29,8 @@ class ChampionReference:
         self._reference: dict[str, list[float]] | None = None
 
     def __call__(self) -> dict[str, list[float]] | None:
-        uri = self.settings.mlflow_uri
-        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        if not registry.store_exists(self.settings):
             return None  # nothing trained yet; do not import MLflow or create its store
-        try:
-            from pipelines import registry
-        except ImportError as exc:
-            log.warning("no model registry (%s): drift is not measured", exc)
-            return None
         try:
             version = registry.champion_version(self.settings)
             if version is not None and version != self.version:

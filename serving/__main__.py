@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from evguard.settings import load_settings
+from pipelines.settings import load_settings
 from serving.run import configure_logging, run_worker
 
 

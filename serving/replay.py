@@ -18,8 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from evguard.settings import Settings
-from serving.messages import encode_session
+import numpy as np
+from confluent_kafka import KafkaException, Producer
+
+from pipelines.contracts.dates import parse_dates
+from pipelines.contracts.sessions import encode_session, session_key
+from pipelines.data.datasets import latest_dataset
+from pipelines.data.exports import load_exports
+from pipelines.data.synth import generate_sessions
+from pipelines.settings import Settings
+from serving.kafka import check_topic, producer_config
 
 log = logging.getLogger("evguard.serving.replay")
 
@@ -62,32 +70,6 @@ class ReplayReport:
     @property
     def rate(self) -> float:
         return self.delivered / self.seconds if self.seconds > 0 else 0.0
-
-
-def producer_config(bootstrap: str) -> dict:
-    # librdkafka's own log lines would cut through the progress bar; failures are
-    # reported by the pre-flight check and the delivery reports instead
-    return {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
-            "linger.ms": 5, "client.id": "evguard-replay", "log_level": 2}
-
-
-def check_topic(producer, settings: Settings, topic: str, timeout_s: float = 5.0) -> None:
-    """Fail fast, and readably, when the broker is down or the topic is missing.
-
-    Raises:
-        ConnectionError: the broker does not answer.
-        LookupError: the topic does not exist.
-    """
-    from confluent_kafka import KafkaException
-
-    try:
-        topics = producer.list_topics(timeout=timeout_s).topics
-    except KafkaException as exc:
-        raise ConnectionError(f"Kafka does not answer at {settings.kafka_servers} "
-                              f"({exc.args[0].str()}); start it with `evguard services up`") from None
-    if topic not in topics:
-        raise LookupError(f"topic {topic!r} does not exist at {settings.kafka_servers}; "
-                          f"`evguard services up` creates {settings.topic_sessions!r}")
 
 
 # delivery errors of a producer that has failed fatally (idempotence state lost or purged)
@@ -143,8 +125,6 @@ class _Sender:
         self._produce(self._count - 1)
 
     def _produce(self, i: int) -> None:
-        from confluent_kafka import KafkaException
-
         value, key = self.unacked[i]
         while True:
             try:
@@ -175,8 +155,6 @@ class _Sender:
         return delivered
 
     def _guarded(self, call, *args):
-        from confluent_kafka import KafkaException
-
         try:
             return call(*args)
         except (KafkaException, SystemError) as exc:
@@ -234,29 +212,19 @@ def load_records(source: SourceKind, settings: Settings, *, paths: Sequence[str 
         ValueError: a source without what it needs (no paths, no dataset).
     """
     if source == "synthetic":
-        from pipelines.synth import generate_sessions
-
         records, _labels = generate_sessions(sessions, seed=seed, anomaly_rate=anomaly_rate)
         return records
     if source == "files":
         if not paths:
             raise ValueError("source 'files' needs at least one ACN export path")
-        from pipelines.exports import load_exports
-
         return load_exports(paths)
     if source == "dataset":
-        from pipelines.datasets import latest_dataset
-
         return latest_dataset(settings).records()
     raise ValueError(f"unknown source {source!r}; choose synthetic, dataset or files")
 
 
 def _event_seconds(records: Sequence[dict]) -> list[float]:
     """Epoch seconds of each session's disconnect (connect when missing), NaN if neither."""
-    import numpy as np
-
-    from pipelines.features import parse_dates
-
     disconnect = parse_dates([r.get("disconnectTime") for r in records])
     connect = parse_dates([r.get("connectionTime") for r in records])
     ns = np.where(disconnect.isna(), connect.asi8, disconnect.asi8).astype(np.float64)
@@ -316,8 +284,6 @@ def replay(settings: Settings, records: Sequence[dict], pace: ReplayPace = AS_FA
         ConnectionError, LookupError: the broker is down or the topic is missing (before
             anything is sent).
     """
-    from confluent_kafka import Producer
-
     topic = topic or settings.topic_sessions
     producer = producer or Producer(producer_config(settings.kafka_servers))
     check_topic(producer, settings, topic, connect_timeout_s)
@@ -336,8 +302,7 @@ def replay(settings: Settings, records: Sequence[dict], pace: ReplayPace = AS_FA
         target = start + round_ * span + offsets[j]
         while (wait := target - time.perf_counter()) > 0:
             sender.poll(min(wait, 0.05))
-        key = record.get("stationID")
-        sender.send(encode_session(record), None if key is None else str(key))
+        sender.send(encode_session(record), session_key(record))
         report.produced += 1
         sender.poll(0)
         if progress is not None and (now := time.perf_counter()) >= next_progress:

@@ -8,13 +8,17 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaException
 
-from evguard.settings import Settings
-from serving.messages import EXAMPLE_SESSION
-from serving.metrics import WorkerMetrics
-from serving.model import ChampionWatcher, IncompatibleModelError, NoChampionError
-from serving.steps import FeatureFn
-from serving.strategy import DeadLetterError, InvalidRatioExceeded
-from serving.worker import WorkerReport, batch_log
+from pipelines.contracts.sessions import EXAMPLE_SESSION
+from pipelines.data.features import FEATURE_VERSION, feature_matrix
+from pipelines.models import registry
+from pipelines.models.registry import NoChampionError, RegistryUnavailable
+from pipelines.settings import Settings
+from serving.champion import ChampionWatcher, Scorer, UnusableModelError
+from serving.kafka import KafkaUnavailable, ensure_topics
+from serving.prometheus import WorkerMetrics
+from serving.steps.dead_letters import DeadLetterError, InvalidRatioExceeded
+from serving.steps.score import FeatureFn
+from serving.worker import ScoringWorker, WorkerReport, batch_log
 
 EXIT_OK, EXIT_ERROR, EXIT_NO_MODEL, EXIT_INVALID_RATIO, EXIT_DEAD_LETTER = 0, 1, 2, 3, 4
 
@@ -35,11 +39,6 @@ def run_worker(settings: Settings, stop: threading.Event | None = None,
     Exit codes: 0 stopped cleanly, 1 Kafka unreachable, 2 no usable champion,
     3 invalid-ratio limit, 4 dead letter not acknowledged.
     """
-    from evguard.services.process import ServiceError
-    from evguard.services.stack import ensure_topics
-    from pipelines import registry
-    from pipelines.features import FEATURE_VERSION, feature_matrix
-
     metrics = WorkerMetrics()
     watcher = ChampionWatcher(
         load=lambda: registry.load_champion(settings),
@@ -50,16 +49,14 @@ def run_worker(settings: Settings, stop: threading.Event | None = None,
     empty = WorkerReport()
     try:
         watcher.start()
-    except (NoChampionError, IncompatibleModelError) as exc:
+    except (NoChampionError, RegistryUnavailable, UnusableModelError) as exc:
         return ServeOutcome(EXIT_NO_MODEL, f"cannot serve: {exc}", empty)
     try:
         ensure_topics(settings, timeout=10)
-    except ServiceError as exc:
+    except KafkaUnavailable as exc:
         watcher.stop()
         return ServeOutcome(EXIT_ERROR, f"Kafka is not usable at {settings.kafka_servers} ({exc}); "
                             "start it with `evguard services up`", empty)
-    from serving.worker import ScoringWorker
-
     worker = ScoringWorker(settings, watcher, feature_matrix, metrics)
     try:
         report = worker.run(stop, idle_exit_s)
@@ -74,7 +71,7 @@ def run_worker(settings: Settings, stop: threading.Event | None = None,
     return ServeOutcome(EXIT_OK, "stopped cleanly", report)
 
 
-def warm_up(model, feature_fn: FeatureFn, top_k: int) -> None:
+def warm_up(model: Scorer, feature_fn: FeatureFn, top_k: int) -> None:
     """Score and explain one sample session, so lazy imports happen before serving."""
     features = feature_fn([EXAMPLE_SESSION])
     model.score(features)

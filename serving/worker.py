@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import signal
 import threading
 import time
@@ -22,21 +21,24 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from evguard.settings import Settings
+from pipelines.contracts.sessions import Source
+from pipelines.retry import RetryPolicy
+from pipelines.settings import Settings
 from serving.chain import Chain, ChainOptions, build_chain
-from serving.commit import CommitPolicy, Offsets
-from serving.dlq import (
+from serving.champion import ChampionWatcher
+from serving.kafka import consumer_config, dead_letter_producer_config
+from serving.prometheus import Heartbeat, MetricsServer, WorkerMetrics
+from serving.steps.base import Batch, MessageRejected
+from serving.steps.commit import CommitPolicy, Offsets
+from serving.steps.dead_letters import (
     DeadLetterProducer,
+    InvalidRatioExceeded,
     InvalidRatioLimit,
     InvalidRatioTracker,
-    dead_letter_producer_config,
 )
-from serving.messages import Source
-from serving.metrics import Heartbeat, MetricsServer, WorkerMetrics
-from serving.model import ChampionWatcher
-from serving.publish import RabbitPublisher, RetryPolicy
-from serving.steps import FeatureFn, RawMessage
-from serving.strategy import Batch, InvalidRatioExceeded, MessageRejected
+from serving.steps.decode import RawMessage
+from serving.steps.publish import RabbitPublisher
+from serving.steps.score import FeatureFn
 
 log = logging.getLogger("evguard.serving.worker")
 batch_log = logging.getLogger("evguard.serving.batch")
@@ -52,27 +54,6 @@ class WorkerReport:
     dead_lettered: int = 0
     batches: int = 0
     seconds: float = 0.0
-
-
-def consumer_config(settings: Settings) -> dict:
-    session = settings.serve_session_timeout_ms
-    static = {"group.instance.id": settings.serve_instance_id} if settings.serve_instance_id else {}
-    return {**static,
-        "bootstrap.servers": settings.kafka_servers,
-        "group.id": settings.consumer_group,
-        "client.id": f"evguard-serving-{os.getpid()}",
-        "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
-        "session.timeout.ms": session,
-        "heartbeat.interval.ms": max(500, min(3000, session // 3)),
-        # the embedded broker answers a fetch with the whole backlog, ignoring fetch.max.bytes
-        # (measured: 125 MB for 200,000 sessions, over librdkafka's 100 MB default, and the
-        # worker stalled); real Kafka keeps to fetch.max.bytes (50 MB), far below this
-        "receive.message.max.bytes": 1_000_000_000,
-        # errors reach error_cb, which logs them at most every 10 s; librdkafka would repeat
-        # a refused connection on stderr several times a second
-        "log_level": 2,
-    }
 
 
 @contextmanager
@@ -144,11 +125,12 @@ class ScoringWorker:
         s = self.settings
         stop = stop or threading.Event()
         t0 = time.monotonic()
-        server = MetricsServer(self.metrics, self.health, s.metrics_host, s.metrics_port).start()
+        server = MetricsServer(self.metrics, self.liveness, s.metrics_host, s.metrics_port).start()
         self.metrics_port = server.port
         self._publisher = RabbitPublisher(
             s.rabbitmq_url, s.rabbitmq_exchange, self.metrics,
-            RetryPolicy(max_s=s.serve_publish_retry_max_s), s.serve_confirm_timeout_s).start()
+            RetryPolicy(initial_s=0.2, max_s=s.serve_publish_retry_max_s),
+            s.serve_confirm_timeout_s).start()
         self._dead_letters = DeadLetterProducer(
             Producer(dead_letter_producer_config(s.kafka_servers)), s.topic_dlq,
             on_written=lambda stage: self.metrics.dead_lettered.labels(stage).inc())
@@ -392,7 +374,8 @@ class ScoringWorker:
                  self.watcher.current().version, sorted(p for _t, p in self._assigned),
                  ", PAUSED" if self._paused else "")
 
-    def health(self) -> tuple[bool, dict]:
+    def liveness(self) -> tuple[bool, dict]:
+        """The `/healthz` answer: (alive, detail); not alive once the loop is stuck."""
         age = self.heartbeat.age()
         publisher_ok = self._publisher is not None and self._publisher.ready
         ok = age < STUCK_AFTER_S

@@ -14,7 +14,7 @@ import pytest
 
 from evguard.services.process import free_port, port_open
 from evguard.services.stack import LocalStack
-from evguard.settings import Settings
+from pipelines.settings import Settings
 
 SHARED_ACN = Path(__file__).resolve().parents[1].parent / "shared" / "acn"
 

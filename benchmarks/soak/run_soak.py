@@ -40,7 +40,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from evguard.services.process import free_port
 from evguard.services.stack import LocalStack
-from evguard.settings import Settings
+from pipelines.settings import Settings
 from tests.serving.helpers import ResultQueue, register_champion
 from tests.support.faultkit import (
     ContinuousReplay,

@@ -1,4 +1,4 @@
-"""Helpers shared by the CLI commands: settings, clear errors."""
+"""Helpers shared by the CLI commands: settings, clear errors, progress bars."""
 
 from __future__ import annotations
 
@@ -7,8 +7,18 @@ from contextlib import contextmanager
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
-from evguard.settings import Settings, load_settings
+from pipelines.progress import Progress as ProgressCallback
+from pipelines.settings import Settings, load_settings
 
 console = Console()
 err_console = Console(stderr=True)
@@ -26,3 +36,16 @@ def clear_errors(*kinds: type[BaseException]) -> Iterator[None]:
     except kinds as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(1) from None
+
+
+def progress_bar(label_width: int = 24, *extra: ProgressColumn) -> Progress:
+    """A progress bar with a label column, the bar, done/total, `extra` columns and time."""
+    return Progress(TextColumn(f"{{task.description:<{label_width}}}"), BarColumn(),
+                    MofNCompleteColumn(), *extra, TimeElapsedColumn(), console=console)
+
+
+def stage_updates(bar: Progress, task: TaskID, label_width: int = 44) -> ProgressCallback:
+    """A `progress(stage, done, total)` callback that moves `task` of `bar`."""
+    def update(stage: str, done: int, total: int) -> None:
+        bar.update(task, description=stage[:label_width], completed=done, total=total)
+    return update

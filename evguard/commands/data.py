@@ -1,4 +1,8 @@
-"""`evguard data synth | import | download` and `evguard ingest`: ACN sessions in, datasets out."""
+"""`evguard data synth | import | download` and `evguard ingest`: ACN sessions in, datasets out.
+
+The data code is imported inside the commands: it loads pandas and Great
+Expectations, which would make `evguard --help` take seconds.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +13,14 @@ from typing import Annotated
 
 import typer
 from rich.markdown import Markdown
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from evguard.commands.common import clear_errors, console, settings
+from evguard.commands.common import clear_errors, console, progress_bar, settings
 
 app = typer.Typer(help="ACN session data: synthesise, import exports, download from ACN-Data.",
                   no_args_is_help=True)
 
-SITES = ("caltech", "jpl", "office001")
+SITES = ("caltech", "jpl", "office001")  # = pipelines.data.acn.ACN_SITES, without pandas
 DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]
 Date = Annotated[datetime | None, typer.Option(formats=DATE_FORMATS,
                                                help="UTC date, e.g. 2019-05-01")]
@@ -28,18 +31,13 @@ def _utc(value: datetime | None) -> datetime | None:
 
 
 def _errors():
-    from pipelines.acn import AcnError
-    from pipelines.datasets import DatasetNotFound
-    from pipelines.exports import ExportFormatError
-    from pipelines.ingest import ValidationFailed
+    from pipelines.data.acn import AcnError
+    from pipelines.data.datasets import DatasetNotFound
+    from pipelines.data.exports import ExportFormatError
+    from pipelines.data.ingest import ValidationFailed
 
     return clear_errors(AcnError, ExportFormatError, ValidationFailed, DatasetNotFound,
                         FileNotFoundError, ValueError)
-
-
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=False)
 
 
 def _write_json(path: Path, document: object) -> None:
@@ -61,7 +59,7 @@ def synth(
     start: Date = None,
 ) -> None:
     """Write seeded synthetic sessions in the ACN export format, with a separate labels file."""
-    from pipelines.synth import generate_sessions
+    from pipelines.data.synth import generate_sessions
 
     out = out or Path(settings().data_dir) / "synth" / "sessions.json"
     labels = labels or out.with_name(out.name.removesuffix(".json") + ".labels.json")
@@ -86,7 +84,7 @@ def import_(
     fresh: Annotated[bool, typer.Option(help="Start a new dataset lineage")] = False,
 ) -> None:
     """Import ACN export files ({"_meta", "_items"} or bare lists): validate, write a dataset."""
-    from pipelines.ingest import FileSource
+    from pipelines.data.ingest import FileSource
 
     _run(FileSource(tuple(str(p) for p in paths), str(labels) if labels else None),
          max_failure_rate, fresh)
@@ -102,13 +100,11 @@ def download(
         help="Only sessions newer than the last download of each site")] = False,
 ) -> None:
     """Download sessions from ACN-Data (token in EVGUARD_ACN_TOKEN); raw pages go to data/raw/."""
-    from pipelines.acn import AcnClient, RetryPolicy, download_sessions
+    from pipelines.data.acn import client_from_settings, download_sessions
 
     s = settings()
     records: list[dict] = []
-    with _errors(), _progress() as progress, AcnClient(
-            s.acn_api_url, s.acn_token.get_secret_value(), timeout_s=s.acn_timeout_s,
-            retry=RetryPolicy(max_retries=s.acn_max_retries), page_size=s.acn_page_size) as client:
+    with _errors(), progress_bar(24) as progress, client_from_settings(s) as client:
         for name in site:
             bar = progress.add_task(f"download {name}", total=None)
             records += download_sessions(
@@ -124,10 +120,10 @@ def download(
 
 
 def _run(source, max_failure_rate: float | None, fresh: bool) -> None:
-    from pipelines.ingest import run_ingest
+    from pipelines.data.ingest import run_ingest
 
     with _errors():
-        with _progress() as progress:
+        with progress_bar(24) as progress:
             bars: dict[str, int] = {}
 
             def on_progress(step: str, done: int, total: int) -> None:
@@ -164,7 +160,7 @@ def ingest(
     fresh: Annotated[bool, typer.Option(help="Start a new dataset lineage")] = False,
 ) -> None:
     """Ingest a batch: source -> validate (Great Expectations) -> features -> versioned dataset."""
-    from pipelines.ingest import AcnSource, FileSource, SynthSource
+    from pipelines.data.ingest import AcnSource, FileSource, SynthSource
 
     if source not in ("auto", "synth", "files", "acn"):
         raise typer.BadParameter("choose auto, synth, files or acn", param_hint="--source")

@@ -1,4 +1,8 @@
-"""`evguard evaluate`: plant labelled faults in real ACN exports and measure the whole pipeline."""
+"""`evguard evaluate`: plant labelled faults in real ACN exports and measure the whole pipeline.
+
+The evaluation code is imported inside the command: it loads MLflow, scikit-learn
+and the serving steps, which would make `evguard --help` take seconds.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,16 @@ import typer
 from rich import box
 from rich.table import Table
 
-from evguard.commands.common import clear_errors, console, err_console, settings
+from evguard.commands.common import (
+    clear_errors,
+    console,
+    err_console,
+    progress_bar,
+    settings,
+    stage_updates,
+)
 
-# the columns of `pipelines.evaluation_metrics.TYPE_HEADERS`, narrow enough for 80 columns
+# the columns of `evaluation.report.TYPE_HEADERS`, narrow enough for 80 columns
 SHORT_TYPE_HEADERS = ("n", "validation", "model", "combined", "baseline", "SHAP")
 
 
@@ -44,22 +55,13 @@ def _command(inputs: list[Path], options: dict, train) -> str:
     return " ".join(parts)
 
 
-class _TrainingProgress(logging.Handler):
-    """Shows the candidates of `pipelines.training` on a second progress bar."""
-
-    def __init__(self, progress, task_id) -> None:
-        super().__init__(logging.INFO)
-        self.progress, self.task_id = progress, task_id
-
-    def emit(self, record: logging.LogRecord) -> None:
-        stage, done, total = getattr(record, "progress", (None, 0, 0))
-        if stage is not None:
-            self.progress.update(self.task_id, description=f"  {stage}"[:48], completed=done,
-                                 total=total)
+def _indented(update):
+    """The candidates' bar sits under the stages' bar: indent its label."""
+    return lambda stage, done, total: update(f"  {stage}", done, total)
 
 
 def _tables(report: dict) -> list[Table]:
-    from pipelines.evaluation_metrics import summary_rows, type_rows
+    from evaluation.report import summary_rows, type_rows
 
     tables = []
     for scenario in report["scenarios"].values():
@@ -125,12 +127,11 @@ def evaluate(
     the worker's decode and score steps.
     """
     from pydantic import ValidationError
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from pipelines.evaluation import EvaluationConfig, EvaluationError, run_evaluation
-    from pipelines.evaluation_metrics import pr_curves_png
-    from pipelines.exports import ExportFormatError, load_exports
-    from pipelines.training import TrainParams
+    from evaluation.report import pr_curves_png
+    from evaluation.scenarios import EvaluationConfig, EvaluationError, run_evaluation
+    from pipelines.data.exports import ExportFormatError, load_exports
+    from pipelines.models.train_params import TrainParams
 
     inputs = [*(acn or []), *(paths or [])]
     if not inputs:
@@ -152,23 +153,12 @@ def evaluate(
     console.print(f"{len(records):,} sessions from {len(inputs)} path(s); injecting "
                   f"{rate:.1%} faults (seed {seed}); work dir {workdir}", highlight=False)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    training_log = logging.getLogger("pipelines.training")
-    progress = Progress(TextColumn("{task.description:<48}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=console)
-    with clear_errors(EvaluationError), progress:
-        stages = progress.add_task("starting", total=6)
-        candidates = progress.add_task("  training", total=1)
-        handler = _TrainingProgress(progress, candidates)
-        training_log.addHandler(handler)
-        training_log.setLevel(logging.INFO)
-
-        def on_stage(stage: str, done: int, total: int) -> None:
-            progress.update(stages, description=stage[:48], completed=done, total=total)
-
-        try:
-            result = run_evaluation(s, records, config, workdir, on_stage)
-        finally:
-            training_log.removeHandler(handler)
+    bar = progress_bar(48)
+    with clear_errors(EvaluationError), bar:
+        stages = bar.add_task("starting", total=6)
+        candidates = bar.add_task("  training", total=1)
+        result = run_evaluation(s, records, config, workdir, stage_updates(bar, stages, 48),
+                                training_progress=_indented(stage_updates(bar, candidates, 48)))
     command = _command(inputs, {"rate": rate, "seed": seed, "cross_site": cross_site,
                                 "train_site": train_site, "score_site": score_site,
                                 "eval_fraction": eval_fraction, "alert_budget": alert_budget},

@@ -1,15 +1,18 @@
-"""`evguard train` and `evguard models show`: tune, register, promote; inspect the registry."""
+"""`evguard train` and `evguard models show`: tune, register, promote; inspect the registry.
+
+The project's model code is imported inside the commands: it loads MLflow and
+scikit-learn, which would make `evguard --help` take seconds.
+"""
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated
 
 import typer
 from rich import box
 from rich.table import Table
 
-from evguard.commands.common import clear_errors, console, settings
+from evguard.commands.common import clear_errors, console, progress_bar, settings, stage_updates
 
 app = typer.Typer(help="The registered anomaly model: champion, challenger, versions.",
                   no_args_is_help=True)
@@ -17,7 +20,6 @@ app = typer.Typer(help="The registered anomaly model: champion, challenger, vers
 KEY_METRICS = ("pr_auc", "precision_at_k", "recall_at_budget", "probe_recall", "em", "mv")
 HEADERS = {"pr_auc": "PR-AUC", "precision_at_k": "P@k", "recall_at_budget": "R@budget",
            "probe_recall": "probes", "em": "EM", "mv": "MV"}
-ALIASES = ("champion", "challenger", "previous")
 
 
 def _csv_ints(value: str) -> list[int]:
@@ -26,20 +28,6 @@ def _csv_ints(value: str) -> list[int]:
 
 def _csv_floats(value: str) -> list[float]:
     return [float(v) for v in value.split(",") if v.strip()]
-
-
-class _ProgressHandler(logging.Handler):
-    """Feeds the `progress` records of `pipelines.training` into a rich progress bar."""
-
-    def __init__(self, progress, task_id):
-        super().__init__(logging.INFO)
-        self.progress, self.task_id = progress, task_id
-
-    def emit(self, record: logging.LogRecord) -> None:
-        stage, done, total = getattr(record, "progress", (None, 0, 0))
-        if stage is not None:
-            self.progress.update(self.task_id, description=stage[:44], completed=done,
-                                 total=total)
 
 
 def train(
@@ -66,10 +54,11 @@ def train(
 ) -> None:
     """Tune IF/EIF/isotree, log candidates to MLflow, register the best, promote if better."""
     from pydantic import ValidationError
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from pipelines.training import TrainingDataError, TrainParams, run_training
-    from pipelines.tuning import NoEligibleCandidate
+    from pipelines.models.selection import NoEligibleCandidate
+    from pipelines.models.train_params import TrainParams
+    from pipelines.models.training import run_training
+    from pipelines.models.training_data import TrainingDataError
 
     s = settings()
     with clear_errors(ValidationError, ValueError):
@@ -82,18 +71,10 @@ def train(
     if deployment:
         _start_deployment(s, params)
         return
-    progress = Progress(TextColumn("{task.description:<44}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=console)
-    handler_logger = logging.getLogger("pipelines.training")
-    with clear_errors(TrainingDataError, NoEligibleCandidate), progress:
-        task_id = progress.add_task("starting", total=1)
-        handler = _ProgressHandler(progress, task_id)
-        handler_logger.addHandler(handler)
-        handler_logger.setLevel(logging.INFO)
-        try:
-            report = run_training(s, None, params)
-        finally:
-            handler_logger.removeHandler(handler)
+    bar = progress_bar(44)
+    with clear_errors(TrainingDataError, NoEligibleCandidate), bar:
+        task = bar.add_task("starting", total=1)
+        report = run_training(s, None, params, progress=stage_updates(bar, task, 44))
     table = Table(title=f"candidates on {report.dataset_id} (criterion {report.criterion})",
                   title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("candidate", no_wrap=True)
@@ -131,16 +112,24 @@ def show(
     """Show the champion, challenger and previous versions with their metrics and decisions."""
     from mlflow.exceptions import MlflowException
 
-    from pipelines.registry import mlflow_client
+    from pipelines.models.registry import (
+        CHALLENGER,
+        CHAMPION,
+        PREVIOUS,
+        RegistryUnavailable,
+        find_version,
+        mlflow_client,
+    )
 
     s = settings()
     client = mlflow_client(s)
-    with clear_errors(MlflowException):
+    with clear_errors(MlflowException, RegistryUnavailable):
         found = client.search_model_versions(f"name = '{s.model_name}'")
+        by_alias = {alias: find_version(client, s.model_name, alias)
+                    for alias in (CHAMPION, CHALLENGER, PREVIOUS)}
     if not found:
         console.print(f"no versions of {s.model_name!r} in {s.mlflow_uri}; run `evguard train`")
         raise typer.Exit(1)
-    by_alias = {alias: _alias(client, s.model_name, alias) for alias in ALIASES}
     aliased = {str(v.version): a for a, v in by_alias.items() if v is not None}
     latest = sorted(found, key=lambda v: int(v.version), reverse=True)[:versions]
     rows = [v for v in by_alias.values() if v is not None]
@@ -160,15 +149,6 @@ def show(
                                                 for m in KEY_METRICS), highlight=False)
         console.print(f"           {tags.get('decision', 'undecided')}: "
                       f"{tags.get('decision_reason', 'no decision recorded')}", highlight=False)
-
-
-def _alias(client, name: str, alias: str):
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
 
 
 def _float(value: str | None) -> float | None:

@@ -1,4 +1,8 @@
-"""`evguard monitor | alert | dashboard`: the consumers of scores and the live dashboard."""
+"""`evguard monitor | alert | dashboard`: the consumers of scores and the live dashboard.
+
+The consumers and the dashboard are imported inside the commands: they load
+SQLAlchemy, FastAPI and MLflow, which would make `evguard --help` take seconds.
+"""
 
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ def monitor(
 
     from monitoring.monitor import MonitoringConsumer
     from monitoring.triggers import ChampionReference, prefect_launcher
-    from pipelines.store import MonitoringStore
+    from pipelines.scores.store import MonitoringStore
 
     _logging()
     s = settings()
@@ -79,7 +83,7 @@ def alert(
     from sqlalchemy.exc import SQLAlchemyError
 
     from monitoring.alerter import AlertConsumer
-    from pipelines.store import MonitoringStore
+    from pipelines.scores.store import MonitoringStore
 
     _logging()
     s = settings()

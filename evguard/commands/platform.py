@@ -1,4 +1,8 @@
-"""`evguard demo` and `evguard evaluate`: the whole platform, and its evaluation on real data."""
+"""`evguard demo`: the whole platform, end to end, on the local stack.
+
+The demo is imported inside the command: it loads Prefect and MLflow, which would
+make `evguard --help` take seconds.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""`evguard serve | replay`: the scoring worker and the station replay producer."""
+"""`evguard serve | replay`: the scoring worker and the station replay producer.
+
+The serving code is imported inside the commands: it loads MLflow and Kafka's
+client, which would make `evguard --help` take seconds.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from evguard.commands.common import clear_errors, console, err_console, settings
+from evguard.commands.common import clear_errors, console, err_console, progress_bar, settings
 
 
 def serve(
@@ -66,10 +70,11 @@ def replay(
 ) -> None:
     """Stream ACN sessions into Kafka (acks=all, idempotent), with a progress bar."""
     from confluent_kafka import Producer
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import TextColumn
 
-    from pipelines.exports import ExportFormatError
-    from serving.replay import ReplayPace, check_topic, load_records, producer_config
+    from pipelines.data.exports import ExportFormatError
+    from serving.kafka import check_topic, producer_config
+    from serving.replay import ReplayPace, load_records
     from serving.replay import replay as run_replay
 
     s = settings()
@@ -90,10 +95,8 @@ def replay(
                   f"{s.kafka_servers}, " + (f"{rate:g}/s" if rate else
                                             f"{speedup:g}x real time" if speedup else
                                             "as fast as possible"))
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]:>8.0f}/s  failed {task.fields[failed]}"),
-               TimeElapsedColumn())
-    with Progress(*columns, console=console) as bar:
+    rate_column = TextColumn("{task.fields[rate]:>8.0f}/s  failed {task.fields[failed]}")
+    with progress_bar(9, rate_column) as bar:
         task = bar.add_task("delivered", total=total, rate=0.0, failed=0)
 
         def show(report) -> None:

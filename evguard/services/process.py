@@ -76,13 +76,13 @@ def pid_alive(pid: int) -> bool:
 
 @dataclass
 class ManagedProcess:
-    """One long-running process with its PID file, log file and health check."""
+    """One long-running process with its PID file, log file and readiness check."""
 
     name: str
     command: list[str]
     run_dir: Path
     port: int
-    health: Callable[[], bool]
+    ready: Callable[[], bool]  # true once the service answers
     env: dict[str, str] = field(default_factory=dict)
     start_timeout: float = 60.0
 
@@ -114,7 +114,7 @@ class ManagedProcess:
                 f"Stop that program, or choose another port with the matching EVGUARD_ setting."
             )
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_file, "wb")  # noqa: SIM115 - the child owns it; this run's log only: health checks may read it
+        log = open(self.log_file, "wb")  # noqa: SIM115 - the child owns it; this run's log only: readiness checks may read it
         try:
             proc = subprocess.Popen(
                 self.command,
@@ -132,7 +132,7 @@ class ManagedProcess:
         finally:
             log.close()
         self.pid_file.write_text(str(proc.pid))
-        ok = wait_until(lambda: proc.poll() is None and self.health(), self.start_timeout)
+        ok = wait_until(lambda: proc.poll() is None and self.ready(), self.start_timeout)
         if not ok:
             self.stop()
             tail = self.log_file.read_text(errors="replace")[-1500:]

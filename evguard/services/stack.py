@@ -6,6 +6,7 @@ only what `up` started, by the PIDs recorded under `<state_dir>/run/`.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import sys
@@ -15,9 +16,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
+import pika
 
-from evguard.services.process import ManagedProcess, ServiceError, port_open, wait_until
-from evguard.settings import Settings
+from evguard.services.process import ManagedProcess, ServiceError, port_open
+from pipelines.settings import Settings, settings_env
+from serving.kafka import KafkaUnavailable, ensure_topics
 
 ALL_SERVICES = ("kafka", "rabbitmq", "mlflow", "prefect", "smtp")
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
@@ -47,10 +50,6 @@ def _http_ok(url: str) -> bool:
 
 def _amqp_ok(url: str) -> bool:
     """True once the broker completes an AMQP handshake (an open port is not enough)."""
-    import logging
-
-    import pika
-
     logging.getLogger("pika").setLevel(logging.CRITICAL)
     params = pika.URLParameters(url)
     params.socket_timeout = 1
@@ -97,7 +96,7 @@ class LocalStack:
                      "--host", "127.0.0.1", "--data-dir", str(s.state_path / "kafka")],
             run_dir=self.run_dir,
             port=port,
-            health=lambda: port_open("127.0.0.1", port),
+            ready=lambda: port_open("127.0.0.1", port),
             start_timeout=30,
         )
 
@@ -120,7 +119,7 @@ class LocalStack:
         }
         return ManagedProcess(
             name="rabbitmq", command=[RABBITMQ_SERVER], run_dir=self.run_dir, port=port,
-            health=lambda: _amqp_ok(self.settings.rabbitmq_url), env=env, start_timeout=45,
+            ready=lambda: _amqp_ok(self.settings.rabbitmq_url), env=env, start_timeout=45,
         )
 
     def mlflow_ui_process(self) -> ManagedProcess:
@@ -133,7 +132,7 @@ class LocalStack:
                      "--default-artifact-root", s.mlflow_artifact_root.as_uri(),
                      "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
             run_dir=self.run_dir, port=port,
-            health=lambda: _http_ok(f"http://127.0.0.1:{port}/health"),
+            ready=lambda: _http_ok(f"http://127.0.0.1:{port}/health"),
             env={"MLFLOW_DISABLE_TELEMETRY": "true"}, start_timeout=90,
         )
 
@@ -146,7 +145,7 @@ class LocalStack:
             command=[prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port),
                      "--analytics-off"],
             run_dir=self.run_dir, port=port,
-            health=lambda: _http_ok(f"http://127.0.0.1:{port}/api/health"),
+            ready=lambda: _http_ok(f"http://127.0.0.1:{port}/api/health"),
             env=prefect_env(s), start_timeout=90,
         )
 
@@ -161,7 +160,7 @@ class LocalStack:
                      "--type", "process", "--name", f"evguard-{s.prefect_port}"],
             run_dir=self.run_dir, port=0,
             # the worker logs this line once it polls its pool
-            health=lambda: log.exists() and "started!" in log.read_text(errors="replace"),
+            ready=lambda: log.exists() and "started!" in log.read_text(errors="replace"),
             env={**prefect_env(s), "PREFECT_WORKER_QUERY_SECONDS": "2",
                  "PREFECT_WORKER_PREFETCH_SECONDS": "5"},
             start_timeout=60,
@@ -169,14 +168,12 @@ class LocalStack:
 
     def dashboard_process(self) -> ManagedProcess:
         """The live dashboard (started by the demo, not by `up`; stopped by `down`)."""
-        from evguard.settings import settings_env
-
         s = self.settings
         evguard = str(Path(sys.executable).parent / "evguard")
         return ManagedProcess(
             name="dashboard", command=[evguard, "dashboard"], run_dir=self.run_dir,
             port=s.dashboard_port, env={**settings_env(s), **prefect_env(s)}, start_timeout=60,
-            health=lambda: _http_ok(f"http://127.0.0.1:{s.dashboard_port}/"))
+            ready=lambda: _http_ok(f"http://127.0.0.1:{s.dashboard_port}/"))
 
     def smtp_process(self) -> ManagedProcess:
         s = self.settings
@@ -185,7 +182,7 @@ class LocalStack:
             command=[sys.executable, "-m", "evguard.services.smtp_sink", "--host", "127.0.0.1",
                      "--port", str(s.smtp_port), "--outbox", str(s.outbox_dir)],
             run_dir=self.run_dir, port=s.smtp_port,
-            health=lambda: port_open("127.0.0.1", s.smtp_port), start_timeout=20,
+            ready=lambda: port_open("127.0.0.1", s.smtp_port), start_timeout=20,
         )
 
     # ---- up / down / status ---------------------------------------------
@@ -214,7 +211,10 @@ class LocalStack:
         if not self.settings.kafka_embedded:
             return False
         started = self.kafka_process().start()
-        ensure_topics(self.settings)
+        try:
+            ensure_topics(self.settings)
+        except KafkaUnavailable as exc:
+            raise ServiceError(str(exc)) from exc
         return started
 
     def _up_rabbitmq(self) -> bool:
@@ -314,33 +314,6 @@ def prefect_env(settings: Settings) -> dict[str, str]:
         "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
         "MLFLOW_DISABLE_TELEMETRY": "true",
     }
-
-
-def ensure_topics(settings: Settings, timeout: float = 20.0) -> None:
-    """Create the sessions topic and its dead-letter topic if they are missing."""
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient({"bootstrap.servers": settings.kafka_servers})
-    wanted = {settings.topic_sessions: settings.topic_partitions, settings.topic_dlq: 1}
-
-    def missing() -> list[str]:
-        try:
-            have = admin.list_topics(timeout=2).topics
-        except Exception:  # noqa: BLE001 - broker still starting
-            return list(wanted)
-        return [t for t in wanted if t not in have]
-
-    todo = missing()
-    if todo:
-        futures = admin.create_topics([NewTopic(t, wanted[t], 1) for t in todo])
-        for topic, fut in futures.items():
-            try:
-                fut.result(timeout=timeout)
-            except Exception as exc:  # a concurrent `up` may have created it
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                    raise ServiceError(f"kafka: cannot create topic {topic}: {exc}") from exc
-    if not wait_until(lambda: not missing(), timeout):
-        raise ServiceError(f"kafka: topics {missing()} did not appear within {timeout:.0f}s")
 
 
 def ensure_work_pool(settings: Settings) -> None:

@@ -14,8 +14,9 @@ import pytest
 import uvicorn
 
 from evguard.services.process import wait_until
-from evguard.settings import Settings
-from monitoring.rabbit import declare_queue, dlq_name
+from monitoring.rabbit import declare_queue
+from pipelines.contracts.dead_letters import dlq_name
+from pipelines.settings import Settings
 
 KIT = Path(__file__).resolve().parents[1] / "monitoring" / "score_messages.py"
 
@@ -89,7 +90,7 @@ def register_champion(dash_settings, tmp_path):
     """Registers a model version with the `champion` alias, as the training flow leaves it."""
 
     def register() -> None:
-        from pipelines.registry import CHAMPION, mlflow_client
+        from pipelines.models.registry import CHAMPION, mlflow_client
 
         client = mlflow_client(dash_settings)
         experiment = client.create_experiment(f"dashboard-{dash_settings.model_name}",

@@ -9,8 +9,8 @@ import time
 import httpx
 
 from evguard.services.process import wait_until
-from pipelines.score_result import parse_score_result
-from pipelines.store import MonitoringStore
+from pipelines.contracts.score_result import parse_score_result
+from pipelines.scores.store import MonitoringStore
 
 
 def test_feed_overview_ack_and_champion(dash_settings, served, kit, register_champion):

@@ -14,7 +14,7 @@ from evguard.services.process import wait_until
 from evguard.services.stack import LocalStack
 from monitoring.alerter import AlertConsumer
 from monitoring.monitor import MonitoringConsumer
-from pipelines.store import MonitoringStore
+from pipelines.scores.store import MonitoringStore
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -24,7 +24,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 @pytest.fixture
 def worker_metrics(dash_settings):
     """The serving worker's own metrics endpoint, with some traffic counted."""
-    from serving.metrics import MetricsServer, WorkerMetrics
+    from serving.prometheus import MetricsServer, WorkerMetrics
 
     metrics = WorkerMetrics()
     metrics.consumed.inc(1250)

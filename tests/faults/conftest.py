@@ -17,8 +17,9 @@ import pika
 import pytest
 
 from evguard.services.process import free_port
-from evguard.services.stack import LocalStack, ensure_topics
-from evguard.settings import Settings
+from evguard.services.stack import LocalStack
+from pipelines.settings import Settings
+from serving.kafka import ensure_topics
 from tests.serving.helpers import (
     ResultQueue,
     delete_topics,

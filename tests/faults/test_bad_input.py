@@ -13,8 +13,8 @@ from collections import Counter
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from pipelines.synth import generate_sessions
-from serving.messages import encode_session
+from pipelines.contracts.sessions import encode_session
+from pipelines.data.synth import generate_sessions
 from tests.serving.helpers import InProcessWorker
 from tests.support.bad_sessions import BadMessage, one_bad_message_per_category
 from tests.support.faultkit import metric, produce_tracked, read_topic, tally

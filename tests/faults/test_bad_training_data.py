@@ -16,17 +16,19 @@ import mlflow
 import numpy as np
 import pytest
 
-from evguard.settings import Settings
-from pipelines import registry, tracking
-from pipelines.anomalies import RULE_BREAKING_ANOMALIES, inject_anomalies
-from pipelines.datasets import list_datasets
-from pipelines.estimators import make_detector
-from pipelines.features import FEATURE_COLUMNS, FEATURE_VERSION, feature_matrix
-from pipelines.ingest import FileSource, ValidationFailed, run_ingest
-from pipelines.model_package import SessionAnomalyModel
-from pipelines.synth import generate_sessions
-from pipelines.training import TrainingDataError, TrainParams, run_training
-from pipelines.tuning import EvalSplit
+from pipelines.data.anomalies import RULE_BREAKING_ANOMALIES, inject_anomalies
+from pipelines.data.datasets import list_datasets
+from pipelines.data.features import FEATURE_COLUMNS, FEATURE_VERSION, feature_matrix
+from pipelines.data.ingest import FileSource, ValidationFailed, run_ingest
+from pipelines.data.synth import generate_sessions
+from pipelines.models import registry, tracking
+from pipelines.models.anomaly_model import SessionAnomalyModel
+from pipelines.models.candidates import EvalSplit
+from pipelines.models.estimators import make_detector
+from pipelines.models.train_params import TrainParams
+from pipelines.models.training import run_training
+from pipelines.models.training_data import TrainingDataError
+from pipelines.settings import Settings
 from tests.serving.helpers import register_champion
 
 

@@ -22,10 +22,11 @@ from pydantic import SecretStr
 from evguard.services.process import free_port
 from evguard.services.stack import LocalStack
 from monitoring.alerter import AlertConsumer
-from monitoring.rabbit import declare_queue, dlq_name
-from pipelines.store import MonitoringStore
-from pipelines.synth import generate_sessions
-from serving.messages import encode_session
+from monitoring.rabbit import declare_queue
+from pipelines.contracts.dead_letters import dlq_name
+from pipelines.contracts.sessions import encode_session
+from pipelines.data.synth import generate_sessions
+from pipelines.scores.store import MonitoringStore
 from tests.foundation.test_local_stack import listening_addresses
 from tests.support.faultkit import (
     WorkerSupervisor,

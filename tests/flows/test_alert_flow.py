@@ -10,7 +10,8 @@ from pathlib import Path
 import pika
 
 from evguard.services.stack import LocalStack
-from monitoring.rabbit import declare_queue, dlq_name
+from monitoring.rabbit import declare_queue
+from pipelines.contracts.dead_letters import dlq_name
 
 KIT = Path(__file__).resolve().parents[1] / "monitoring" / "score_messages.py"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from evguard.settings import load_settings
-from pipelines.datasets import latest_dataset
+from pipelines.data.datasets import latest_dataset
+from pipelines.settings import load_settings
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ from pathlib import Path
 import pika
 import pytest
 
-from monitoring.rabbit import declare_queue, dlq_name
+from monitoring.rabbit import declare_queue
+from pipelines.contracts.dead_letters import dlq_name
 
 KIT = Path(__file__).resolve().parents[1] / "monitoring" / "score_messages.py"
 DRIFTED = ("kwh_delivered", "avg_kw", "charging_kw")
@@ -36,11 +37,11 @@ def register_champion(settings, tmp_path):
     import mlflow
     import numpy as np
 
-    from pipelines import registry
-    from pipelines.estimators import make_detector
-    from pipelines.features import FEATURE_COLUMNS, FEATURE_VERSION, feature_matrix
-    from pipelines.model_package import SessionAnomalyModel
-    from pipelines.synth import generate_sessions
+    from pipelines.data.features import FEATURE_COLUMNS, FEATURE_VERSION, feature_matrix
+    from pipelines.data.synth import generate_sessions
+    from pipelines.models import registry
+    from pipelines.models.anomaly_model import SessionAnomalyModel
+    from pipelines.models.estimators import make_detector
 
     records, _ = generate_sessions(600, seed=3)
     X = feature_matrix(records).to_numpy()
@@ -60,8 +61,8 @@ def register_champion(settings, tmp_path):
 
 def scored_stream(kit, model, version: str, n: int, energy_factor: float) -> list[dict]:
     """Fresh synthetic sessions, energy scaled by `energy_factor`, scored by the champion."""
-    from pipelines.features import feature_matrix
-    from pipelines.synth import generate_sessions
+    from pipelines.data.features import feature_matrix
+    from pipelines.data.synth import generate_sessions
 
     records, _ = generate_sessions(n, seed=11)
     frame = feature_matrix(records)

@@ -11,7 +11,7 @@ import uuid
 import pika
 import pytest
 
-from evguard.services.stack import ensure_topics
+from serving.kafka import ensure_topics
 from tests.serving.helpers import ResultQueue, delete_topics, register_champion
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from evguard.settings import load_settings
-from pipelines import datasets
-from pipelines.anomalies import RULE_BREAKING_ANOMALIES
-from pipelines.features import add_features, sessions_to_frame
-from pipelines.synth import generate_sessions
+from pipelines.data import datasets
+from pipelines.data.anomalies import RULE_BREAKING_ANOMALIES
+from pipelines.data.features import add_features, sessions_to_frame
+from pipelines.data.synth import generate_sessions
+from pipelines.settings import load_settings
 
 SMALL = {"n_estimators": [60], "max_samples": [256], "max_features": [1.0],
          "extension_levels": [1], "em_draws": 1, "em_uniform": 1000, "log_figures": False,
@@ -40,7 +40,7 @@ def test_train_flow_registers_a_champion_and_publishes_artifacts(prefect_harness
     from prefect.artifacts import Artifact
 
     from flows.train import TrainParams, train_flow
-    from pipelines.registry import champion_version
+    from pipelines.models.registry import champion_version
 
     state = train_flow(TrainParams(**SMALL), return_state=True)
     assert state.is_failed()

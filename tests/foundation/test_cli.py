@@ -6,7 +6,7 @@ import typer
 from typer.testing import CliRunner
 
 from evguard.cli import app
-from evguard.settings import Settings
+from pipelines.settings import Settings
 
 runner = CliRunner()
 

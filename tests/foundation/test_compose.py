@@ -11,7 +11,7 @@ import typer
 import yaml
 
 from evguard.cli import app
-from evguard.settings import Settings
+from pipelines.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

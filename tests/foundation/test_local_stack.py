@@ -16,7 +16,7 @@ from confluent_kafka import Consumer, Producer
 from evguard.services import stack as stack_module
 from evguard.services.process import ServiceError, free_port, pid_alive, port_open
 from evguard.services.stack import LocalStack
-from evguard.settings import Settings
+from pipelines.settings import Settings
 
 
 def test_message_on_sessions_topic_is_consumed_through_a_consumer_group(kafka_settings):

@@ -14,11 +14,13 @@ from datetime import datetime, timedelta
 import numpy as np
 import pytest
 
-from pipelines.features import FEATURE_COLUMNS, FEATURE_VERSION, RFC1123, feature_matrix
-from pipelines.model_package import SessionAnomalyModel
-from pipelines.synth import generate_sessions
-from pipelines.training import impossible_power_probes
-from pipelines.tuning import EvalSplit, SearchSpace, TuningConfig, tune
+from pipelines.contracts.dates import RFC1123
+from pipelines.data.features import FEATURE_COLUMNS, FEATURE_VERSION, feature_matrix
+from pipelines.data.synth import generate_sessions
+from pipelines.models.anomaly_model import SessionAnomalyModel
+from pipelines.models.candidates import EvalSplit, SearchSpace
+from pipelines.models.training_data import impossible_power_probes
+from pipelines.models.tuning import TuningConfig, tune
 
 ENERGY_OR_POWER = {"kwh_delivered", "kwh_requested", "avg_kw", "charging_kw", "delivered_ratio",
                    "log_kwh_delivered", "log_avg_kw", "log_delivered_ratio", "excess_kwh"}
@@ -107,8 +109,8 @@ def test_top_explanation_of_absurd_kwh_per_hour_is_an_energy_or_power_feature(mo
 
 def test_both_explanation_methods_blame_power(model, sessions):
     """TreeSHAP (Isolation Forest) and occlusion (EIF) agree on the cause."""
-    from pipelines.estimators import make_detector
-    from pipelines.explain import Explainer, explain
+    from pipelines.models.estimators import make_detector
+    from pipelines.models.explain import Explainer, explain
 
     X = feature_matrix(sessions).to_numpy()
     broken = feature_matrix([impossible_power(r) for r in typical(model, sessions, 20)]) \

@@ -11,8 +11,9 @@ from types import ModuleType
 import pika
 import pytest
 
-from evguard.settings import Settings
-from monitoring.rabbit import declare_queue, dlq_name
+from monitoring.rabbit import declare_queue
+from pipelines.contracts.dead_letters import dlq_name
+from pipelines.settings import Settings
 
 
 def load_score_messages() -> ModuleType:

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import pika
 
 from evguard.services.process import free_port  # noqa: F401 - the kit hands it to tests
-from evguard.settings import Settings
-from pipelines.score_result import routing_key
+from pipelines.contracts.score_result import routing_key
+from pipelines.settings import Settings
 
 FEATURES = ("duration_h", "kwh", "avg_kw", "idle_h", "start_hour")
 

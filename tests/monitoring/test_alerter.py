@@ -15,8 +15,8 @@ from sqlalchemy import select
 from evguard.services.process import wait_until
 from evguard.services.stack import LocalStack
 from monitoring.alerter import AlertConsumer
-from monitoring.rabbit import dlq_name
-from pipelines.store import MonitoringStore, alerts
+from pipelines.contracts.dead_letters import dlq_name
+from pipelines.scores.store import MonitoringStore, alerts
 
 
 @pytest.fixture

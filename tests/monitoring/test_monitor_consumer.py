@@ -9,9 +9,9 @@ import time
 import pytest
 
 from monitoring.monitor import MonitoringConsumer
-from monitoring.rabbit import dlq_name
-from pipelines.score_result import parse_score_result
-from pipelines.store import MonitoringStore
+from pipelines.contracts.dead_letters import dlq_name
+from pipelines.contracts.score_result import parse_score_result
+from pipelines.scores.store import MonitoringStore
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipelines.alerting import (
+from pipelines.contracts.score_result import InvalidScoreResult, parse_score_result
+from pipelines.scores.alerting import (
     SeverityPolicy,
     compose_email,
     in_cooldown,
@@ -17,9 +18,9 @@ from pipelines.alerting import (
     severity,
     webhook_payload,
 )
-from pipelines.drift import drift_report, ks_statistic, psi
-from pipelines.health import RetrainPolicy, cooldown_remaining, retrain_reason, window_health
-from pipelines.score_result import InvalidScoreResult, parse_score_result
+from pipelines.scores.drift import drift_report, ks_statistic, psi
+from pipelines.scores.retraining import RetrainPolicy, cooldown_remaining, retrain_reason
+from pipelines.scores.window_report import window_health
 
 
 def _msg(kit, **changes):
@@ -121,8 +122,8 @@ def test_email_and_webhook_carry_the_explanation(kit):
 
 def test_email_shows_log_features_in_their_own_units(kit):
     """The model explains a meter fault with log10 energy; the operator reads kWh."""
-    from pipelines.features import feature_matrix
-    from pipelines.synth import generate_sessions
+    from pipelines.data.features import feature_matrix
+    from pipelines.data.synth import generate_sessions
 
     record = generate_sessions(1, seed=2, anomaly_rate=0.0)[0][0]
     meter = feature_matrix([{**record, "kWhDelivered": 0.02}]).iloc[0]

@@ -10,8 +10,8 @@ import pytest
 import sqlalchemy as sa
 
 from dashboard import queries
-from pipelines.score_result import parse_score_result
-from pipelines.store import MonitoringStore
+from pipelines.contracts.score_result import parse_score_result
+from pipelines.scores.store import MonitoringStore
 
 SERVER = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.acn import AcnAuthError, AcnClient, AcnError, RetryPolicy, download_sessions
-from pipelines.exports import load_exports
-from pipelines.features import RFC1123
-from pipelines.synth import generate_sessions
+from pipelines.contracts.dates import RFC1123
+from pipelines.data.acn import AcnAuthError, AcnClient, AcnError, download_sessions
+from pipelines.data.exports import load_exports
+from pipelines.data.synth import generate_sessions
+from pipelines.retry import RetryPolicy
 
 
 def _load_server_module():

@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from evguard.cli import app
-from evguard.settings import load_settings
-from pipelines.datasets import latest_dataset
+from pipelines.data.datasets import latest_dataset
+from pipelines.settings import load_settings
 
 
 def _server_class():
@@ -66,7 +66,7 @@ def test_synth_then_import_with_labels_then_rerun(env):
 
 
 def test_download_and_ingest_from_the_api_and_clear_errors(env, monkeypatch):
-    from pipelines.synth import generate_sessions
+    from pipelines.data.synth import generate_sessions
 
     sessions = generate_sessions(40, seed=12, sites=("jpl",))[0]
     with _server_class()({"jpl": sessions, "caltech": []}) as server:

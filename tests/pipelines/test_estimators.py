@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 
-from pipelines.estimators import IsolationForestDetector, make_detector
+from pipelines.models.estimators import IsolationForestDetector, make_detector
 
 KINDS = ["iforest", "eif", "isotree"]
 

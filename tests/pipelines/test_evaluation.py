@@ -12,11 +12,11 @@ import json
 
 import numpy as np
 
-from pipelines.anomalies import ANOMALY_TYPES, RULE_BREAKING_ANOMALIES
-from pipelines.evaluation import EvaluationConfig, run_evaluation
-from pipelines.evaluation_metrics import markdown_tables, pr_curves_png
-from pipelines.evaluation_split import split_by_time
-from pipelines.synth import generate_sessions
+from evaluation.report import markdown_tables, pr_curves_png
+from evaluation.scenarios import EvaluationConfig, run_evaluation
+from evaluation.split import split_by_time
+from pipelines.data.anomalies import ANOMALY_TYPES, RULE_BREAKING_ANOMALIES
+from pipelines.data.synth import generate_sessions
 
 SMALL_TRAINING = {"kinds": ["eif"], "n_estimators": [50], "max_samples": [256],
                   "extension_levels": [3], "em_draws": 0, "n_jobs": 1, "probes": 0}
@@ -96,14 +96,14 @@ def test_time_split_puts_every_scored_session_after_training():
     train, scored = split_by_time(shuffled, 0.25)
     assert len(scored) == 75 and len(train) == 225
     assert {r["sessionID"] for r in train}.isdisjoint(r["sessionID"] for r in scored)
-    from pipelines.features import parse_dates
+    from pipelines.contracts.dates import parse_dates
 
     last_train = parse_dates([r["connectionTime"] for r in train]).max()
     assert parse_dates([r["connectionTime"] for r in scored]).min() >= last_train
 
 
 def test_evaluation_on_a_real_acn_export(base_settings, tmp_path, shared_acn):
-    from pipelines.exports import load_export
+    from pipelines.data.exports import load_export
 
     records = load_export(shared_acn / "jpl_2019q1.json")
     config = EvaluationConfig(rate=0.03, seed=1, train_site=None, score_site=None,

@@ -7,8 +7,8 @@ import pickle
 import numpy as np
 import pytest
 
-from pipelines.estimators import make_detector
-from pipelines.explain import Explainer, explain
+from pipelines.models.estimators import make_detector
+from pipelines.models.explain import Explainer, explain
 
 NAMES = ["a", "b", "c", "d"]
 

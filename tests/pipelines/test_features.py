@@ -9,13 +9,12 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipelines.features import (
+from pipelines.contracts.dates import format_date, parse_dates
+from pipelines.data.features import (
     FEATURE_COLUMNS,
     FEATURE_VERSION,
     add_features,
     feature_matrix,
-    format_date,
-    parse_dates,
     sessions_to_frame,
 )
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from evguard.settings import Settings
-from pipelines.datasets import DatasetNotFound, latest_dataset, list_datasets
-from pipelines.exports import ExportFormatError, load_export, load_exports
-from pipelines.features import FEATURE_COLUMNS, FEATURE_VERSION
-from pipelines.ingest import FileSource, SynthSource, ValidationFailed, run_ingest
-from pipelines.synth import RULE_BREAKING_ANOMALIES, generate_sessions
+from pipelines.data.datasets import DatasetNotFound, latest_dataset, list_datasets
+from pipelines.data.exports import ExportFormatError, load_export, load_exports
+from pipelines.data.features import FEATURE_COLUMNS, FEATURE_VERSION
+from pipelines.data.ingest import FileSource, SynthSource, ValidationFailed, run_ingest
+from pipelines.data.synth import RULE_BREAKING_ANOMALIES, generate_sessions
+from pipelines.settings import Settings
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pipelines.metrics import (
+from pipelines.models.detection_metrics import (
     calibrate_threshold,
     excess_mass,
     has_nan,

@@ -12,11 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import registry, tracking
-from pipelines.features import FEATURE_COLUMNS, FEATURE_VERSION, feature_matrix
-from pipelines.model_package import SessionAnomalyModel
-from pipelines.synth import generate_sessions
-from pipelines.tuning import EvalSplit, SearchSpace, TuningConfig, tune
+from pipelines.data.features import FEATURE_COLUMNS, FEATURE_VERSION, feature_matrix
+from pipelines.data.synth import generate_sessions
+from pipelines.models import registry, tracking
+from pipelines.models.anomaly_model import SessionAnomalyModel
+from pipelines.models.candidates import EvalSplit, SearchSpace
+from pipelines.models.tuning import TuningConfig, tune
 
 CONFIG = TuningConfig(seed=5, em_draws=1, em_uniform=1000, n_jobs=1)
 INFO = tracking.DatasetInfo("test-ds", "hash123", FEATURE_VERSION, "dataset", 2000)
@@ -80,8 +81,8 @@ def test_champion_loads_in_a_fresh_process_and_scores_identically(store, split, 
     rows.to_parquet(tmp_path / "rows.parquet")
     code = f"""
 import json, sys, mlflow, numpy as np, pandas as pd
-from evguard.settings import Settings
-from pipelines.registry import load_champion
+from pipelines.settings import Settings
+from pipelines.models.registry import load_champion
 settings = Settings(_env_file=None, mlflow_tracking_uri={mlflow_settings.mlflow_uri!r},
                     state_dir={str(mlflow_settings.state_dir)!r})
 mlflow.set_tracking_uri(settings.mlflow_uri)

@@ -9,8 +9,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from pipelines.features import SESSION_FIELDS, add_features, parse_dates, sessions_to_frame
-from pipelines.synth import ANOMALY_TYPES, SITES, generate_sessions, inject_anomalies
+from pipelines.contracts.dates import parse_dates
+from pipelines.contracts.sessions import SESSION_FIELDS
+from pipelines.data.anomalies import ANOMALY_TYPES, inject_anomalies
+from pipelines.data.features import add_features, sessions_to_frame
+from pipelines.data.synth import SITES, generate_sessions
 
 
 @pytest.fixture(scope="module")

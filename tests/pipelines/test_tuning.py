@@ -8,18 +8,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from pipelines.features import feature_matrix
-from pipelines.synth import generate_sessions
-from pipelines.tuning import (
-    Candidate,
-    CandidateResult,
-    EvalSplit,
-    NoEligibleCandidate,
-    SearchSpace,
-    TuningConfig,
-    select_best,
-    tune,
-)
+from pipelines.data.features import feature_matrix
+from pipelines.data.synth import generate_sessions
+from pipelines.models.candidates import Candidate, CandidateResult, EvalSplit, SearchSpace
+from pipelines.models.selection import NoEligibleCandidate, select_best
+from pipelines.models.tuning import TuningConfig, tune
 
 TIMINGS = {"fit_seconds", "score_rows_per_s"}
 

@@ -7,10 +7,11 @@ import json
 import pandas as pd
 import pytest
 
-from pipelines.exports import load_export
-from pipelines.features import add_features, format_date, parse_dates, sessions_to_frame
-from pipelines.synth import RULE_BREAKING_ANOMALIES, generate_sessions
-from pipelines.validation import (
+from pipelines.contracts.dates import format_date, parse_dates
+from pipelines.data.exports import load_export
+from pipelines.data.features import add_features, sessions_to_frame
+from pipelines.data.synth import RULE_BREAKING_ANOMALIES, generate_sessions
+from pipelines.data.validation import (
     quarantine_failed_rows,
     quarantined_keys,
     record_key,

@@ -7,7 +7,7 @@ import uuid
 import pika
 import pytest
 
-from evguard.settings import Settings
+from pipelines.settings import Settings
 from tests.serving.helpers import ResultQueue, delete_topics, register_champion
 
 
@@ -24,7 +24,7 @@ def champion_store(tmp_path_factory) -> dict:
 @pytest.fixture
 def serving_settings(kafka_settings, rabbit_settings, champion_store):
     """Uuid-named topics, group and exchange on the real broker and RabbitMQ."""
-    from evguard.services.stack import ensure_topics
+    from serving.kafka import ensure_topics
 
     tag = uuid.uuid4().hex[:8]
     settings = kafka_settings.model_copy(update={

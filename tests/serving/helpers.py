@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import pika
 
-from evguard.settings import Settings, settings_env
+from pipelines.settings import Settings, settings_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,11 +27,11 @@ def register_champion(settings: Settings, seed: int = 0, promote: bool = True) -
     import mlflow
     import numpy as np
 
-    from pipelines import registry, tracking
-    from pipelines.estimators import make_detector
-    from pipelines.features import FEATURE_COLUMNS, FEATURE_VERSION, feature_matrix
-    from pipelines.model_package import SessionAnomalyModel
-    from pipelines.synth import generate_sessions
+    from pipelines.data.features import FEATURE_COLUMNS, FEATURE_VERSION, feature_matrix
+    from pipelines.data.synth import generate_sessions
+    from pipelines.models import registry, tracking
+    from pipelines.models.anomaly_model import SessionAnomalyModel
+    from pipelines.models.estimators import make_detector
 
     records, _ = generate_sessions(1500, seed=seed, anomaly_rate=0.0)
     X = feature_matrix(records).to_numpy()

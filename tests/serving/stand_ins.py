@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.features import FEATURE_COLUMNS, FEATURE_VERSION
-from serving.messages import Source, encode_session
-from serving.steps import RawMessage
-from serving.strategy import Batch, MessageRejected, ProcessingStep
+from pipelines.contracts.sessions import Source, encode_session
+from pipelines.data.features import FEATURE_COLUMNS, FEATURE_VERSION
+from serving.steps.base import Batch, MessageRejected, ProcessingStep
+from serving.steps.decode import RawMessage
 
 
 class RecordingStep(ProcessingStep):

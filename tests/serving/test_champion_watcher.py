@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.features import FEATURE_VERSION
-from serving.model import ChampionWatcher, IncompatibleModelError, NoChampionError
+from pipelines.data.features import FEATURE_VERSION
+from pipelines.models.registry import NoChampionError
+from serving.champion import ChampionWatcher, IncompatibleModelError
 from tests.serving.stand_ins import PowerScorer
 
 

@@ -10,10 +10,11 @@ import pytest
 from pika import frame as pika_frame
 from pika import spec
 
+from pipelines.retry import RetryPolicy
 from serving.amqp import Endpoint, FrameReader, PublishEncoder
-from serving.metrics import WorkerMetrics
-from serving.publish import PublishStep, RabbitPublisher, RetryPolicy
-from serving.strategy import Batch, MessageRejected
+from serving.prometheus import WorkerMetrics
+from serving.steps.base import Batch, MessageRejected
+from serving.steps.publish import PublishStep, RabbitPublisher
 from tests.serving.stand_ins import RecordingStep
 
 

@@ -43,7 +43,7 @@ def test_sessions_without_dates_are_sent_at_the_start_not_dropped():
 
 
 def test_replay_delivers_every_session_keyed_by_station_with_schema_version(kafka_settings):
-    from evguard.services.stack import ensure_topics
+    from serving.kafka import ensure_topics
 
     tag = uuid.uuid4().hex[:8]
     settings = kafka_settings.model_copy(update={"topic_sessions": f"replay-{tag}",

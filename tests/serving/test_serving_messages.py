@@ -11,16 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines.score_result import parse_score_result
-from serving.messages import (
-    InvalidSession,
-    Source,
-    build_results,
-    decode_session,
-    encode_session,
-    rfc1123_to_iso,
-    routing_key,
-)
+from pipelines.contracts.dates import rfc1123_to_iso
+from pipelines.contracts.score_result import build_results, parse_score_result, routing_key
+from pipelines.contracts.sessions import InvalidSession, Source, decode_session, encode_session
 
 SESSION = {
     "_id": "5e225f9ff9af8b5c26d21716", "clusterID": "0039",

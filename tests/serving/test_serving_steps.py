@@ -5,12 +5,19 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from pipelines.features import feature_matrix
-from serving.commit import IMMEDIATE, CommitPolicy, CommitStep
-from serving.dlq import LENIENT, InvalidRatioLimit, InvalidRatioTracker
-from serving.metrics import WorkerMetrics
-from serving.steps import DecodeStep, ScoreStep
-from serving.strategy import DeadLetterError, InvalidRatioExceeded, MessageRejected
+from pipelines.data.features import feature_matrix
+from serving.prometheus import WorkerMetrics
+from serving.steps.base import MessageRejected
+from serving.steps.commit import IMMEDIATE, CommitPolicy, CommitStep
+from serving.steps.dead_letters import (
+    LENIENT,
+    DeadLetterError,
+    InvalidRatioExceeded,
+    InvalidRatioLimit,
+    InvalidRatioTracker,
+)
+from serving.steps.decode import DecodeStep
+from serving.steps.score import ScoreStep
 from tests.serving.stand_ins import (
     PowerScorer,
     RecordingDeadLetters,

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 
 from evguard.services.stack import RABBITMQ_SERVER
-from pipelines import registry
-from pipelines.synth import generate_sessions
+from pipelines.data.synth import generate_sessions
+from pipelines.models import registry
 from serving.replay import ReplayPace, replay
 from tests.conftest import free_port
 from tests.serving.helpers import (
@@ -212,7 +212,8 @@ def test_promoting_a_new_champion_switches_the_version_without_a_restart(serving
 
 def test_kafka_broker_restart_mid_stream_is_survived_without_loss(serving_settings, result_queue,
                                                                   tmp_path):
-    from evguard.services.stack import LocalStack, ensure_topics
+    from evguard.services.stack import LocalStack
+    from serving.kafka import ensure_topics
 
     settings = serving_settings.model_copy(update={"kafka_port": free_port(),
                                                    "state_dir": tmp_path / "kafka-state",

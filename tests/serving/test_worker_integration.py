@@ -9,8 +9,9 @@ import httpx
 import orjson
 from confluent_kafka import Consumer
 
-from pipelines.synth import generate_sessions
-from serving.messages import encode_session, routing_key
+from pipelines.contracts.score_result import routing_key
+from pipelines.contracts.sessions import encode_session
+from pipelines.data.synth import generate_sessions
 from tests.conftest import free_port
 from tests.serving.helpers import InProcessWorker, private_kafka_broker, produce
 
@@ -137,7 +138,7 @@ def test_the_worker_consumer_reads_a_200k_backlog_from_the_broker(serving_settin
     benchmark). The worker's own consumer settings must read every message without error."""
     from confluent_kafka import Producer
 
-    from serving.worker import consumer_config
+    from serving.kafka import consumer_config
 
     with private_kafka_broker(serving_settings, tmp_path / "state") as (settings, _):
         values = [encode_session(r) for r in synthetic(1_000, seed=11)]

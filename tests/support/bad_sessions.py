@@ -6,7 +6,7 @@ bytes that are not UTF-8 JSON, `schema` for JSON that breaks the session shape
 of §1), the category, and the field it breaks. Every message is built from a
 valid session by breaking exactly one rule, so the worker's reason must name
 that field. Validity is judged here from the contract, independently of
-`serving.messages`.
+`pipelines.contracts.sessions`.
 """
 
 from __future__ import annotations

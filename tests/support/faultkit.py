@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from evguard.settings import Settings, settings_env
+from pipelines.settings import Settings, settings_env
 
 ROOT = Path(__file__).resolve().parents[2]
 ZYGOTE = Path(__file__).with_name("worker_zygote.py")
@@ -211,7 +211,7 @@ class ContinuousReplay:
 
     def __init__(self, settings: Settings, rate: float, seed: int = 0, round_size: int = 200,
                  anomaly_rate: float = 0.03, tag: str | None = None) -> None:
-        from pipelines.synth import generate_sessions
+        from pipelines.data.synth import generate_sessions
 
         self.settings = settings
         self.rate = rate

@@ -26,10 +26,10 @@ import mlflow.store.model_registry.sqlalchemy_store
 import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 import shap  # noqa: F401
 
-import pipelines.explain
-import pipelines.features
-import pipelines.model_package
-import pipelines.registry  # noqa: F401
+import pipelines.data.features
+import pipelines.models.anomaly_model
+import pipelines.models.explain
+import pipelines.models.registry  # noqa: F401
 import serving.worker  # noqa: F401
 from serving.__main__ import main
 

@@ -1,0 +1,111 @@
+"""The one date codec of evguard: RFC 1123 in GMT (what ACN writes) and ISO 8601.
+
+ACN-Data writes every date as `Wed, 02 Jan 2019 14:55:53 GMT`; the score results
+and the monitoring store use ISO 8601 and epoch seconds. Everything that reads or
+writes a date goes through here. The string-slicing converters avoid `datetime`
+on the hot path, where they run once per message.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+RFC1123 = "%a, %d %b %Y %H:%M:%S GMT"
+RFC1123_RE = re.compile(
+    r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun), (\d\d) (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
+    r"(\d{4}) (\d\d):(\d\d):(\d\d) GMT")
+_MONTHS = {m: f"{i:02d}" for i, m in enumerate(
+    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
+
+
+def is_rfc1123(value: Any) -> bool:
+    """True for a string in ACN's RFC 1123 GMT form (checks the shape, not the calendar)."""
+    return type(value) is str and RFC1123_RE.fullmatch(value) is not None
+
+
+def format_rfc1123(when: datetime | float) -> str:
+    """RFC 1123 GMT text of an aware or naive-UTC datetime, or of epoch seconds."""
+    if not isinstance(when, datetime):
+        when = datetime.fromtimestamp(float(when), UTC)
+    elif when.tzinfo is not None:
+        when = when.astimezone(UTC)
+    return when.strftime(RFC1123)
+
+
+def parse_rfc1123(value: Any) -> datetime | None:
+    """The aware UTC datetime of an RFC 1123 GMT string; None for anything else."""
+    try:
+        return datetime.strptime(value, RFC1123).replace(tzinfo=UTC)
+    except (TypeError, ValueError):
+        return None
+
+
+def rfc1123_to_iso(value: Any, utc_offset: bool = True) -> str | None:
+    """`Wed, 02 Jan 2019 14:55:53 GMT` -> `2019-01-02T14:55:53+00:00` (without the offset when
+    `utc_offset` is False); None when `value` is not RFC 1123. No datetime is built."""
+    if type(value) is not str or len(value) != 29 or not value.endswith(" GMT"):
+        return None
+    month = _MONTHS.get(value[8:11])
+    if month is None:
+        return None
+    iso = f"{value[12:16]}-{month}-{value[5:7]}T{value[17:25]}"
+    return iso + "+00:00" if utc_offset else iso
+
+
+def parse_dates(values: Sequence[Any]) -> pd.DatetimeIndex:
+    """Parse RFC 1123 GMT (fast path) or ISO 8601 strings to tz-aware UTC timestamps.
+
+    Args:
+        values: strings such as ``"Wed, 01 May 2019 00:00:00 GMT"``, or None.
+
+    Returns:
+        A UTC `DatetimeIndex` (nanosecond unit) of the same length; NaT where a value
+        is missing or unparseable.
+    """
+    values = list(values)
+    try:
+        parsed = np.array([rfc1123_to_iso(v, utc_offset=False) or "NaT" for v in values],
+                          dtype="datetime64[s]")
+    except ValueError:  # e.g. "Wed, 31 Feb 2019 ...": fall back to the per-value path
+        parsed = np.array(["NaT"] * len(values), dtype="datetime64[s]")
+    as_ns = parsed.astype("datetime64[ns]")
+    retry = np.isnat(parsed) & ~pd.isna(np.array(values + [None], dtype=object)[:-1])
+    if retry.any():
+        fixed = pd.to_datetime(pd.Series([str(v) for v, r in zip(values, retry) if r], dtype=object),
+                               format="mixed", utc=True, errors="coerce")
+        as_ns[retry] = fixed.dt.tz_convert(None).to_numpy("datetime64[ns]")
+    return pd.DatetimeIndex(as_ns).tz_localize("UTC")
+
+
+def format_date(ts: Any) -> str | None:
+    """A pandas/numpy/datetime timestamp as RFC 1123 GMT text (None for NaT or None)."""
+    if ts is None or pd.isna(ts):
+        return None
+    ts = pd.Timestamp(ts)
+    return (ts.tz_convert("UTC") if ts.tzinfo else ts).strftime(RFC1123)
+
+
+def iso_to_epoch(value: Any) -> float:
+    """Epoch seconds of an ISO 8601 string; a naive time is taken as UTC.
+
+    Raises:
+        TypeError: `value` is not a string.
+        ValueError: `value` is not ISO 8601.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"expected an ISO-8601 string, got {value!r}")
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def epoch_to_iso(ts: float) -> str:
+    """ISO 8601 text (UTC, with offset) of epoch seconds."""
+    return datetime.fromtimestamp(ts, UTC).isoformat()

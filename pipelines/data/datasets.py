@@ -1,0 +1,201 @@
+"""Versioned Parquet datasets with a manifest (contract §3).
+
+`<data_dir>/datasets/<dataset_id>/` holds `sessions.parquet` (the ACN fields;
+`userInputs` as JSON text), `features.parquet` (sessionID, siteID, stationID,
+connectionTime and `FEATURE_COLUMNS`), `labels.parquet` (sessionID, anomaly_type;
+only when labels exist) and `manifest.json`. A dataset is cumulative: it holds
+its parent's sessions plus the new ones, de-duplicated by sessionID. Ids sort
+by creation time, so the newest is the last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from pipelines.contracts.sessions import SESSION_FIELDS
+from pipelines.data.features import (
+    FEATURE_COLUMNS,
+    FEATURE_VERSION,
+    add_features,
+    sessions_to_frame,
+)
+from pipelines.settings import Settings
+
+FEATURE_KEYS = ["sessionID", "siteID", "stationID", "connectionTime"]
+
+
+class DatasetNotFound(LookupError):
+    """No dataset has been written yet."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One written dataset version."""
+
+    dataset_id: str
+    path: Path
+    manifest: dict
+
+    @property
+    def feature_version(self) -> str:
+        return self.manifest["feature_version"]
+
+    def sessions(self) -> pd.DataFrame:
+        return pd.read_parquet(self.path / "sessions.parquet")
+
+    def features(self) -> pd.DataFrame:
+        return pd.read_parquet(self.path / "features.parquet")
+
+    def labels(self) -> dict[str, str]:
+        path = self.path / "labels.parquet"
+        if not path.exists():
+            return {}
+        table = pd.read_parquet(path)
+        return dict(zip(table["sessionID"], table["anomaly_type"], strict=True))
+
+    def records(self) -> list[dict]:
+        """The sessions as ACN dicts, as they were ingested."""
+        return records_from_table(self.sessions())
+
+
+def sessions_table(records: list[dict]) -> pd.DataFrame:
+    """The ACN fields of `records` as a Parquet-friendly frame (pure)."""
+    columns = {name: [r.get(name) for r in records] for name in SESSION_FIELDS}
+    columns["userInputs"] = [None if u is None else json.dumps(u) for u in columns["userInputs"]]
+    columns["kWhDelivered"] = pd.to_numeric(pd.Series(columns["kWhDelivered"], dtype=object),
+                                            errors="coerce")
+    text = {name: pd.Series([None if v is None else str(v) for v in columns[name]], dtype=object)
+            for name in SESSION_FIELDS if name not in ("kWhDelivered",)}
+    return pd.DataFrame({**text, "kWhDelivered": columns["kWhDelivered"]})[list(SESSION_FIELDS)]
+
+
+def records_from_table(table: pd.DataFrame) -> list[dict]:
+    """Inverse of `sessions_table` (pure)."""
+    records = table[list(SESSION_FIELDS)].astype(object).where(table.notna(), None) \
+        .to_dict("records")
+    for record in records:
+        if record["userInputs"] is not None:
+            record["userInputs"] = json.loads(record["userInputs"])
+    return records
+
+
+def features_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Keys and model input of a featurised frame (pure)."""
+    return frame[FEATURE_KEYS + FEATURE_COLUMNS].reset_index(drop=True)
+
+
+def content_hash(sessions: pd.DataFrame) -> str:
+    """Order-independent hash of the sessions and the feature version."""
+    ordered = sessions.sort_values("sessionID", kind="stable").reset_index(drop=True)
+    digest = hashlib.sha256(FEATURE_VERSION.encode())
+    digest.update(pd.util.hash_pandas_object(ordered.astype(str), index=False).to_numpy()
+                  .tobytes())
+    return digest.hexdigest()
+
+
+def datasets_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / "datasets"
+
+
+def list_datasets(data_dir: Path) -> list[Dataset]:
+    """All complete datasets, oldest first."""
+    root = datasets_dir(data_dir)
+    found = []
+    for manifest in sorted(root.glob("*/manifest.json")) if root.exists() else []:
+        found.append(Dataset(manifest.parent.name, manifest.parent,
+                             json.loads(manifest.read_text())))
+    return found
+
+
+def latest_dataset(settings: Settings) -> Dataset:
+    """The newest dataset that passed validation (contract §3).
+
+    Raises:
+        DatasetNotFound: nothing ingested yet under `settings.data_dir`.
+    """
+    passed = [d for d in list_datasets(settings.data_dir) if d.manifest.get("validation_passed")]
+    if not passed:
+        raise DatasetNotFound(f"no dataset under {datasets_dir(settings.data_dir)}: run "
+                              "`evguard ingest` (synthetic data needs no token)")
+    return passed[-1]
+
+
+def _merge(parent: Dataset | None, sessions: pd.DataFrame, features: pd.DataFrame,
+           labels: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
+    if parent is not None:
+        old_features = parent.features()
+        if parent.feature_version != FEATURE_VERSION:  # recompute: one feature set per dataset
+            old_features = features_table(add_features(sessions_to_frame(parent.records())))
+        sessions = pd.concat([parent.sessions(), sessions], ignore_index=True)
+        features = pd.concat([old_features, features], ignore_index=True)
+        labels = {**parent.labels(), **labels}
+    sessions = sessions.drop_duplicates("sessionID", keep="last")
+    features = features.drop_duplicates("sessionID", keep="last")
+    order = features.sort_values(["connectionTime", "sessionID"], kind="stable")["sessionID"]
+    sessions = sessions.set_index("sessionID").loc[order].reset_index()[list(SESSION_FIELDS)]
+    features = features.set_index("sessionID").loc[order].reset_index()[FEATURE_KEYS
+                                                                          + FEATURE_COLUMNS]
+    kept = set(order)
+    return sessions, features, {k: v for k, v in labels.items() if k in kept}
+
+
+def write_dataset(data_dir: Path, sessions: pd.DataFrame, features: pd.DataFrame,
+                  labels: dict[str, str], validation: dict, source: dict,
+                  parent: Dataset | None = None) -> tuple[Dataset, int]:
+    """Write a new version = parent + new rows, unless it would hold exactly the parent's data.
+
+    Args:
+        data_dir: `settings.data_dir`.
+        sessions: `sessions_table` of the new, validated rows.
+        features: `features_table` of the same rows.
+        labels: `sessionID -> anomaly type` for new rows (may be empty).
+        validation: `ValidationReport.summary()` of this batch.
+        source: what the rows came from (recorded in the manifest).
+        parent: the dataset this one extends (None starts a fresh lineage).
+
+    Returns:
+        `(dataset, added)`: the new dataset (or the parent, unchanged) and the number of
+        sessions it added.
+    """
+    sessions, features, labels = _merge(parent, sessions, features, labels)
+    digest = content_hash(sessions)
+    if parent is not None and parent.manifest.get("content_hash") == digest:
+        return parent, 0
+    added = len(sessions) - (parent.manifest["rows"]["sessions"] if parent else 0)
+    created = datetime.now(UTC)
+    dataset_id = f"{created:%Y%m%dT%H%M%S%f}Z-{digest[:8]}"
+    final = datasets_dir(data_dir) / dataset_id
+    staging = final.with_name(f".staging-{dataset_id}")
+    staging.mkdir(parents=True)
+    try:
+        sessions.to_parquet(staging / "sessions.parquet", index=False)
+        features.to_parquet(staging / "features.parquet", index=False)
+        if labels:
+            pd.DataFrame({"sessionID": list(labels), "anomaly_type": list(labels.values())}) \
+                .to_parquet(staging / "labels.parquet", index=False)
+        times = features["connectionTime"]
+        manifest = {
+            "dataset_id": dataset_id, "created_at": created.isoformat(),
+            "parent": parent.dataset_id if parent else None,
+            "rows": {"sessions": len(sessions), "features": len(features),
+                     "labels": len(labels), "added": added},
+            "date_range": {"start": times.min().isoformat() if len(times) else None,
+                           "end": times.max().isoformat() if len(times) else None},
+            "sites": {str(k): int(v) for k, v in sessions["siteID"].value_counts().items()},
+            "content_hash": digest, "feature_version": FEATURE_VERSION,
+            "feature_columns": FEATURE_COLUMNS, "validation": validation,
+            "validation_passed": bool(validation.get("passed", True)), "source": source,
+        }
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        staging.rename(final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return Dataset(dataset_id, final, manifest), added

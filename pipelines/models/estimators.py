@@ -1,0 +1,254 @@
+"""Anomaly detectors behind one scikit-learn style interface.
+
+Both detectors follow scikit-learn's conventions: `__init__` stores the
+hyperparameters unchanged, `fit(X)` validates, learns attributes ending in `_`
+and returns `self`, and `score_samples(X)` returns the anomaly score of
+Liu et al. (2008), `s(x) = 2 ** (-E[h(x)] / c(psi))` in (0, 1]: **higher means
+more anomalous**, about 0.5 for ordinary points.
+
+`IsotreeDetector` is the extended forest of the `isotree` package (Cortes):
+splits on random hyperplanes like EIF, but with split points drawn within the
+range of the projected data and columns standardised first. On the real ACN
+sessions it ranks injected faults far better than `eif` (docs/models.md).
+
+`ExtendedIsolationForestDetector` wraps `eif.iForest` (Hariri et al., 2019), a
+Cython object that cannot be pickled. The detector therefore pickles its
+hyperparameters, the resolved seed and the training matrix, and refits on
+unpickling: eif draws every sample and hyperplane from that seed, so the refit
+forest is identical and scores agree bit for bit (checked across processes in
+`tests/pipelines/test_estimators.py`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.ensemble import IsolationForest
+
+DetectorKind = Literal["iforest", "eif", "isotree"]
+DETECTOR_KINDS: tuple[DetectorKind, ...] = ("iforest", "eif", "isotree")
+
+
+def _as_matrix(X: Any) -> np.ndarray:
+    matrix = np.ascontiguousarray(np.asarray(X, dtype=np.float64))
+    if matrix.ndim != 2:
+        raise ValueError(f"expected a 2-D feature matrix, got shape {matrix.shape}")
+    if not np.isfinite(matrix).all():
+        raise ValueError("feature matrix contains NaN or infinite values")
+    return matrix
+
+
+def _resolve_seed(random_state: int | None) -> int:
+    if random_state is None:
+        return int(np.random.default_rng().integers(0, 2**31 - 1))
+    return int(random_state)
+
+
+def _resolve_max_samples(max_samples: float, n_rows: int) -> int:
+    if isinstance(max_samples, float) and 0 < max_samples <= 1:
+        return max(2, int(max_samples * n_rows))
+    return max(2, min(int(max_samples), n_rows))
+
+
+class IsolationForestDetector(BaseEstimator):
+    """scikit-learn's `IsolationForest`, with scores oriented so that higher = more anomalous.
+
+    Args:
+        n_estimators: number of trees.
+        max_samples: rows drawn per tree (int) or fraction of rows (float in (0, 1]).
+        max_features: fraction (float) or number (int) of features drawn per tree.
+        random_state: seed; None draws one at fit time and keeps it in `seed_`.
+    """
+
+    kind: DetectorKind = "iforest"
+
+    def __init__(self, n_estimators: int = 100, max_samples: float = 256,
+                 max_features: float = 1.0, random_state: int | None = None):
+        self.n_estimators = n_estimators
+        self.max_samples = max_samples
+        self.max_features = max_features
+        self.random_state = random_state
+
+    def fit(self, X: Any, y: Any = None) -> IsolationForestDetector:
+        """Fit the forest on the rows of `X` (labels are ignored)."""
+        matrix = _as_matrix(X)
+        self.seed_ = _resolve_seed(self.random_state)
+        self.n_features_in_ = matrix.shape[1]
+        self.forest_ = IsolationForest(
+            n_estimators=self.n_estimators,
+            max_samples=_resolve_max_samples(self.max_samples, len(matrix)),
+            max_features=self.max_features, random_state=self.seed_, n_jobs=1,
+        ).fit(matrix)
+        return self
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        """Anomaly score in (0, 1] per row; higher = more anomalous."""
+        return -self.forest_.score_samples(self._check(X))
+
+    def _check(self, X: Any) -> np.ndarray:
+        matrix = _as_matrix(X)
+        if matrix.shape[1] != self.n_features_in_:
+            raise ValueError(f"expected {self.n_features_in_} features, got {matrix.shape[1]}")
+        return matrix
+
+
+class ExtendedIsolationForestDetector(BaseEstimator):
+    """The Extended Isolation Forest of the `eif` package, picklable by deterministic refit.
+
+    Args:
+        n_estimators: number of trees.
+        max_samples: rows drawn per tree (int) or fraction of rows (float in (0, 1]).
+        extension_level: how many coordinates beyond one each split hyperplane may use;
+            0 is the classic axis-parallel forest, `n_features - 1` fully extended.
+            None means fully extended. It plays the role `max_features` plays for the
+            Isolation Forest (eif has no per-tree feature sampling).
+        random_state: seed; None draws one at fit time and keeps it in `seed_`.
+    """
+
+    kind: DetectorKind = "eif"
+
+    def __init__(self, n_estimators: int = 100, max_samples: float = 256,
+                 extension_level: int | None = None, random_state: int | None = None):
+        self.n_estimators = n_estimators
+        self.max_samples = max_samples
+        self.extension_level = extension_level
+        self.random_state = random_state
+
+    def fit(self, X: Any, y: Any = None) -> ExtendedIsolationForestDetector:
+        """Fit the forest on the rows of `X` (labels are ignored)."""
+        matrix = _as_matrix(X)
+        n_features = matrix.shape[1]
+        level = n_features - 1 if self.extension_level is None else int(self.extension_level)
+        if not 0 <= level < n_features:
+            raise ValueError(f"extension_level must be in [0, {n_features - 1}] "
+                             f"for {n_features} features, got {level}")
+        self.seed_ = _resolve_seed(self.random_state)
+        self.n_features_in_ = n_features
+        self.extension_level_ = level
+        self.training_matrix_ = matrix
+        self._build_forest()
+        return self
+
+    def _build_forest(self) -> None:
+        import eif  # compiled extension; imported lazily so the module loads without it
+
+        matrix = self.training_matrix_
+        self.forest_ = eif.iForest(
+            matrix, ntrees=int(self.n_estimators),
+            sample_size=_resolve_max_samples(self.max_samples, len(matrix)),
+            ExtensionLevel=self.extension_level_, seed=self.seed_,
+        )
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        """Anomaly score in (0, 1] per row; higher = more anomalous."""
+        matrix = _as_matrix(X)
+        if matrix.shape[1] != self.n_features_in_:
+            raise ValueError(f"expected {self.n_features_in_} features, got {matrix.shape[1]}")
+        return np.asarray(self.forest_.compute_paths(X_in=matrix), dtype=np.float64)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("forest_", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if "training_matrix_" in state:
+            self._build_forest()
+
+
+class IsotreeDetector(BaseEstimator):
+    """The extended isolation forest of `isotree`: hyperplane splits on standardised columns.
+
+    Args:
+        n_estimators: number of trees.
+        max_samples: rows drawn per tree (int) or fraction of rows (float in (0, 1]).
+        extension_level: coordinates beyond one per hyperplane (isotree's `ndim - 1`);
+            None means fully extended.
+        standardize: standardise columns before building hyperplanes (isotree's default).
+        random_state: seed; None draws one at fit time and keeps it in `seed_`.
+    """
+
+    kind: DetectorKind = "isotree"
+
+    def __init__(self, n_estimators: int = 100, max_samples: float = 256,
+                 extension_level: int | None = None, standardize: bool = True,
+                 random_state: int | None = None):
+        self.n_estimators = n_estimators
+        self.max_samples = max_samples
+        self.extension_level = extension_level
+        self.standardize = standardize
+        self.random_state = random_state
+
+    def fit(self, X: Any, y: Any = None) -> IsotreeDetector:
+        """Fit the forest on the rows of `X` (labels are ignored)."""
+        from isotree import IsolationForest as IsotreeForest
+
+        matrix = _as_matrix(X)
+        n_features = matrix.shape[1]
+        level = n_features - 1 if self.extension_level is None else int(self.extension_level)
+        if not 0 <= level < n_features:
+            raise ValueError(f"extension_level must be in [0, {n_features - 1}] "
+                             f"for {n_features} features, got {level}")
+        self.seed_ = _resolve_seed(self.random_state)
+        self.n_features_in_ = n_features
+        self.extension_level_ = level
+        self.forest_ = IsotreeForest(
+            ndim=level + 1, ntrees=int(self.n_estimators),
+            sample_size=_resolve_max_samples(self.max_samples, len(matrix)), coefs="normal",
+            missing_action="fail", standardize_data=bool(self.standardize), nthreads=1,
+            random_seed=self.seed_,
+        ).fit(matrix)
+        return self
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        """Anomaly score in (0, 1) per row; higher = more anomalous."""
+        matrix = _as_matrix(X)
+        if matrix.shape[1] != self.n_features_in_:
+            raise ValueError(f"expected {self.n_features_in_} features, got {matrix.shape[1]}")
+        return np.asarray(self.forest_.predict(matrix), dtype=np.float64)
+
+
+Detector = IsolationForestDetector | ExtendedIsolationForestDetector | IsotreeDetector
+
+
+def make_detector(kind: DetectorKind, **params: Any) -> Detector:
+    """Build an unfitted detector of `kind` with hyperparameters `params`.
+
+    Args:
+        kind: "iforest" (scikit-learn), "eif" (Extended Isolation Forest of `eif`) or
+            "isotree" (extended forest of `isotree`).
+        **params: constructor arguments of that detector.
+
+    Returns:
+        The unfitted detector.
+    """
+    if kind == "iforest":
+        return IsolationForestDetector(**params)
+    if kind == "eif":
+        return ExtendedIsolationForestDetector(**params)
+    if kind == "isotree":
+        return IsotreeDetector(**params)
+    raise ValueError(f"unknown detector kind {kind!r}; expected one of {DETECTOR_KINDS}")
+
+
+def detector_state(detector: Detector) -> dict[str, Any]:
+    """A fitted detector as plain data: its kind, hyperparameters and learned attributes.
+
+    The learned attributes are the libraries' own objects and numpy arrays, never a
+    class of this project, so a pickle of the state survives a move of this module.
+    The `eif` forest is left out: it cannot be pickled, and `restore_detector` refits it.
+    """
+    learned = {k: v for k, v in vars(detector).items() if k.endswith("_")}
+    if detector.kind == "eif":
+        del learned["forest_"]
+    return {"kind": detector.kind, "params": detector.get_params(), "learned": learned}
+
+
+def restore_detector(state: dict[str, Any]) -> Detector:
+    """The fitted detector of `detector_state(...)`, scoring exactly as the original."""
+    detector = make_detector(state["kind"], **state["params"])
+    detector.__setstate__({**vars(detector), **state["learned"]})
+    return detector

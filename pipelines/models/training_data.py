@@ -1,0 +1,106 @@
+"""Training data: which dataset, the time split, labels and impossible-power probes.
+
+The split is by time: the latest `eval_fraction` of sessions (by
+connectionTime) is held out, so candidates are judged on sessions after the
+ones they learned from, as in serving. When the dataset has no labels, a share
+`inject_rate` of the held-out sessions is turned into labelled anomalies with
+`pipelines.data.anomalies.inject_anomalies` (training rows stay untouched), so the
+labelled criterion (PR-AUC) is available; `inject_rate=0` selects by EM/MV.
+Probes are held-out sessions rewritten to impossible power; every model that
+is chosen or promoted must flag most of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipelines.data import datasets
+from pipelines.data.anomalies import inject_anomalies
+from pipelines.data.datasets import Dataset
+from pipelines.data.features import FEATURE_COLUMNS, FEATURE_VERSION, feature_matrix
+from pipelines.models.candidates import EvalSplit
+from pipelines.models.tracking import DatasetInfo
+from pipelines.models.train_params import TrainParams
+from pipelines.settings import Settings
+
+
+class TrainingDataError(ValueError):
+    """The dataset cannot be trained on: missing, failed validation, or too small."""
+
+
+@dataclass
+class TrainingData:
+    dataset_id: str
+    info: DatasetInfo
+    split: EvalSplit
+    feature_columns: list[str]
+    feature_version: str
+
+
+def resolve_dataset(settings: Settings, dataset_id: str | None) -> Dataset:
+    """The dataset to train on.
+
+    Raises:
+        TrainingDataError: no dataset, unknown id, or the dataset failed validation.
+    """
+    if dataset_id is None:
+        try:
+            return datasets.latest_dataset(settings)
+        except datasets.DatasetNotFound as exc:
+            raise TrainingDataError(str(exc)) from None
+    found = {d.dataset_id: d for d in datasets.list_datasets(settings.data_dir)}
+    if dataset_id not in found:
+        raise TrainingDataError(f"dataset {dataset_id!r} not found under "
+                                f"{datasets.datasets_dir(settings.data_dir)}; known: "
+                                f"{', '.join(sorted(found)[-5:]) or 'none'}")
+    dataset = found[dataset_id]
+    if not dataset.manifest.get("validation_passed"):
+        summary = dataset.manifest.get("validation", {})
+        raise TrainingDataError(f"dataset {dataset_id} failed validation and cannot be trained "
+                                f"on: {summary.get('failed') or summary}")
+    return dataset
+
+
+def prepare_data(dataset: Dataset, params: TrainParams) -> TrainingData:
+    """Time-ordered train/held-out split of a dataset, with labels or injected anomalies."""
+    records = dataset.records()
+    features = dataset.features()
+    if dataset.feature_version != FEATURE_VERSION or len(features) != len(records):
+        features = feature_matrix(records)  # recompute with today's feature code
+    n_eval = round(len(records) * params.eval_fraction)
+    if len(records) - n_eval < 50 or n_eval < 20:
+        raise TrainingDataError(f"dataset {dataset.dataset_id} has {len(records)} sessions; "
+                                "need at least 50 to train and 20 to evaluate")
+    X = features[FEATURE_COLUMNS].to_numpy(dtype=np.float64)
+    labels = dataset.labels()
+    eval_records = records[len(records) - n_eval:]
+    eval_ids = [str(r.get("sessionID")) for r in eval_records]
+    types = np.array([labels.get(i, "") for i in eval_ids], dtype=object)
+    X_eval, source = X[len(records) - n_eval:], "dataset"
+    if not (types != "").any():
+        if params.inject_rate > 0:
+            injected, new_labels = inject_anomalies(eval_records, params.inject_rate,
+                                                    seed=params.seed)
+            X_eval = feature_matrix(injected)[FEATURE_COLUMNS].to_numpy(dtype=np.float64)
+            types = np.array([new_labels.get(i, "") for i in eval_ids], dtype=object)
+            source = "injected"
+        else:
+            types, source = None, "none"
+    info = DatasetInfo(dataset.dataset_id, dataset.manifest.get("content_hash", ""),
+                       FEATURE_VERSION, source, len(records))
+    split = EvalSplit(X[: len(records) - n_eval], X_eval, types,
+                      impossible_power_probes(eval_records, params.probes, params.seed))
+    return TrainingData(dataset.dataset_id, info, split, list(FEATURE_COLUMNS), FEATURE_VERSION)
+
+
+def impossible_power_probes(records: list[dict], n: int, seed: int) -> np.ndarray | None:
+    """Features of `n` sessions rewritten to 40-75 kWh in 8-30 min (None when `n` is 0)."""
+    if n == 0 or not records:
+        return None
+    rng = np.random.default_rng(seed)
+    chosen = [records[i] for i in sorted(rng.choice(len(records), min(n, len(records)),
+                                                    replace=False))]
+    probes, _ = inject_anomalies(chosen, 1.0, seed=seed, types=("impossible_power",))
+    return feature_matrix(probes)[FEATURE_COLUMNS].to_numpy(dtype=np.float64)
