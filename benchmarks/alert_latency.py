@@ -4,7 +4,7 @@
 
 Starts a private stack (embedded Kafka-compatible broker, SMTP sink; the
 machine's RabbitMQ with uuid-named exchange and queues), registers a small
-champion in a private sqlite MLflow, and runs the real processes: the worker
+champion in a private sqlite MLflow (with the tests' registrar), and runs the real processes: the worker
 (`python -m serving`), `evguard monitor` and `evguard alert`. Then, one at a
 time, it produces an impossible session (250 kWh) from a new station and waits
 for its .eml in the outbox and its row in the monitoring store. Prints a
@@ -25,33 +25,7 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def register_champion(settings) -> float:
-    """A small Isolation Forest on synthetic sessions, logged and aliased `champion`."""
-    import mlflow
-    import numpy as np
-
-    from pipelines.data.features import FEATURE_COLUMNS, FEATURE_VERSION, feature_matrix
-    from pipelines.data.synth import generate_sessions
-    from pipelines.models import registry
-    from pipelines.models.anomaly_model import SessionAnomalyModel
-    from pipelines.models.estimators import make_detector
-
-    records, _ = generate_sessions(2000, seed=3)
-    X = feature_matrix(records).to_numpy()
-    detector = make_detector("iforest", n_estimators=100, random_state=0).fit(X)
-    threshold = float(np.quantile(detector.score_samples(X), 0.98))
-    model = SessionAnomalyModel(detector, threshold, FEATURE_COLUMNS, FEATURE_VERSION, X, 0.02,
-                                "iforest-bench")
-    client = registry.mlflow_client(settings)
-    experiment = client.create_experiment(
-        "alert-latency", artifact_location=settings.mlflow_artifact_root.as_uri())
-    with mlflow.start_run(experiment_id=experiment):
-        logged = mlflow.pyfunc.log_model(name="model", python_model=model)
-    version = mlflow.register_model(logged.model_uri, settings.model_name).version
-    client.set_registered_model_alias(settings.model_name, registry.CHAMPION, version)
-    return threshold
+sys.path.insert(0, str(ROOT))  # the tests' support kits
 
 
 def impossible_session(template: dict, i: int) -> dict:
@@ -83,18 +57,17 @@ def main() -> None:
     from pipelines.data.synth import generate_sessions
     from pipelines.scores.store import MonitoringStore, scores
     from pipelines.settings import Settings, settings_env
+    from tests.support.champion import register_champion
+    from tests.support.queues import consumer_queues
 
-    tag = uuid.uuid4().hex[:8]
-    with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(
+    with tempfile.TemporaryDirectory() as tmp, consumer_queues(Settings(
             _env_file=None, state_dir=Path(tmp) / "state", data_dir=Path(tmp) / "data",
             kafka_port=free_port(), smtp_port=free_port(), metrics_port=free_port(),
-            dashboard_port=free_port(), rabbitmq_exchange=f"ev.scores.bench-{tag}",
-            monitoring_queue=f"monitoring-bench-{tag}", alerts_queue=f"alerts-bench-{tag}",
-            alert_cooldown_s=3600)
+            dashboard_port=free_port(), alert_cooldown_s=3600)) as settings:
         stack = LocalStack(settings)
         stack.up(only=("kafka", "smtp", "mlflow"))
-        threshold = register_champion(settings)
+        threshold = register_champion(settings, seed=3, sessions=2000, n_estimators=100,
+                                      alert_share=0.02).model.threshold
         env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
         evguard = str(Path(sys.executable).parent / "evguard")
         logs = Path(tmp) / "logs"
@@ -150,7 +123,6 @@ def main() -> None:
                 proc.wait(30)
             store.close()
             stack.down()
-            _delete_queues(settings)
 
     def stats(key: str) -> str:
         values = sorted(r[key] * 1000 for r in rows)
@@ -167,19 +139,6 @@ def main() -> None:
     print(stats("scored").replace("| scored |", "| scored by the worker (`scored_at`) |"))
     print(stats("stored").replace("| stored |", "| stored by the monitoring consumer |"))
     print(stats("email").replace("| email |", "| alert email written by the SMTP sink |"))
-
-
-def _delete_queues(settings) -> None:
-    import pika
-
-    from pipelines.contracts.dead_letters import dlq_name
-
-    with pika.BlockingConnection(pika.URLParameters(settings.rabbitmq_url)) as conn:
-        ch = conn.channel()
-        for queue in (settings.monitoring_queue, settings.alerts_queue):
-            ch.queue_delete(queue)
-            ch.queue_delete(dlq_name(queue))
-        ch.exchange_delete(settings.rabbitmq_exchange)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 from evguard.services.process import free_port
 from evguard.services.stack import LocalStack
 from pipelines.settings import Settings, settings_env
+from tests.support.champion import register_champion
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 STAGES = ("decode_ms", "score_ms", "explain_ms", "encode_ms", "confirm_ms", "batch_ms")
@@ -119,33 +120,10 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def train_champion(settings: Settings, kind: str) -> str:
-    import mlflow
-    import numpy as np
-
-    from pipelines.data.features import FEATURE_COLUMNS, FEATURE_VERSION, feature_matrix
-    from pipelines.data.synth import generate_sessions
-    from pipelines.models import registry, tracking
-    from pipelines.models.anomaly_model import SessionAnomalyModel
-    from pipelines.models.estimators import make_detector
-
-    records, _ = generate_sessions(5000, seed=7, anomaly_rate=0.0)
-    X = feature_matrix(records).to_numpy()
-    params = {"n_estimators": 100, "max_samples": 256, "random_state": 7}
-    if kind == "eif":
-        params["extension_level"] = 1
-    detector = make_detector(kind, **params).fit(X)
-    # calibrated to the training flow's default alert budget of 1 %
-    threshold = float(np.quantile(detector.score_samples(X), 0.99))
-    model = SessionAnomalyModel(detector, threshold, FEATURE_COLUMNS, FEATURE_VERSION, X, 0.01,
-                                f"bench-{kind}")
-    client = registry.mlflow_client(settings)
-    experiment = client.create_experiment("serving-bench", settings.mlflow_artifact_root.as_uri())
-    with mlflow.start_run(experiment_id=experiment):
-        logged = mlflow.pyfunc.log_model(name="model", python_model=model,
-                                         pip_requirements=["scikit-learn"])
-    version = tracking.register(settings, logged.model_uri, {"purpose": "benchmark"})
-    client.set_registered_model_alias(settings.model_name, registry.CHAMPION, version)
-    return version
+    """A champion of `kind` on 5,000 synthetic sessions, at the training flow's 1 % budget."""
+    extra = {"extension_level": 1} if kind == "eif" else {}
+    return register_champion(settings, seed=7, sessions=5000, n_estimators=100,
+                             alert_share=0.01, kind=kind, **extra).version
 
 
 def declare_queue(settings: Settings, queue: str, kind: str) -> None:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import datetime
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from pipelines.contracts.dates import iso_to_epoch
 from pipelines.models import registry
 from pipelines.settings import Settings
 
@@ -110,7 +110,7 @@ def champion_summary(settings: Settings) -> dict | None:
     return {
         "name": settings.model_name, "version": str(version.version),
         "registered_ts": version.creation_timestamp / 1000,
-        "promoted_ts": (datetime.fromisoformat(promoted).timestamp() if promoted
+        "promoted_ts": (iso_to_epoch(promoted) if promoted
                         else version.last_updated_timestamp / 1000),
         "decision_reason": tags.get("decision_reason"), "criterion": tags.get("criterion"),
         "metrics": {k: metrics[k] for k in sorted(metrics)[:16]},

@@ -15,6 +15,8 @@ import pytest
 from evguard.services.process import free_port, port_open
 from evguard.services.stack import LocalStack
 from pipelines.settings import Settings
+from tests.support import score_messages
+from tests.support.brokers import private_rabbitmq as private_rabbitmq_node
 
 SHARED_ACN = Path(__file__).resolve().parents[1].parent / "shared" / "acn"
 
@@ -68,13 +70,14 @@ def rabbit_settings(base_settings: Settings):
 @pytest.fixture
 def private_rabbitmq(tmp_path: Path):
     """A RabbitMQ node of this test alone (own port and state), which the test may restart."""
-    port = free_port()
-    settings = Settings(_env_file=None, state_dir=tmp_path / "state",
-                        rabbitmq_url=f"amqp://guest:guest@127.0.0.1:{port}/%2F")
-    stack = LocalStack(settings)
-    stack.up(only=("rabbitmq",))
-    yield settings, stack
-    stack.down()
+    with private_rabbitmq_node(tmp_path / "state") as node:
+        yield node
+
+
+@pytest.fixture
+def kit():
+    """Score results built with the worker's encoder, and their publisher."""
+    return score_messages
 
 
 @pytest.fixture

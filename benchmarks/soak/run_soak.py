@@ -41,7 +41,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 from evguard.services.process import free_port
 from evguard.services.stack import LocalStack
 from pipelines.settings import Settings
-from tests.serving.helpers import ResultQueue, register_champion
+from tests.support.champion import register_champion
 from tests.support.faultkit import (
     ContinuousReplay,
     WorkerSupervisor,
@@ -50,6 +50,7 @@ from tests.support.faultkit import (
     tally,
     wait_for_partitions,
 )
+from tests.support.queues import ResultQueue
 
 FAULTS = ("kill_worker", "stop_worker", "restart_rabbitmq", "restart_kafka")
 BAD = [b"{not json", b"\xff\xfe", b'{"schema_version": 1}', b"[]", b""]

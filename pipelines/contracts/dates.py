@@ -109,3 +109,9 @@ def iso_to_epoch(value: Any) -> float:
 def epoch_to_iso(ts: float) -> str:
     """ISO 8601 text (UTC, with offset) of epoch seconds."""
     return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def readable_utc(ts: float, seconds: bool = True) -> str:
+    """Epoch seconds as people read them in emails and reports: `2019-05-01 14:30:05 UTC`."""
+    return datetime.fromtimestamp(ts, UTC).strftime(
+        "%Y-%m-%d %H:%M:%S UTC" if seconds else "%Y-%m-%d %H:%M UTC")

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-EXPECTATIONS_DIR = Path(__file__).resolve().parents[1] / "expectations"
+EXPECTATIONS_DIR = Path(__file__).resolve().parents[2] / "expectations"
 SUITES = ("raw_sessions", "features")
 _lock = threading.Lock()  # one GX context per process; its stores are not thread-safe
 

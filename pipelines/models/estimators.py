@@ -31,13 +31,24 @@ DetectorKind = Literal["iforest", "eif", "isotree"]
 DETECTOR_KINDS: tuple[DetectorKind, ...] = ("iforest", "eif", "isotree")
 
 
-def _as_matrix(X: Any) -> np.ndarray:
+def _as_matrix(X: Any, n_features: int | None = None) -> np.ndarray:
+    """`X` as a finite, contiguous float64 matrix (of `n_features` columns when given)."""
     matrix = np.ascontiguousarray(np.asarray(X, dtype=np.float64))
     if matrix.ndim != 2:
         raise ValueError(f"expected a 2-D feature matrix, got shape {matrix.shape}")
     if not np.isfinite(matrix).all():
         raise ValueError("feature matrix contains NaN or infinite values")
+    if n_features is not None and matrix.shape[1] != n_features:
+        raise ValueError(f"expected {n_features} features, got {matrix.shape[1]}")
     return matrix
+
+
+def _resolve_extension_level(extension_level: int | None, n_features: int) -> int:
+    level = n_features - 1 if extension_level is None else int(extension_level)
+    if not 0 <= level < n_features:
+        raise ValueError(f"extension_level must be in [0, {n_features - 1}] "
+                         f"for {n_features} features, got {level}")
+    return level
 
 
 def _resolve_seed(random_state: int | None) -> int:
@@ -85,13 +96,7 @@ class IsolationForestDetector(BaseEstimator):
 
     def score_samples(self, X: Any) -> np.ndarray:
         """Anomaly score in (0, 1] per row; higher = more anomalous."""
-        return -self.forest_.score_samples(self._check(X))
-
-    def _check(self, X: Any) -> np.ndarray:
-        matrix = _as_matrix(X)
-        if matrix.shape[1] != self.n_features_in_:
-            raise ValueError(f"expected {self.n_features_in_} features, got {matrix.shape[1]}")
-        return matrix
+        return -self.forest_.score_samples(_as_matrix(X, self.n_features_in_))
 
 
 class ExtendedIsolationForestDetector(BaseEstimator):
@@ -120,10 +125,7 @@ class ExtendedIsolationForestDetector(BaseEstimator):
         """Fit the forest on the rows of `X` (labels are ignored)."""
         matrix = _as_matrix(X)
         n_features = matrix.shape[1]
-        level = n_features - 1 if self.extension_level is None else int(self.extension_level)
-        if not 0 <= level < n_features:
-            raise ValueError(f"extension_level must be in [0, {n_features - 1}] "
-                             f"for {n_features} features, got {level}")
+        level = _resolve_extension_level(self.extension_level, n_features)
         self.seed_ = _resolve_seed(self.random_state)
         self.n_features_in_ = n_features
         self.extension_level_ = level
@@ -143,9 +145,7 @@ class ExtendedIsolationForestDetector(BaseEstimator):
 
     def score_samples(self, X: Any) -> np.ndarray:
         """Anomaly score in (0, 1] per row; higher = more anomalous."""
-        matrix = _as_matrix(X)
-        if matrix.shape[1] != self.n_features_in_:
-            raise ValueError(f"expected {self.n_features_in_} features, got {matrix.shape[1]}")
+        matrix = _as_matrix(X, self.n_features_in_)
         return np.asarray(self.forest_.compute_paths(X_in=matrix), dtype=np.float64)
 
     def __getstate__(self) -> dict:
@@ -188,10 +188,7 @@ class IsotreeDetector(BaseEstimator):
 
         matrix = _as_matrix(X)
         n_features = matrix.shape[1]
-        level = n_features - 1 if self.extension_level is None else int(self.extension_level)
-        if not 0 <= level < n_features:
-            raise ValueError(f"extension_level must be in [0, {n_features - 1}] "
-                             f"for {n_features} features, got {level}")
+        level = _resolve_extension_level(self.extension_level, n_features)
         self.seed_ = _resolve_seed(self.random_state)
         self.n_features_in_ = n_features
         self.extension_level_ = level
@@ -205,9 +202,7 @@ class IsotreeDetector(BaseEstimator):
 
     def score_samples(self, X: Any) -> np.ndarray:
         """Anomaly score in (0, 1) per row; higher = more anomalous."""
-        matrix = _as_matrix(X)
-        if matrix.shape[1] != self.n_features_in_:
-            raise ValueError(f"expected {self.n_features_in_} features, got {matrix.shape[1]}")
+        matrix = _as_matrix(X, self.n_features_in_)
         return np.asarray(self.forest_.predict(matrix), dtype=np.float64)
 
 

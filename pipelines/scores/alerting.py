@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import make_msgid
 from typing import Literal
 
+from pipelines.contracts.dates import readable_utc
 from pipelines.contracts.score_result import ScoreResult
 from pipelines.data.features import readable_explanation
 
@@ -42,10 +42,8 @@ def in_cooldown(last_sent_ts: float | None, now_ts: float, cooldown_s: float) ->
     return last_sent_ts is not None and now_ts - last_sent_ts < cooldown_s
 
 
-def _iso(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else readable_utc(ts)
 
 
 def alert_subject(result: ScoreResult, level: Severity) -> str:
@@ -78,7 +76,7 @@ def alert_body(result: ScoreResult, level: Severity, dashboard_url: str) -> str:
         f"  session ID       {result.session_id}",
         f"  station / space  {result.station_id} / {result.space_id or '-'}",
         f"  site             {result.site_id}",
-        f"  connected        {_iso(result.connection_ts)}",
+        f"  connected        {_when(result.connection_ts)}",
         f"  energy           {kwh}",
         "",
         f"Score {result.score:.4f} against threshold {result.threshold:.4f} (higher = worse)",
@@ -87,7 +85,7 @@ def alert_body(result: ScoreResult, level: Severity, dashboard_url: str) -> str:
         *explanation_lines(result),
         "",
         (f"Model {result.model_name} version {result.model_version} "
-         f"(features {result.feature_version or '-'}), scored {_iso(result.scored_ts)}"),
+         f"(features {result.feature_version or '-'}), scored {_when(result.scored_ts)}"),
         "",
         f"Dashboard: {dashboard_url}",
         ("Further anomalies of this station are not emailed during the cooldown; "

@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 
 import numpy as np
+
+from pipelines.contracts.dates import readable_utc
 
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 
@@ -106,7 +107,7 @@ def _pct(value: float | None) -> str:
 def report_markdown(report: dict) -> str:
     """A window report (`WindowSummary.as_dict()` plus `drift` and `retrain`) as Markdown."""
     def when(ts: float) -> str:
-        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        return readable_utc(ts, seconds=False)
 
     q, lat = report.get("score_quantiles") or {}, report.get("latency_ms") or {}
     retrain = report.get("retrain") or {}

@@ -2,34 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import threading
 import uuid
-from pathlib import Path
-from types import ModuleType
 
-import pika
 import pytest
 import uvicorn
 
-from evguard.services.process import wait_until
-from monitoring.rabbit import declare_queue
-from pipelines.contracts.dead_letters import dlq_name
+from evguard.services.process import free_port, wait_until
 from pipelines.settings import Settings
-
-KIT = Path(__file__).resolve().parents[1] / "monitoring" / "score_messages.py"
-
-
-@pytest.fixture
-def kit() -> ModuleType:
-    """tests/monitoring/score_messages.py (tests run in importlib mode: no sibling imports)."""
-    name = "evguard_tests_score_messages"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, KIT)
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
+from tests.support.queues import consumer_queues
 
 
 @pytest.fixture(scope="session")
@@ -40,33 +21,20 @@ def dash_mlflow_uri(tmp_path_factory) -> str:
 
 
 @pytest.fixture
-def dash_settings(rabbit_settings: Settings, tmp_path, kit, dash_mlflow_uri) -> Settings:
-    tag = uuid.uuid4().hex[:8]
+def dash_settings(rabbit_settings: Settings, tmp_path, dash_mlflow_uri) -> Settings:
     settings = rabbit_settings.model_copy(update={
         "state_dir": tmp_path / "state",
-        "rabbitmq_exchange": f"ev.scores.dash-{tag}",
-        "monitoring_queue": f"monitoring-dash-{tag}",
-        "alerts_queue": f"alerts-dash-{tag}",
         "monitoring_db_url": f"sqlite:///{tmp_path / 'monitoring.db'}",
         "mlflow_tracking_uri": dash_mlflow_uri,
-        "model_name": f"ev-session-anomaly-{tag}",
-        "dashboard_port": kit.free_port(),
-        "smtp_port": kit.free_port(),
-        "metrics_port": kit.free_port(),
+        "model_name": f"ev-session-anomaly-{uuid.uuid4().hex[:8]}",
+        "dashboard_port": free_port(),
+        "smtp_port": free_port(),
+        "metrics_port": free_port(),
         "monitor_window_s": 3600,
         "monitor_min_volume": 20,
     })
-    with pika.BlockingConnection(pika.URLParameters(settings.rabbitmq_url)) as conn:
-        ch = conn.channel()
-        declare_queue(ch, settings.rabbitmq_exchange, settings.monitoring_queue, "score.#")
-        declare_queue(ch, settings.rabbitmq_exchange, settings.alerts_queue, "score.*.anomaly")
-    yield settings
-    with pika.BlockingConnection(pika.URLParameters(settings.rabbitmq_url)) as conn:
-        ch = conn.channel()
-        for queue in (settings.monitoring_queue, settings.alerts_queue):
-            ch.queue_delete(queue)
-            ch.queue_delete(dlq_name(queue))
-        ch.exchange_delete(settings.rabbitmq_exchange)
+    with consumer_queues(settings) as settings:
+        yield settings
 
 
 @pytest.fixture
@@ -86,8 +54,9 @@ def served(dash_settings):
 
 
 @pytest.fixture
-def register_champion(dash_settings, tmp_path):
-    """Registers a model version with the `champion` alias, as the training flow leaves it."""
+def alias_champion(dash_settings, tmp_path):
+    """A registry entry (run metrics and tags, no model) aliased `champion`: what the dashboard
+    reads of a champion."""
 
     def register() -> None:
         from pipelines.models.registry import CHAMPION, mlflow_client

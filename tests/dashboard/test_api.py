@@ -13,7 +13,7 @@ from pipelines.contracts.score_result import parse_score_result
 from pipelines.scores.store import MonitoringStore
 
 
-def test_feed_overview_ack_and_champion(dash_settings, served, kit, register_champion):
+def test_feed_overview_ack_and_champion(dash_settings, served, kit, alias_champion):
     store = MonitoringStore(dash_settings.monitoring_db)
     now = time.time()
     results = [parse_score_result(json.dumps(kit.score_message(
@@ -51,7 +51,7 @@ def test_feed_overview_ack_and_champion(dash_settings, served, kit, register_cha
         assert http.post(f"/api/alerts/{alert['id']}/ack").json()["ok"] is True
         assert http.get("/api/overview").json()["totals"]["alerts_unacknowledged"] == 0
 
-        register_champion()
+        alias_champion()
 
         def champion() -> dict:
             return http.get("/api/overview").json()["champion"]

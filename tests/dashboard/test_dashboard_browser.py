@@ -77,7 +77,7 @@ def _history(kit, now: float) -> list[dict]:
 
 @pytest.mark.browser
 def test_dashboard_shows_new_anomalies_live_and_acknowledges_alerts(
-        dash_settings, served, consumers, worker_metrics, kit, register_champion):
+        dash_settings, served, consumers, worker_metrics, kit, alias_champion):
     from playwright.sync_api import expect, sync_playwright
 
     store, monitor = consumers
@@ -98,7 +98,7 @@ def test_dashboard_shows_new_anomalies_live_and_acknowledges_alerts(
         expect(page.locator("#feed-body tr[data-session]")).to_have_count(45, timeout=10_000)
         expect(page.locator("#sessions-total")).to_have_text("45")
         expect(page.locator("#worker-detail")).to_contain_text("lag 17")
-        register_champion()  # promoted while the page is open
+        alias_champion()  # promoted while the page is open
         expect(page.locator("#champion-version")).to_have_text(
             f"{dash_settings.model_name} v1", timeout=20_000)
         expect(page.locator("#champion-metrics")).to_contain_text("pr_auc 0.81")

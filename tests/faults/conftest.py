@@ -20,13 +20,10 @@ from evguard.services.process import free_port
 from evguard.services.stack import LocalStack
 from pipelines.settings import Settings
 from serving.kafka import ensure_topics
-from tests.serving.helpers import (
-    ResultQueue,
-    delete_topics,
-    private_kafka_broker,
-    register_champion,
-)
+from tests.support.brokers import delete_topics, private_kafka_broker
+from tests.support.champion import register_champion
 from tests.support.faultkit import Zygote
+from tests.support.queues import ResultQueue
 
 ROOT = Path(__file__).resolve().parents[2]
 FIGURES = ROOT / "test-artifacts" / "fault-suite.jsonl"
@@ -57,7 +54,7 @@ def fault_store(tmp_path_factory) -> dict:
     """A sqlite MLflow store with a champion, shared by the cases (they only read it)."""
     root = tmp_path_factory.mktemp("faults-mlflow")
     updates = {"mlflow_tracking_uri": f"sqlite:///{root}/mlflow.db", "state_dir": root / "state"}
-    version = register_champion(Settings(_env_file=None, **updates), seed=0)
+    version = register_champion(Settings(_env_file=None, **updates), seed=0).version
     return {**updates, "version": version}
 
 

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from pipelines.contracts.sessions import encode_session
 from pipelines.data.synth import generate_sessions
-from tests.serving.helpers import InProcessWorker
 from tests.support.bad_sessions import BadMessage, one_bad_message_per_category
 from tests.support.faultkit import metric, produce_tracked, read_topic, tally
+from tests.support.workers import InProcessWorker
 
 BAD, GOOD = 10_000, 2_000
 

@@ -12,7 +12,6 @@ import json
 import math
 import uuid
 
-import mlflow
 import numpy as np
 import pytest
 
@@ -21,7 +20,7 @@ from pipelines.data.datasets import list_datasets
 from pipelines.data.features import FEATURE_COLUMNS, FEATURE_VERSION, feature_matrix
 from pipelines.data.ingest import FileSource, ValidationFailed, run_ingest
 from pipelines.data.synth import generate_sessions
-from pipelines.models import registry, tracking
+from pipelines.models import promotion, registry
 from pipelines.models.anomaly_model import SessionAnomalyModel
 from pipelines.models.candidates import EvalSplit
 from pipelines.models.estimators import make_detector
@@ -29,7 +28,8 @@ from pipelines.models.train_params import TrainParams
 from pipelines.models.training import run_training
 from pipelines.models.training_data import TrainingDataError
 from pipelines.settings import Settings
-from tests.serving.helpers import register_champion
+from tests.support.champion import register_champion
+from tests.support.champion import register_model as register_logged_model
 
 
 def register_model(settings: Settings, X: np.ndarray, threshold: float) -> tuple[str, object]:
@@ -37,13 +37,8 @@ def register_model(settings: Settings, X: np.ndarray, threshold: float) -> tuple
     detector = make_detector("iforest", n_estimators=30, max_samples=128, random_state=1).fit(X)
     model = SessionAnomalyModel(detector, threshold, FEATURE_COLUMNS, FEATURE_VERSION, X, 0.01,
                                 "faults-iforest")
-    client = registry.mlflow_client(settings)
-    experiment = client.create_experiment(f"faults-{uuid.uuid4().hex[:8]}",
-                                          settings.mlflow_artifact_root.as_uri())
-    with mlflow.start_run(experiment_id=experiment):
-        logged = mlflow.pyfunc.log_model(name="model", python_model=model,
-                                         pip_requirements=["scikit-learn", "numpy", "pandas"])
-    return tracking.register(settings, logged.model_uri, {"purpose": "fault-suite"}), model
+    registered = register_logged_model(settings, model)
+    return registered.version, registered.model
 
 
 def test_bad_data_is_not_trained_on_and_bad_models_are_not_promoted(fault_store, tmp_path,
@@ -69,15 +64,15 @@ def test_bad_data_is_not_trained_on_and_bad_models_are_not_promoted(fault_store,
     versions_after_bad_data = client.search_model_versions(f"name='{s.model_name}'")
 
     # 2. a champion, then two broken candidates through the promotion gates
-    champion = register_champion(s, seed=4)
+    champion = register_champion(s, seed=4).version
     X = feature_matrix(generate_sessions(1200, seed=62)[0]).to_numpy()
     no_anomalies = EvalSplit(X[:800], X[800:], np.array([""] * 400, dtype=object))
     nan_metric, nan_metric_model = register_model(s, X[:800], threshold=0.6)
     nan_threshold, nan_threshold_model = register_model(s, X[:800], threshold=math.nan)
     decisions = {
-        "nan_metric": registry.promote_if_better(s, nan_metric, nan_metric_model, no_anomalies,
+        "nan_metric": promotion.promote_if_better(s, nan_metric, nan_metric_model, no_anomalies,
                                                  "pr_auc"),
-        "nan_threshold": registry.promote_if_better(s, nan_threshold, nan_threshold_model,
+        "nan_threshold": promotion.promote_if_better(s, nan_threshold, nan_threshold_model,
                                                     no_anomalies, "em_mv_rank"),
     }
     aliases = {a: str(client.get_model_version_by_alias(s.model_name, a).version)

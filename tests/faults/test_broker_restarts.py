@@ -13,8 +13,9 @@ import time
 from confluent_kafka import Producer
 
 from evguard.services.process import port_open
-from tests.serving.helpers import InProcessWorker, ResultQueue
 from tests.support.faultkit import ContinuousReplay, read_topic, tally, wait_for_partitions
+from tests.support.queues import ResultQueue
+from tests.support.workers import InProcessWorker
 
 
 def restart_during_replay(settings, queue: ResultQueue, restart) -> tuple:

@@ -27,7 +27,6 @@ from pipelines.contracts.dead_letters import dlq_name
 from pipelines.contracts.sessions import encode_session
 from pipelines.data.synth import generate_sessions
 from pipelines.scores.store import MonitoringStore
-from tests.foundation.test_local_stack import listening_addresses
 from tests.support.faultkit import (
     WorkerSupervisor,
     produce_tracked,
@@ -35,6 +34,7 @@ from tests.support.faultkit import (
     tally,
     wait_for_partitions,
 )
+from tests.support.listeners import listening_addresses
 
 
 def test_services_bind_localhost_and_no_secret_leaks(fault_settings, result_queue, mlflow_server,

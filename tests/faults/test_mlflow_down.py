@@ -11,8 +11,9 @@ from __future__ import annotations
 import uuid
 
 from evguard.services.process import port_open, wait_until
-from tests.serving.helpers import InProcessWorker, register_champion
+from tests.support.champion import register_champion
 from tests.support.faultkit import ContinuousReplay, health, metric, tally, wait_for_partitions
+from tests.support.workers import InProcessWorker
 
 RELOAD_ERRORS = "evguard_serving_model_reload_errors_total"
 
@@ -27,7 +28,7 @@ def test_worker_keeps_scoring_with_the_loaded_model_while_mlflow_is_down(
     # a refused connection fails the poll at once instead of after MLflow's backoff (minutes)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    version = register_champion(s, seed=3)  # through the server's REST API
+    version = register_champion(s, seed=3).version  # through the server's REST API
 
     worker = InProcessWorker(s)
     replay = ContinuousReplay(s, rate=300, seed=51, round_size=300)

@@ -12,7 +12,9 @@ import pika
 import pytest
 
 from serving.kafka import ensure_topics
-from tests.serving.helpers import ResultQueue, delete_topics, register_champion
+from tests.support.brokers import delete_topics
+from tests.support.champion import register_champion
+from tests.support.queues import ResultQueue
 
 
 @pytest.fixture
@@ -37,7 +39,7 @@ def serve_env(kafka_settings, rabbit_settings, tmp_path, monkeypatch):
         "rabbitmq_exchange": env["RABBITMQ_EXCHANGE"], "state_dir": tmp_path / "state",
         "mlflow_tracking_uri": env["MLFLOW_TRACKING_URI"]})
     ensure_topics(settings)
-    version = register_champion(settings, seed=3)
+    version = register_champion(settings, seed=3).version
     queue = ResultQueue(settings.rabbitmq_url, settings.rabbitmq_exchange)
     yield settings, version, queue
     queue.close()

@@ -12,16 +12,17 @@ from typing import ClassVar
 import pytest
 from sqlalchemy import select
 
-from evguard.services.process import wait_until
+from evguard.services.process import free_port, wait_until
 from evguard.services.stack import LocalStack
 from monitoring.alerter import AlertConsumer
 from pipelines.contracts.dead_letters import dlq_name
 from pipelines.scores.store import MonitoringStore, alerts
+from tests.support.queues import queue_messages
 
 
 @pytest.fixture
 def alert_settings(mon_settings, kit):
-    return mon_settings.model_copy(update={"smtp_port": kit.free_port(), "alert_cooldown_s": 600})
+    return mon_settings.model_copy(update={"smtp_port": free_port(), "alert_cooldown_s": 600})
 
 
 @pytest.fixture
@@ -131,8 +132,8 @@ def test_smtp_down_then_up_delivers_every_alert(alert_settings, sink, store, kit
     assert rows[0]["attempts"] >= 3 and "smtp" not in (rows[0]["last_error"] or "")
     got = sorted(m["X-Evguard-Session"] for m in outbox(settings))
     assert got == sorted(m["sessionID"] for m in messages)
-    assert kit.queue_messages(settings, settings.alerts_queue) == []
-    assert kit.queue_messages(settings, dlq_name(settings.alerts_queue)) == []
+    assert queue_messages(settings, settings.alerts_queue) == []
+    assert queue_messages(settings, dlq_name(settings.alerts_queue)) == []
 
 
 def test_an_alert_that_cannot_be_delivered_is_dead_lettered_and_recorded(
@@ -142,10 +143,10 @@ def test_an_alert_that_cannot_be_delivered_is_dead_lettered_and_recorded(
     kit.publish(settings, [message, b"{broken"])
     outcomes = AlertConsumer(settings, store).run(threading.Event(), idle_exit_s=0.6)
     assert outcomes == {"dead_lettered": 1, "poison": 1}
-    letters = kit.queue_messages(settings, dlq_name(settings.alerts_queue))
+    letters = queue_messages(settings, dlq_name(settings.alerts_queue))
     assert len(letters) == 2
     undelivered = next(h for h, body in letters if json.loads(body) == message)
     assert undelivered["attempts"] == 3 and "smtp" in undelivered["error"]
     [row] = alert_rows(store)
     assert row["state"] == "dead_lettered" and row["attempts"] == 3
-    assert kit.queue_messages(settings, settings.alerts_queue) == []
+    assert queue_messages(settings, settings.alerts_queue) == []

@@ -12,6 +12,7 @@ from monitoring.monitor import MonitoringConsumer
 from pipelines.contracts.dead_letters import dlq_name
 from pipelines.contracts.score_result import parse_score_result
 from pipelines.scores.store import MonitoringStore
+from tests.support.queues import queue_messages
 
 
 @pytest.fixture
@@ -39,7 +40,7 @@ def test_every_result_is_stored_once_even_when_redelivered(mon_settings, store, 
     assert stats.duplicates == 70
     anomalies = store.scores_between(0, time.time() + 1)
     assert sum(r["is_anomaly"] for r in anomalies) == 12
-    assert kit.queue_messages(mon_settings, mon_settings.monitoring_queue) == []  # all acked
+    assert queue_messages(mon_settings, mon_settings.monitoring_queue) == []  # all acked
 
 
 def test_poison_messages_go_to_the_dead_letter_queue_with_their_error(mon_settings, store, kit):
@@ -55,7 +56,7 @@ def test_poison_messages_go_to_the_dead_letter_queue_with_their_error(mon_settin
     consumer.close()
     assert store.count_scores() == 5
     assert stats.dead_lettered == 3
-    letters = kit.queue_messages(mon_settings, dlq_name(mon_settings.monitoring_queue))
+    letters = queue_messages(mon_settings, dlq_name(mon_settings.monitoring_queue))
     assert sorted(body for _, body in letters) == sorted(poison)
     errors = " | ".join(h["error"] for h, _ in letters)
     assert "not JSON" in errors and "schema must be" in errors

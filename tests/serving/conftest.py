@@ -8,7 +8,9 @@ import pika
 import pytest
 
 from pipelines.settings import Settings
-from tests.serving.helpers import ResultQueue, delete_topics, register_champion
+from tests.support.brokers import delete_topics
+from tests.support.champion import register_champion
+from tests.support.queues import ResultQueue
 
 
 @pytest.fixture(scope="session")
@@ -17,7 +19,7 @@ def champion_store(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("serving-mlflow")
     updates = {"mlflow_tracking_uri": f"sqlite:///{root}/mlflow.db", "state_dir": root / "state"}
     settings = Settings(_env_file=None, **updates)
-    version = register_champion(settings, seed=0)
+    version = register_champion(settings, seed=0).version
     return {**updates, "version": version}
 
 

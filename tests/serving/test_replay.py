@@ -85,7 +85,7 @@ def test_files_source_needs_paths(kafka_settings):
 
 
 def test_replay_fails_fast_and_readably_without_a_broker_or_topic(kafka_settings):
-    from tests.conftest import free_port
+    from evguard.services.process import free_port
 
     nowhere = kafka_settings.model_copy(update={"kafka_port": free_port()})
     t0 = time.monotonic()

@@ -15,17 +15,14 @@ from pathlib import Path
 
 import httpx
 
+from evguard.services.process import free_port
 from evguard.services.stack import RABBITMQ_SERVER
 from pipelines.data.synth import generate_sessions
 from pipelines.models import registry
 from serving.replay import ReplayPace, replay
-from tests.conftest import free_port
-from tests.serving.helpers import (
-    InProcessWorker,
-    ResultQueue,
-    register_champion,
-    start_worker_process,
-)
+from tests.support.champion import register_champion
+from tests.support.queues import ResultQueue
+from tests.support.workers import InProcessWorker, start_worker_process
 
 
 def synthetic(n: int, seed: int) -> list[dict]:
@@ -174,8 +171,8 @@ def test_promoting_a_new_champion_switches_the_version_without_a_restart(serving
     store = {"mlflow_tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
              "state_dir": tmp_path / "state"}
     settings = serving_settings.model_copy(update={**store, "serve_model_poll_s": 0.3})
-    first = register_champion(settings, seed=1)
-    second = register_champion(settings, seed=2, promote=False)
+    first = register_champion(settings, seed=1).version
+    second = register_champion(settings, seed=2, promote=False).version
     worker = InProcessWorker(settings)
     try:
         early = synthetic(300, seed=14)

@@ -9,11 +9,12 @@ import httpx
 import orjson
 from confluent_kafka import Consumer
 
+from evguard.services.process import free_port
 from pipelines.contracts.score_result import routing_key
 from pipelines.contracts.sessions import encode_session
 from pipelines.data.synth import generate_sessions
-from tests.conftest import free_port
-from tests.serving.helpers import InProcessWorker, private_kafka_broker, produce
+from tests.support.brokers import private_kafka_broker, produce
+from tests.support.workers import InProcessWorker
 
 
 def synthetic(n: int, seed: int = 3, anomaly_rate: float = 0.05) -> list[dict]:

@@ -2,7 +2,7 @@
 that are killed and restarted, a continuous replay, reading topics back, and the tally of
 lost and duplicated sessions.
 
-Results are collected with `tests.serving.helpers.ResultQueue` (a durable queue that
+Results are collected with `tests.support.queues.ResultQueue` (a durable queue that
 acknowledges after recording, so redeliveries show as duplicates).
 """
 

@@ -8,11 +8,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from pipelines.data.anomalies import RULE_BREAKING_ANOMALIES
 from pipelines.data.datasets import DatasetNotFound, latest_dataset, list_datasets
 from pipelines.data.exports import ExportFormatError, load_export, load_exports
 from pipelines.data.features import FEATURE_COLUMNS, FEATURE_VERSION
 from pipelines.data.ingest import FileSource, SynthSource, ValidationFailed, run_ingest
-from pipelines.data.synth import RULE_BREAKING_ANOMALIES, generate_sessions
+from pipelines.data.synth import generate_sessions
 from pipelines.settings import Settings
 
 

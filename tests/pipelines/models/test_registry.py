@@ -14,7 +14,7 @@ import pytest
 
 from pipelines.data.features import FEATURE_COLUMNS, FEATURE_VERSION, feature_matrix
 from pipelines.data.synth import generate_sessions
-from pipelines.models import registry, tracking
+from pipelines.models import promotion, registry, tracking
 from pipelines.models.anomaly_model import SessionAnomalyModel
 from pipelines.models.candidates import EvalSplit, SearchSpace
 from pipelines.models.tuning import TuningConfig, tune
@@ -44,7 +44,7 @@ def register_candidate(settings, split: EvalSplit, space: SearchSpace,
                        columns: list[str] = FEATURE_COLUMNS,
                        feature_version: str = FEATURE_VERSION) -> tuple[str, SessionAnomalyModel]:
     if columns != FEATURE_COLUMNS:
-        split = registry.split_for_columns(split, FEATURE_COLUMNS, columns)
+        split = promotion.split_for_columns(split, FEATURE_COLUMNS, columns)
     tuning = tune(split, space, CONFIG)
     best = tuning.best
     detector = best.candidate.build(CONFIG.seed, split.X_train.shape[1]).fit(split.X_train)
@@ -73,7 +73,7 @@ def test_champion_loads_in_a_fresh_process_and_scores_identically(store, split, 
     logged = {a.path for a in MlflowClient(store.mlflow_uri).list_artifacts(run_id)}
     assert {"score_histogram.png", "pr_curve.png", "shap_summary.png",
             "candidates.csv"} <= logged
-    decision = registry.promote_if_better(mlflow_settings, version, model, split, "pr_auc")
+    decision = promotion.promote_if_better(mlflow_settings, version, model, split, "pr_auc")
     assert decision.decision == "promoted" and "first valid model" in decision.reason
     assert registry.champion_version(mlflow_settings) == version
 
@@ -113,16 +113,16 @@ def test_worse_model_is_not_promoted_and_better_one_is(store, split):
     client = MlflowClient(mlflow_settings.mlflow_uri)
     name = mlflow_settings.model_name
     worse_first, worse_model = register_candidate(mlflow_settings, split, WORSE)
-    registry.promote_if_better(mlflow_settings, worse_first, worse_model, split, "pr_auc")
+    promotion.promote_if_better(mlflow_settings, worse_first, worse_model, split, "pr_auc")
 
     good, good_model = register_candidate(mlflow_settings, split, GOOD)
-    promoted = registry.promote_if_better(mlflow_settings, good, good_model, split, "pr_auc",
+    promoted = promotion.promote_if_better(mlflow_settings, good, good_model, split, "pr_auc",
                                           margin=0.05)
     assert promoted.decision == "promoted", promoted.reason
     assert promoted.new_value > promoted.champion_value * 1.05
 
     worse, model = register_candidate(mlflow_settings, split, WORSE)
-    decision = registry.promote_if_better(mlflow_settings, worse, model, split, "pr_auc",
+    decision = promotion.promote_if_better(mlflow_settings, worse, model, split, "pr_auc",
                                           margin=0.05)
     assert decision.decision == "challenger" and decision.champion_version == good
     assert decision.new_value < decision.champion_value
@@ -134,7 +134,7 @@ def test_worse_model_is_not_promoted_and_better_one_is(store, split):
 
     # a model with no usable threshold fails the gates and gets no alias
     broken, broken_model = register_candidate(mlflow_settings, split, GOOD, threshold=math.nan)
-    rejected = registry.promote_if_better(mlflow_settings, broken, broken_model, split, "pr_auc")
+    rejected = promotion.promote_if_better(mlflow_settings, broken, broken_model, split, "pr_auc")
     assert rejected.decision == "rejected"
     assert str(client.get_model_version_by_alias(name, "champion").version) == good
     assert client.get_model_version(name, broken).tags["decision"] == "rejected"
@@ -147,19 +147,19 @@ def test_a_champion_of_an_older_feature_version_is_compared_on_its_own_columns(s
     older = FEATURE_COLUMNS[:-4]
     champion, champion_model = register_candidate(s, split, GOOD, columns=older,
                                                   feature_version="old")
-    older_split = registry.split_for_columns(split, FEATURE_COLUMNS, older)
-    assert registry.promote_if_better(s, champion, champion_model, older_split,
+    older_split = promotion.split_for_columns(split, FEATURE_COLUMNS, older)
+    assert promotion.promote_if_better(s, champion, champion_model, older_split,
                                       "pr_auc").decision == "promoted"
 
     worse, worse_model = register_candidate(s, split, WORSE)
-    decision = registry.promote_if_better(s, worse, worse_model, split, "pr_auc", margin=0.05)
+    decision = promotion.promote_if_better(s, worse, worse_model, split, "pr_auc", margin=0.05)
     assert decision.decision == "challenger", decision.reason
     assert decision.champion_version == champion
     assert decision.new_value < decision.champion_value
 
     better, better_model = register_candidate(s, split, GOOD)
-    decision = registry.promote_if_better(s, better, better_model, split, "pr_auc", margin=-1.0)
+    decision = promotion.promote_if_better(s, better, better_model, split, "pr_auc", margin=-1.0)
     assert decision.decision == "promoted" and decision.champion_value is not None
 
     # a champion whose columns no longer exist cannot be scored at all
-    assert registry.split_for_columns(split, FEATURE_COLUMNS, ["no_such_feature"]) is None
+    assert promotion.split_for_columns(split, FEATURE_COLUMNS, ["no_such_feature"]) is None

@@ -100,7 +100,7 @@ def test_batches_are_confirmed_in_order_and_arrive_persistent(rabbit_settings, e
 
 
 def test_unreachable_rabbitmq_means_not_ready_and_the_step_pushes_back(rabbit_settings):
-    from tests.conftest import free_port
+    from evguard.services.process import free_port
 
     metrics = WorkerMetrics()
     url = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"

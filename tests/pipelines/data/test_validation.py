@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 
 from pipelines.contracts.dates import format_date, parse_dates
+from pipelines.data.anomalies import RULE_BREAKING_ANOMALIES
 from pipelines.data.exports import load_export
 from pipelines.data.features import add_features, sessions_to_frame
-from pipelines.data.synth import RULE_BREAKING_ANOMALIES, generate_sessions
+from pipelines.data.synth import generate_sessions
 from pipelines.data.validation import (
     quarantine_failed_rows,
     quarantined_keys,

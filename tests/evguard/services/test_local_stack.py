@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import socket
-import subprocess
 import uuid
-from pathlib import Path
 
 import pika
 import pytest
@@ -17,6 +14,7 @@ from evguard.services import stack as stack_module
 from evguard.services.process import ServiceError, free_port, pid_alive, port_open
 from evguard.services.stack import LocalStack
 from pipelines.settings import Settings
+from tests.support.listeners import listening_addresses
 
 
 def test_message_on_sessions_topic_is_consumed_through_a_consumer_group(kafka_settings):
@@ -111,25 +109,6 @@ def test_up_twice_starts_nothing_twice_and_down_leaves_nothing(tmp_path):
     assert not any(pid_alive(pid) for pid in pids.values())
     assert not port_open("127.0.0.1", settings.kafka_port)
     assert not port_open("127.0.0.1", settings.prefect_port)
-
-
-def listening_addresses(group_ids: set[int]) -> set[str]:
-    """Local addresses of TCP listeners owned by any process in the given process groups."""
-    members = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) in group_ids:  # field 5 of stat: process group id
-            members.add(int(stat.parent.name))
-    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
-    found = set()
-    for line in out.splitlines():
-        pids = {int(p) for p in re.findall(r"pid=(\d+)", line)}
-        if pids & members:
-            found.add(line.split()[3])
-    return found
 
 
 def test_port_in_use_is_a_clear_error(tmp_path):

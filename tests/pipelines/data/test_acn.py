@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -14,23 +11,11 @@ from pipelines.data.acn import AcnAuthError, AcnClient, AcnError, download_sessi
 from pipelines.data.exports import load_exports
 from pipelines.data.synth import generate_sessions
 from pipelines.retry import RetryPolicy
+from tests.support.acn_server import LocalAcnServer
 
-
-def _load_server_module():
-    """tests/pipelines/local_acn_server.py (tests run in importlib mode: no sibling imports)."""
-    name = "evguard_tests_local_acn_server"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).with_name("local_acn_server.py"))
-        sys.modules[name] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-LocalAcnServer = _load_server_module().LocalAcnServer
 START = datetime(2019, 1, 1, tzinfo=UTC)
 END = datetime(2020, 1, 1, tzinfo=UTC)
-FAST = RetryPolicy(max_retries=4, backoff_s=0.01, max_backoff_s=0.05)
+FAST = RetryPolicy(max_retries=4, initial_s=0.01, max_s=0.05)
 
 
 def caltech_sessions(n: int, seed: int = 5) -> list[dict]:
@@ -98,7 +83,7 @@ def test_transient_failures_are_retried_with_backoff(tmp_path):
 
 def test_retries_give_up_with_a_transient_error(tmp_path):
     with LocalAcnServer({"caltech": caltech_sessions(3)}) as server, \
-            client_for(server, retry=RetryPolicy(2, 0.0, 0.0)) as client:
+            client_for(server, retry=RetryPolicy(max_retries=2, initial_s=0.0, max_s=0.0)) as client:
         server.failures = [502, 502, 502]
         with pytest.raises(AcnError) as info:
             download_sessions(client, tmp_path, "caltech", START, END)

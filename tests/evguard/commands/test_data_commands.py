@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -13,16 +10,7 @@ from typer.testing import CliRunner
 from evguard.cli import app
 from pipelines.data.datasets import latest_dataset
 from pipelines.settings import load_settings
-
-
-def _server_class():
-    name = "evguard_tests_local_acn_server"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).with_name("local_acn_server.py"))
-        sys.modules[name] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[name].LocalAcnServer
+from tests.support.acn_server import LocalAcnServer
 
 
 @pytest.fixture
@@ -69,7 +57,7 @@ def test_download_and_ingest_from_the_api_and_clear_errors(env, monkeypatch):
     from pipelines.data.synth import generate_sessions
 
     sessions = generate_sessions(40, seed=12, sites=("jpl",))[0]
-    with _server_class()({"jpl": sessions, "caltech": []}) as server:
+    with LocalAcnServer({"jpl": sessions, "caltech": []}) as server:
         monkeypatch.setenv("EVGUARD_ACN_API_URL", server.api_url)
         result = run("data", "download", "--site", "jpl", "--start", "2019-01-01",
                      "--end", "2019-03-01")

@@ -1,0 +1,59 @@
+"""What an alert says and whether to send it (pure): severity, cooldown, backoff, email, webhook."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.contracts.score_result import parse_score_result
+from pipelines.retry import RetryPolicy
+from pipelines.scores.alerting import (
+    SeverityPolicy,
+    compose_email,
+    in_cooldown,
+    severity,
+    webhook_payload,
+)
+
+
+def test_severity_cooldown_and_backoff():
+    policy = SeverityPolicy(major_margin=0.05, critical_margin=0.15)
+    assert [severity(s, 0.6, policy) for s in (0.61, 0.64, 0.70)] == ["minor", "major", "critical"]
+    assert in_cooldown(100.0, 150.0, 60) and not in_cooldown(100.0, 161.0, 60)
+    assert not in_cooldown(None, 0.0, 60)
+    backoff = RetryPolicy(initial_s=2, max_s=10)
+    assert [backoff.delay(a - 1) for a in (1, 2, 3, 4)] == [2, 4, 8, 10]
+    with pytest.raises(ValueError):
+        SeverityPolicy(major_margin=0.2, critical_margin=0.1)
+
+
+def test_email_and_webhook_carry_the_explanation(kit):
+    result = parse_score_result(kit.score_json(stationID="CA-77"))
+    mail = compose_email(result, "critical", "from@x", ["a@x", "b@x"], "http://dash/")
+    body = mail.get_content()
+    assert mail["To"] == "a@x, b@x" and "CA-77" in mail["Subject"]
+    assert "avg_kw" in body and "typical" in body and "http://dash/" in body
+    hook = webhook_payload(result, "critical", "http://dash/")
+    assert "avg_kw=2.4 (typ 3.2)" in hook["text"] and hook["blocks"][0]["type"] == "section"
+
+
+def test_email_shows_log_features_in_their_own_units(kit):
+    """The model explains a meter fault with log10 energy; the operator reads kWh."""
+    from pipelines.data.features import feature_matrix
+    from pipelines.data.synth import generate_sessions
+
+    record = generate_sessions(1, seed=2, anomaly_rate=0.0)[0][0]
+    meter = feature_matrix([{**record, "kWhDelivered": 0.02}]).iloc[0]
+    typical = feature_matrix([record]).iloc[0]
+    explanation = [{"feature": name, "value": float(meter[name]),
+                    "typical": float(typical[name]), "contribution": 0.1 - i / 100}
+                   for i, name in enumerate(("log_kwh_delivered", "kwh_delivered",
+                                             "log_avg_kw"))]
+    result = parse_score_result(kit.score_json(explanation=explanation))
+    body = compose_email(result, "critical", "f@x", ["t@x"], "http://dash/").get_content()
+    lines = [line.split() for line in body.splitlines() if "contribution" in line
+             and "typical" in line and not line.startswith("Top")]
+    assert [words[0] for words in lines] == ["kwh_delivered", "avg_kw"]  # no log_, no repeat
+    printed = {"rel": 5e-3}  # 3 significant digits
+    assert float(lines[0][1]) == pytest.approx(0.02, **printed)
+    assert float(lines[0][3]) == pytest.approx(record["kWhDelivered"], **printed)
+    assert float(lines[1][1]) == pytest.approx(meter["avg_kw"], **printed)
