@@ -43,12 +43,19 @@ def _as_matrix(X: Any, n_features: int | None = None) -> np.ndarray:
     return matrix
 
 
-def _resolve_extension_level(extension_level: int | None, n_features: int) -> int:
-    level = n_features - 1 if extension_level is None else int(extension_level)
+def _start_extended_fit(detector: Any, X: Any) -> np.ndarray:
+    """Validate `X` for an extended forest and learn `seed_`, `n_features_in_` and
+    `extension_level_` (None = fully extended); the training matrix."""
+    matrix = _as_matrix(X)
+    n_features = matrix.shape[1]
+    level = n_features - 1 if detector.extension_level is None else int(detector.extension_level)
     if not 0 <= level < n_features:
         raise ValueError(f"extension_level must be in [0, {n_features - 1}] "
                          f"for {n_features} features, got {level}")
-    return level
+    detector.seed_ = _resolve_seed(detector.random_state)
+    detector.n_features_in_ = n_features
+    detector.extension_level_ = level
+    return matrix
 
 
 def _resolve_seed(random_state: int | None) -> int:
@@ -123,13 +130,7 @@ class ExtendedIsolationForestDetector(BaseEstimator):
 
     def fit(self, X: Any, y: Any = None) -> ExtendedIsolationForestDetector:
         """Fit the forest on the rows of `X` (labels are ignored)."""
-        matrix = _as_matrix(X)
-        n_features = matrix.shape[1]
-        level = _resolve_extension_level(self.extension_level, n_features)
-        self.seed_ = _resolve_seed(self.random_state)
-        self.n_features_in_ = n_features
-        self.extension_level_ = level
-        self.training_matrix_ = matrix
+        self.training_matrix_ = _start_extended_fit(self, X)
         self._build_forest()
         return self
 
@@ -186,14 +187,9 @@ class IsotreeDetector(BaseEstimator):
         """Fit the forest on the rows of `X` (labels are ignored)."""
         from isotree import IsolationForest as IsotreeForest
 
-        matrix = _as_matrix(X)
-        n_features = matrix.shape[1]
-        level = _resolve_extension_level(self.extension_level, n_features)
-        self.seed_ = _resolve_seed(self.random_state)
-        self.n_features_in_ = n_features
-        self.extension_level_ = level
+        matrix = _start_extended_fit(self, X)
         self.forest_ = IsotreeForest(
-            ndim=level + 1, ntrees=int(self.n_estimators),
+            ndim=self.extension_level_ + 1, ntrees=int(self.n_estimators),
             sample_size=_resolve_max_samples(self.max_samples, len(matrix)), coefs="normal",
             missing_action="fail", standardize_data=bool(self.standardize), nthreads=1,
             random_seed=self.seed_,

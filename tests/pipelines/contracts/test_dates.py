@@ -2,9 +2,43 @@
 
 from __future__ import annotations
 
-from pipelines.contracts.dates import rfc1123_to_iso
+from datetime import UTC, datetime
+
+import pandas as pd
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipelines.contracts.dates import (
+    format_rfc1123,
+    is_rfc1123,
+    iso_to_epoch,
+    parse_dates,
+    parse_rfc1123,
+    rfc1123_to_iso,
+)
+
+MOMENTS = st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2090, 1, 1),
+                       timezones=st.just(UTC)).map(lambda d: d.replace(microsecond=0))
 
 
 def test_rfc1123_dates_convert_to_iso_utc():
     assert rfc1123_to_iso("Wed, 02 Jan 2019 14:55:53 GMT") == "2019-01-02T14:55:53+00:00"
     assert rfc1123_to_iso(None) is None
+
+
+@given(MOMENTS)
+def test_every_form_of_a_moment_reads_back_as_the_same_moment(moment):
+    text = format_rfc1123(moment)
+    assert is_rfc1123(text) and parse_rfc1123(text) == moment
+    assert format_rfc1123(moment.timestamp()) == text
+    assert iso_to_epoch(rfc1123_to_iso(text)) == moment.timestamp()
+    assert parse_dates([text])[0] == pd.Timestamp(moment)
+
+
+def test_what_is_not_a_date_is_none_or_nat_never_an_error():
+    odd = [None, "", "yesterday", "Wed, 31 Feb 2019 10:00:00 GMT", 17, "2019-05-01T10:00:00Z"]
+    assert [parse_rfc1123(v) for v in odd] == [None] * len(odd)
+    assert [rfc1123_to_iso(v) for v in (None, "", "yesterday", 17)] == [None] * 4
+    parsed = parse_dates(odd)
+    assert parsed[:5].isna().all()  # the impossible 31 February too
+    assert parsed[5] == pd.Timestamp("2019-05-01T10:00:00Z")  # ISO 8601 is read as well

@@ -69,3 +69,5 @@ def test_results_follow_the_contract_and_parse_with_the_consumers_parser():
 def test_routing_key_words():
     assert routing_key("0019", False) == "score.0019.normal"
     assert routing_key("0019", True) == "score.0019.anomaly"
+
+

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from evguard.services.process import free_port
 from pipelines.data.features import FEATURE_COLUMNS, FEATURE_VERSION, feature_matrix
 from pipelines.data.synth import generate_sessions
 from pipelines.models import promotion, registry, tracking
@@ -163,3 +164,21 @@ def test_a_champion_of_an_older_feature_version_is_compared_on_its_own_columns(s
 
     # a champion whose columns no longer exist cannot be scored at all
     assert promotion.split_for_columns(split, FEATURE_COLUMNS, ["no_such_feature"]) is None
+
+
+def test_an_unreachable_registry_is_not_mistaken_for_no_champion(base_settings, tmp_path,
+                                                                 monkeypatch):
+    # a refused connection fails at once instead of after MLflow's backoff (minutes)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    down = base_settings.model_copy(
+        update={"mlflow_tracking_uri": f"http://127.0.0.1:{free_port()}"})
+    with pytest.raises(registry.RegistryUnavailable):
+        registry.champion_version(down)
+    with pytest.raises(registry.RegistryUnavailable):
+        registry.load_champion(down)
+    empty = base_settings.model_copy(
+        update={"mlflow_tracking_uri": f"sqlite:///{tmp_path}/empty.db"})
+    assert registry.champion_version(empty) is None
+    with pytest.raises(registry.NoChampionError, match="evguard train"):
+        registry.load_champion(empty)
