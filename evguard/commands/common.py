@@ -44,8 +44,10 @@ def progress_bar(label_width: int = 24, *extra: ProgressColumn) -> Progress:
                     MofNCompleteColumn(), *extra, TimeElapsedColumn(), console=console)
 
 
-def stage_updates(bar: Progress, task: TaskID, label_width: int = 44) -> ProgressCallback:
+def stage_updates(bar: Progress, task: TaskID, label_width: int = 44,
+                  indent: str = "") -> ProgressCallback:
     """A `progress(stage, done, total)` callback that moves `task` of `bar`."""
     def update(stage: str, done: int, total: int) -> None:
-        bar.update(task, description=stage[:label_width], completed=done, total=total)
+        bar.update(task, description=(indent + stage)[:label_width], completed=done,
+                   total=total)
     return update

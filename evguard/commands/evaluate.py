@@ -55,11 +55,6 @@ def _command(inputs: list[Path], options: dict, train) -> str:
     return " ".join(parts)
 
 
-def _indented(update):
-    """The candidates' bar sits under the stages' bar: indent its label."""
-    return lambda stage, done, total: update(f"  {stage}", done, total)
-
-
 def _tables(report: dict) -> list[Table]:
     from evaluation.report import summary_rows, type_rows
 
@@ -158,7 +153,7 @@ def evaluate(
         stages = bar.add_task("starting", total=6)
         candidates = bar.add_task("  training", total=1)
         result = run_evaluation(s, records, config, workdir, stage_updates(bar, stages, 48),
-                                training_progress=_indented(stage_updates(bar, candidates, 48)))
+                                training_progress=stage_updates(bar, candidates, 48, indent="  "))
     command = _command(inputs, {"rate": rate, "seed": seed, "cross_site": cross_site,
                                 "train_site": train_site, "score_site": score_site,
                                 "eval_fraction": eval_fraction, "alert_budget": alert_budget},

@@ -83,9 +83,9 @@ def find_version(client: Any, name: str, alias: str):
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
-        raise RegistryUnavailable(f"the model registry failed: {exc}") from exc
+        raise RegistryUnavailable(str(exc)) from exc
     except OSError as exc:
-        raise RegistryUnavailable(f"the model registry is unreachable: {exc}") from exc
+        raise RegistryUnavailable(f"unreachable: {exc}") from exc
 
 
 def champion_version(settings: Settings) -> str | None:

@@ -13,8 +13,8 @@ def test_delays_grow_by_the_multiplier_up_to_the_cap():
     assert RetryPolicy(initial_s=0.0, max_s=0.0).delay(5) == 0.0  # retry at once
 
 
-@pytest.mark.parametrize("bad", [dict(initial_s=-1.0), dict(initial_s=2.0, max_s=1.0),
-                                 dict(multiplier=0.5), dict(max_retries=-1)])
+@pytest.mark.parametrize("bad", [{"initial_s": -1.0}, {"initial_s": 2.0, "max_s": 1.0},
+                                 {"multiplier": 0.5}, {"max_retries": -1}])
 def test_an_impossible_policy_is_refused(bad):
     with pytest.raises(ValueError):
         RetryPolicy(**bad)
