@@ -102,7 +102,7 @@ def test_the_import_contracts_hold():
     ("pipelines/contracts/dates.py", "import prefect", "pipelines is a library"),
     ("serving/run.py", "import evguard.services.stack", "Layers of the platform"),
     ("pipelines/data/acn.py", "import pipelines.models.registry", "Layers of pipelines"),
-    ("pipelines/models/selection.py", "from pipelines.models import tuning", "No cycles"),
+    ("pipelines/models/selection.py", "from pipelines.models import tuning", "No cycle"),
 ])
 def test_a_planted_forbidden_import_breaks_a_contract(tmp_path, module, planted, broken):
     for package in PACKAGES:
