@@ -94,6 +94,7 @@ class SessionAnomalyModel(mlflow.pyfunc.PythonModel):
                 "reference": self.reference}
 
     def __reduce__(self):
+        # what MLflow's pickle holds: plain state and `restore_model`, never this class
         return restore_model, (self.state(),)
 
 
