@@ -17,12 +17,11 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from pipelines.contracts.sessions import Source
-from pipelines.retry import RetryPolicy
 from pipelines.settings import Settings
 from serving.chain import Chain, ChainOptions, build_chain
 from serving.champion import ChampionWatcher
@@ -37,7 +36,7 @@ from serving.steps.dead_letters import (
     InvalidRatioTracker,
 )
 from serving.steps.decode import RawMessage
-from serving.steps.publish import RabbitPublisher
+from serving.steps.publish import RECONNECT, RabbitPublisher
 from serving.steps.score import FeatureFn
 
 log = logging.getLogger("evguard.serving.worker")
@@ -129,7 +128,7 @@ class ScoringWorker:
         self.metrics_port = server.port
         self._publisher = RabbitPublisher(
             s.rabbitmq_url, s.rabbitmq_exchange, self.metrics,
-            RetryPolicy(initial_s=0.2, max_s=s.serve_publish_retry_max_s),
+            replace(RECONNECT, max_s=s.serve_publish_retry_max_s),
             s.serve_confirm_timeout_s).start()
         self._dead_letters = DeadLetterProducer(
             Producer(dead_letter_producer_config(s.kafka_servers)), s.topic_dlq,

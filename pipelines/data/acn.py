@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal, Self
@@ -161,8 +162,7 @@ def client_from_settings(settings: Settings) -> AcnClient:
     """An `AcnClient` configured by the `acn_*` settings."""
     return AcnClient(settings.acn_api_url, settings.acn_token.get_secret_value(),
                      timeout_s=settings.acn_timeout_s,
-                     retry=RetryPolicy(initial_s=1.0, max_s=30.0,
-                                       max_retries=settings.acn_max_retries),
+                     retry=replace(DEFAULT_RETRY, max_retries=settings.acn_max_retries),
                      page_size=settings.acn_page_size)
 
 
