@@ -118,6 +118,14 @@ class Settings(BaseSettings):
         "", description="Static group membership id, unique per worker: a restarted worker takes "
                         "its partitions back at once; empty = dynamic membership")
 
+    # station context and health (pipelines/stations/, keyed_state/; docs/stations.md)
+    topic_station_state: str = Field(
+        "ev-station-data.station-state",
+        description="Compacted changelog of the worker's per-station state, one partition per "
+                    "sessions partition")
+    station_tick_s: float = Field(
+        60.0, description="How often the worker checks its stations for silence (wall clock)")
+
     @property
     def state_path(self) -> Path:
         return self.state_dir.resolve()
