@@ -43,7 +43,7 @@ infinite number) becomes 0, so serving never raises on a schema-valid session.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -53,10 +53,18 @@ import pandas as pd
 
 from pipelines.contracts.dates import parse_dates
 from pipelines.contracts.sessions import DATE_FIELDS, SESSION_FIELDS, TEXT_FIELDS
+from pipelines.stations.context import (
+    CONTEXT_COLUMNS,
+    SessionFacts,
+    context_array,
+    context_features,
+    replay_context_array,
+    session_facts,
+)
 
-FEATURE_VERSION = "f2"
+FEATURE_VERSION = "f3"
 
-FEATURE_COLUMNS: list[str] = [
+F2_COLUMNS: list[str] = [
     "kwh_delivered",
     "kwh_requested",
     "connection_hours",
@@ -78,6 +86,12 @@ FEATURE_COLUMNS: list[str] = [
     "log_delivered_ratio",
     "excess_kwh",
 ]
+# the context columns that measurably help (docs/stations.md, "Station context")
+KEPT_CONTEXT_COLUMNS: list[str] = list(CONTEXT_COLUMNS)
+FEATURE_COLUMNS: list[str] = F2_COLUMNS + KEPT_CONTEXT_COLUMNS
+# what a context row is built from, besides its time and key columns
+_FACT_FIELDS = ("sessionID", "stationID", "siteID", "userID", "connectionTime",
+                "disconnectTime", "doneChargingTime", "kWhDelivered")
 
 _MIN_CONNECTION_H = 1 / 60
 _MIN_CHARGING_H = 5 / 60
@@ -222,34 +236,59 @@ def _compute_features(frame: pd.DataFrame) -> dict[str, np.ndarray]:
             "excess_kwh": np.where(has_inputs, np.maximum(kwh - requested, 0.0), 0.0),
         }
         return {name: np.where(np.isfinite(v := np.asarray(features[name], dtype=float)), v, 0.0)
-                for name in FEATURE_COLUMNS}
+                for name in F2_COLUMNS}
 
 
-def add_features(frame: pd.DataFrame) -> pd.DataFrame:
+def _with_context(f2: dict[str, np.ndarray], facts: SessionFacts,
+                  contexts: Sequence[Mapping[str, float]] | None) -> dict[str, np.ndarray]:
+    """The f2 columns plus the kept context columns, contexts replayed when not given."""
+    if contexts is None:
+        values = replay_context_array(facts)
+    else:
+        if len(contexts) != len(facts.session):
+            raise ValueError(f"{len(contexts)} contexts for {len(facts.session)} sessions")
+        values = context_array(contexts)
+    context = context_features(facts, values)
+    return {**f2, **{name: context[name] for name in KEPT_CONTEXT_COLUMNS}}
+
+
+def add_features(frame: pd.DataFrame,
+                 contexts: Sequence[Mapping[str, float]] | None = None) -> pd.DataFrame:
     """Add `FEATURE_COLUMNS` to a frame from `sessions_to_frame` (pure; returns a new frame).
 
     Args:
         frame: output of `sessions_to_frame`.
+        contexts: each row's station context (`pipelines.stations.context.context_of`);
+            None replays the frame's sessions in event time as the whole history.
 
     Returns:
         `frame` with the feature columns added (replacing any of the same name),
         all finite float64.
     """
-    features = pd.DataFrame(_compute_features(frame), index=frame.index)
+    facts = session_facts(frame[list(_FACT_FIELDS)].astype(object)
+                          .where(frame[list(_FACT_FIELDS)].notna(), None).to_dict("records"))
+    features = pd.DataFrame(_with_context(_compute_features(frame), facts, contexts),
+                            index=frame.index)
     return pd.concat([frame.drop(columns=FEATURE_COLUMNS, errors="ignore"), features], axis=1)
 
 
-def feature_matrix(records: Iterable[dict]) -> pd.DataFrame:
+def feature_matrix(records: Iterable[dict],
+                   contexts: Sequence[Mapping[str, float]] | None = None) -> pd.DataFrame:
     """Featurise session dicts: exactly `FEATURE_COLUMNS`, float64, index aligned to records.
 
     Args:
         records: session dicts in ACN format (extra keys ignored).
+        contexts: each session's station context, aligned to `records` (serving passes the
+            worker's point-in-time contexts); None replays `records` in event time as the
+            whole history (training, evaluation).
 
     Returns:
         A NaN-free float64 DataFrame with columns `FEATURE_COLUMNS`.
     """
+    records = [r if isinstance(r, dict) else {} for r in records]
     frame = sessions_to_frame(records)
-    return pd.DataFrame(_compute_features(frame), index=frame.index, columns=FEATURE_COLUMNS)
+    features = _with_context(_compute_features(frame), session_facts(records), contexts)
+    return pd.DataFrame(features, index=frame.index, columns=FEATURE_COLUMNS)
 
 
 # log column -> (its linear twin, the inverse transform); for people, not for the model

@@ -1,0 +1,314 @@
+"""A session's station context: one code path for training (replay) and serving (pure).
+
+Serving calls `context_of(state, record)` when a session arrives, then
+`observe(state, record)`; training and evaluation call `replay_contexts(records)`,
+which runs the very same two functions over a plain dict in event time: "query at
+connectionTime" and "observe at disconnectTime", queries first at equal times. A
+session's context therefore uses only sessions that ended before it connected.
+Ties are broken by sessionID, so the input order does not matter.
+
+The context holds the station's view (its profile shrunk towards its site's, the
+site's shrunk towards `PRIOR`, see `profiles.py`), the hours since the station's
+last session and the user's usual energy and duration (shrunk towards the
+station's view); `context_features` turns it into the model's context columns.
+A session whose charging power is more than twice its station's maximum
+(`OUTLIER_LOG_KW`, once the station has `MIN_HISTORY` sessions) does not move any
+power aggregate: an injected or real impossible-power reading cannot teach the
+station that it is a fast charger.
+
+Serving sees a session when it has ended, so the worker's state may already hold
+a session of the same site or user that ended after this one connected; a
+station's own sessions cannot overlap, so the station's part is exact.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections.abc import Mapping, MutableMapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from pipelines.contracts.dates import parse_dates
+from pipelines.stations.profiles import (
+    PRIOR,
+    SITE_WINDOW,
+    STATION_WINDOW,
+    USER_WINDOW,
+    Profile,
+    shrunk,
+)
+
+MIN_HISTORY = 5
+OUTLIER_LOG_KW = math.log10(2.0)
+_MIN_CONNECTION_H = 1 / 60  # the floors and the resolution of the f2 features
+_MIN_CHARGING_H = 5 / 60
+_LOG_FLOOR = 0.001
+
+CONTEXT_KEYS: tuple[str, ...] = (
+    "station_sessions", "station_log_kw", "station_log_kw_high", "station_log_kwh",
+    "station_log_hours", "station_log_gap", "log_hours_since_last",
+    "user_sessions", "user_log_kwh", "user_log_hours",
+)
+# what a context value falls back to when a caller's dict lacks it
+_DEFAULTS = {"station_sessions": 0.0, "station_log_kw": PRIOR.power,
+             "station_log_kw_high": PRIOR.power_high, "station_log_kwh": PRIOR.energy,
+             "station_log_hours": PRIOR.duration, "station_log_gap": PRIOR.gap,
+             "log_hours_since_last": PRIOR.gap, "user_sessions": 0.0,
+             "user_log_kwh": PRIOR.energy, "user_log_hours": PRIOR.duration}
+
+CONTEXT_COLUMNS: list[str] = [
+    "kw_vs_station", "kw_vs_station_max", "kwh_vs_station", "hours_vs_station",
+    "kwh_vs_user", "hours_vs_user", "station_max_kw", "station_history", "hours_since_last",
+    "since_vs_station_gap",
+]
+
+
+class SessionFacts(NamedTuple):
+    """What a profile needs of each session, as arrays aligned to the records."""
+
+    session: list[str]
+    station: list[str]
+    site: list[str]
+    user: list[str | None]
+    connect: np.ndarray  # epoch seconds, NaN when unknown
+    end: np.ndarray  # disconnectTime, else doneChargingTime; NaN when neither
+    power: np.ndarray  # log10 charging kW
+    energy: np.ndarray  # log10 kWh
+    duration: np.ndarray  # log10 connection hours
+
+
+_MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug",
+                                        "Sep", "Oct", "Nov", "Dec"), 1)}
+_MONTH_DAYS = {1: 31, 2: 29, 3: 31, 4: 30, 5: 31, 6: 30, 7: 31, 8: 31, 9: 30, 10: 31, 11: 30,
+               12: 31}
+
+
+def _days_from_civil(year: int, month: int, day: int) -> int:
+    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm)."""
+    year -= month <= 2
+    era = year // 400
+    year_of_era = year - era * 400
+    day_of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    return era * 146097 + day_of_era - 719468
+
+
+def _epoch(value: Any) -> float:
+    """Epoch seconds of an ACN date; RFC 1123 GMT by arithmetic (no pandas, no datetime:
+    this runs three times per session), anything else through `parse_dates`; NaN when
+    unparseable."""
+    if type(value) is str and len(value) == 29 and value.endswith(" GMT"):
+        month = _MONTHS.get(value[8:11])
+        try:
+            day, hour, minute, second = (int(value[5:7]), int(value[17:19]),
+                                         int(value[20:22]), int(value[23:25]))
+            year = int(value[12:16])
+            leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+            if month and 1 <= day <= _MONTH_DAYS[month] - (month == 2 and not leap) \
+                    and hour < 24 and minute < 60 and second < 60:
+                return float(_days_from_civil(year, month, day) * 86400
+                             + hour * 3600 + minute * 60 + second)
+        except ValueError:
+            pass
+    if value is pd.NaT:
+        return math.nan
+    if isinstance(value, datetime):  # a parsed frame's Timestamp
+        return value.timestamp() if value.tzinfo else value.replace(tzinfo=UTC).timestamp()
+    if value is None or not isinstance(value, str):
+        return math.nan
+    parsed = parse_dates([value])[0]
+    return math.nan if parsed is pd.NaT else parsed.timestamp()
+
+
+def _kwh(value: Any) -> float:
+    try:
+        kwh = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return kwh if 0.0 < kwh < math.inf else 0.0
+
+
+def _numbers(record: dict) -> tuple[float, float, float, float, float]:
+    """`(connect, end, log10 charging kW, log10 kWh, log10 connection hours)` of a session.
+
+    Imputation follows the f2 features: null or negative energy is 0, a null disconnect is
+    the done time, a null done time means charging lasted the whole connection.
+    """
+    connect = _epoch(record.get("connectionTime"))
+    done = _epoch(record.get("doneChargingTime"))
+    end = _epoch(record.get("disconnectTime"))
+    if math.isnan(end):
+        end = done
+    kwh = _kwh(record.get("kWhDelivered"))
+    connection_h = (end - connect) / 3600.0
+    if math.isnan(connection_h):
+        connection_h = 0.0
+    charging_h = connection_h if math.isnan(done) else (done - connect) / 3600.0
+    if math.isnan(charging_h):
+        charging_h = 0.0
+    return (connect, end, math.log10(kwh / max(charging_h, _MIN_CHARGING_H) + _LOG_FLOOR),
+            math.log10(kwh + _LOG_FLOOR), math.log10(max(connection_h, _MIN_CONNECTION_H)))
+
+
+def session_facts(records: Sequence[dict]) -> SessionFacts:
+    """Keys, times and log10 power, energy and duration of each record (pure)."""
+    numbers = np.array([_numbers(r) for r in records], dtype=float).reshape(len(records), 5)
+    user = [r.get("userID") for r in records]
+    return SessionFacts(
+        [str(r.get("sessionID")) for r in records], [str(r.get("stationID")) for r in records],
+        [str(r.get("siteID")) for r in records], [None if u is None else str(u) for u in user],
+        *numbers.T)
+
+
+def _since_hours_log(connect: float, last_end: float) -> float:
+    return math.log10(1.0 + max(connect - last_end, 0.0) / 3600.0)
+
+
+def _query(state: Mapping[str, object], station_key: str, site_key: str,
+           user_key: str | None, connect: float) -> tuple[float, ...]:
+    station = state.get(station_key)
+    view = shrunk(station, shrunk(state.get(site_key), PRIOR))
+    since = view.gap
+    if station is not None and not math.isnan(station.last_end) and not math.isnan(connect):
+        since = _since_hours_log(connect, station.last_end)
+    user = state.get(user_key) if user_key is not None else None
+    user_view = shrunk(user, view)
+    return (float(station.count if station else 0), view.power, view.power_high, view.energy,
+            view.duration, view.gap, since, float(user.count if user else 0),
+            user_view.energy, user_view.duration)
+
+
+def _observe(state: MutableMapping[str, object], station_key: str, site_key: str,
+             user_key: str | None, connect: float, end: float, power: float, energy: float,
+             duration: float) -> list[str]:
+    if math.isnan(connect) or math.isnan(end):
+        return []  # cannot be placed in time
+    station = state.get(station_key) or Profile()
+    gap = math.nan if math.isnan(station.last_end) else _since_hours_log(connect,
+                                                                          station.last_end)
+    with_power = not (station.count >= MIN_HISTORY
+                      and power > station.power_high + OUTLIER_LOG_KW)
+    station.observe(power, energy, duration, end, gap, STATION_WINDOW, with_power)
+    state[station_key] = station
+    site = state.get(site_key) or Profile()
+    site.observe(power, energy, duration, end, gap, SITE_WINDOW, with_power)
+    state[site_key] = site
+    if user_key is None:
+        return [station_key, site_key]
+    user = state.get(user_key) or Profile()
+    user.observe(power, energy, duration, end, math.nan, USER_WINDOW)
+    state[user_key] = user
+    return [station_key, site_key, user_key]
+
+
+def _state_keys(station: Any, site: Any, user: Any) -> tuple[str, str, str | None]:
+    return f"profile:{station}", f"site:{site}", None if user is None else f"user:{user}"
+
+
+def _record_keys(record: dict) -> tuple[str, str, str | None]:
+    return _state_keys(record.get("stationID"), record.get("siteID"), record.get("userID"))
+
+
+def context_of(state: Mapping[str, object], record: dict) -> dict[str, float]:
+    """The context of a session from the current state (read only).
+
+    Args:
+        state: `profile:`, `site:` and `user:` keys to `Profile` (missing keys are fine).
+        record: an ACN session dict.
+
+    Returns:
+        `CONTEXT_KEYS` to finite floats.
+    """
+    values = _query(state, *_record_keys(record), _epoch(record.get("connectionTime")))
+    return dict(zip(CONTEXT_KEYS, values, strict=True))
+
+
+def observe(state: MutableMapping[str, object], record: dict) -> list[str]:
+    """Fold a finished session into its station's, site's and user's profiles.
+
+    Returns:
+        The state keys it changed (none when the session has no usable times).
+    """
+    return _observe(state, *_record_keys(record), *_numbers(record))
+
+
+def replay_context_array(facts: SessionFacts) -> np.ndarray:
+    """`replay_contexts` as a float array (rows aligned to the facts, columns `CONTEXT_KEYS`)."""
+    n = len(facts.session)
+    if n == 0:
+        return np.zeros((0, len(CONTEXT_KEYS)))
+    connect = np.where(np.isnan(facts.connect), -np.inf, facts.connect)
+    placed = ~np.isnan(facts.connect) & ~np.isnan(facts.end)
+    # an end before the connection is observed at the connection, never before its own query
+    observed = np.flatnonzero(placed)
+    times = np.concatenate([connect, np.maximum(facts.end[observed], connect[observed])])
+    kinds = np.concatenate([np.zeros(n, np.int8), np.ones(len(observed), np.int8)])
+    events = np.concatenate([np.arange(n), observed])
+    rank = np.unique(np.array(facts.session, dtype=object).astype(str),
+                     return_inverse=True)[1].reshape(-1)
+    order = np.lexsort((rank[events], kinds, times))
+    keys = [_state_keys(*k) for k in zip(facts.station, facts.site, facts.user, strict=True)]
+    values = [a.tolist() for a in (facts.connect, facts.end, facts.power, facts.energy,
+                                   facts.duration)]
+    c, e, p, en, d = values
+    state: dict[str, object] = {}
+    flat, queried = array("d"), array("q")
+    for kind, i in zip(kinds[order].tolist(), events[order].tolist(), strict=True):
+        if kind == 0:
+            flat.extend(_query(state, *keys[i], c[i]))
+            queried.append(i)
+        else:
+            _observe(state, *keys[i], c[i], e[i], p[i], en[i], d[i])
+    out = np.empty((n, len(CONTEXT_KEYS)))
+    out[np.frombuffer(queried, dtype=np.int64)] = np.frombuffer(flat).reshape(n, -1)
+    return out
+
+
+def replay_contexts(records: Sequence[dict]) -> list[dict[str, float]]:
+    """Each session's context from the sessions that ended before it connected.
+
+    Args:
+        records: the whole history, any order.
+
+    Returns:
+        One context per record, in input order.
+    """
+    rows = replay_context_array(session_facts(records)).tolist()
+    return [dict(zip(CONTEXT_KEYS, row, strict=True)) for row in rows]
+
+
+def context_array(contexts: Sequence[Mapping[str, float]]) -> np.ndarray:
+    """Contexts given as dicts (serving) as an array; a missing or non-finite value is
+    replaced by what a station without history would get."""
+    out = np.array([[c.get(k, math.nan) if isinstance(c, Mapping) else math.nan
+                     for k in CONTEXT_KEYS] for c in contexts], dtype=float)
+    out = out.reshape(len(contexts), len(CONTEXT_KEYS))
+    defaults = np.array([_DEFAULTS[k] for k in CONTEXT_KEYS])
+    return np.where(np.isfinite(out), out, defaults)
+
+
+def context_features(facts: SessionFacts, contexts: np.ndarray) -> dict[str, np.ndarray]:
+    """The context columns (`CONTEXT_COLUMNS`, finite float64) of sessions and their contexts.
+
+    Args:
+        facts: `session_facts` of the sessions.
+        contexts: their contexts, rows aligned, columns `CONTEXT_KEYS`.
+    """
+    ctx = {k: contexts[:, j] for j, k in enumerate(CONTEXT_KEYS)}
+    columns = {
+        "kw_vs_station": facts.power - ctx["station_log_kw"],
+        "kw_vs_station_max": facts.power - ctx["station_log_kw_high"],
+        "kwh_vs_station": facts.energy - ctx["station_log_kwh"],
+        "hours_vs_station": facts.duration - ctx["station_log_hours"],
+        "kwh_vs_user": facts.energy - ctx["user_log_kwh"],
+        "hours_vs_user": facts.duration - ctx["user_log_hours"],
+        "station_max_kw": ctx["station_log_kw_high"],
+        "station_history": np.log10(1.0 + ctx["station_sessions"]),
+        "hours_since_last": ctx["log_hours_since_last"],
+        "since_vs_station_gap": ctx["log_hours_since_last"] - ctx["station_log_gap"],
+    }
+    return {name: np.where(np.isfinite(v), v, 0.0) for name, v in columns.items()}
