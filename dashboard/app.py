@@ -3,7 +3,10 @@
 `GET /` serves the page and `/static/*` its script and styles (no CDN). The page
 polls `/api/feed?after_id=N` every 1.5 s for new scored sessions and
 `/api/overview` every 3 s for charts, stations, alerts, the champion and the
-worker. `POST /api/alerts/{id}/ack` acknowledges an alert.
+worker. `POST /api/alerts/{id}/ack` acknowledges an alert. `GET /stations` is the
+station view, which polls `/api/stations` every 10 s: each station's health from
+its open station alerts, its last session, sessions observed against expected,
+and its recent power.
 """
 
 from __future__ import annotations
@@ -55,6 +58,10 @@ def create_app(settings: Settings, champion_refresh_s: float = 30.0) -> FastAPI:
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
 
+    @app.get("/stations", include_in_schema=False)
+    def stations_page() -> FileResponse:
+        return FileResponse(STATIC / "stations.html", headers={"Cache-Control": "no-store"})
+
     @app.get("/healthz")
     def healthz() -> dict:
         return {"ok": True}
@@ -79,6 +86,11 @@ def create_app(settings: Settings, champion_refresh_s: float = 30.0) -> FastAPI:
             "worker": worker.snapshot(),
             "links": ui_links(settings),
         }
+
+    @app.get("/api/stations")
+    def station_view(limit: int = Query(500, ge=1, le=5000),
+                     spark: int = Query(20, ge=2, le=100)) -> dict:
+        return queries.station_view(store.engine, time.time(), limit=limit, spark_sessions=spark)
 
     @app.post("/api/alerts/{alert_id}/ack")
     def acknowledge(alert_id: int) -> dict:

@@ -6,11 +6,19 @@ lock writers out (SQLite runs in WAL mode; PostgreSQL uses MVCC).
 
 from __future__ import annotations
 
-from sqlalchemy import Integer, case, cast, func, select
+from sqlalchemy import Integer, and_, case, cast, func, select
 from sqlalchemy.engine import Engine
 
+from pipelines.contracts.station_alert import KINDS
 from pipelines.data.features import readable_explanation
-from pipelines.scores.store import alerts, dead_letters, scores, window_reports
+from pipelines.scores.store import (
+    alerts,
+    dead_letters,
+    open_station_alert_rows,
+    scores,
+    station_notices,
+    window_reports,
+)
 
 FEED_COLUMNS = (scores.c.id, scores.c.session_id, scores.c.station_id, scores.c.site_id,
                 scores.c.score, scores.c.threshold, scores.c.is_anomaly, scores.c.scored_ts,
@@ -111,3 +119,141 @@ def latest_window(engine: Engine) -> dict | None:
     query = select(window_reports.c.report).order_by(window_reports.c.id.desc()).limit(1)
     with engine.connect() as conn:
         return conn.execute(query).scalar_one_or_none()
+
+
+# ---- the station view ---------------------------------------------------------------
+DAY_S = 86_400.0
+RECENT_DAYS = 7  # observed: sessions in the last week
+HISTORY_DAYS = 28  # expected: the station's own rate over the four weeks before it
+MIN_HISTORY_DAYS = 7  # less history than this gives no expectation
+HEALTH_ORDER = (*KINDS, "ok")  # worst first: silent, failing, degraded, ok
+
+
+def stream_time(engine: Engine, now: float) -> float:
+    """The station view's clock: the newest session's connection time, never after `now`.
+
+    Live, that is about now; during a replay of old sessions it is the replay's time,
+    so "the last 7 days" are the stream's last 7 days.
+    """
+    with engine.connect() as conn:
+        newest = conn.execute(select(func.max(scores.c.connection_ts))).scalar_one_or_none()
+    return now if newest is None else min(now, newest)
+
+
+def expected_sessions(history_sessions: int, first_seen: float | None, recent_start: float,
+                      days: float = RECENT_DAYS) -> tuple[float | None, float]:
+    """Sessions expected in `days` from the station's own rate over the history window
+    before `recent_start` (pure). Returns (expected or None, days of history used); a
+    station younger than the window is judged on the part it covers, and on nothing when
+    that is under `MIN_HISTORY_DAYS`."""
+    history_start = recent_start - HISTORY_DAYS * DAY_S
+    if first_seen is None or first_seen >= recent_start:
+        return None, 0.0
+    covered = (recent_start - max(first_seen, history_start)) / DAY_S
+    if covered < MIN_HISTORY_DAYS:
+        return None, covered
+    return history_sessions * days / covered, covered
+
+
+def _health(open_kinds: list[str]) -> str:
+    return next((kind for kind in KINDS if kind in open_kinds), "ok")
+
+
+def _sort_key(row: dict) -> tuple:
+    expected = row["expected_7d"]
+    ratio = row["observed_7d"] / expected if expected else float("inf")
+    return HEALTH_ORDER.index(row["health"]), ratio, row["station_id"]
+
+
+def _station_counts(engine: Engine, as_of: float) -> list:
+    recent_start = as_of - RECENT_DAYS * DAY_S
+    history_start = recent_start - HISTORY_DAYS * DAY_S
+    when, session = scores.c.connection_ts, scores.c.session_id
+    in_recent = and_(when > recent_start, when <= as_of)
+    in_history = and_(when > history_start, when <= recent_start)
+    query = (select(scores.c.station_id, func.max(scores.c.site_id).label("site_id"),
+                    func.min(when).label("first"), func.max(when).label("last"),
+                    func.count(func.distinct(case((in_recent, session)))).label("recent"),
+                    func.count(func.distinct(case((in_history, session)))).label("history"))
+             .where(when.is_not(None)).group_by(scores.c.station_id))
+    with engine.connect() as conn:
+        return conn.execute(query).all()
+
+
+def power_series(engine: Engine, station_ids: list[str], sessions: int = 20) -> dict[str, list]:
+    """Each station's newest `sessions` sessions, oldest first: connection time, average kW
+    (the `avg_kw` model input) and whether it was an anomaly."""
+    if not station_ids:
+        return {}
+    newest_first = func.row_number().over(
+        partition_by=scores.c.station_id,
+        order_by=(scores.c.connection_ts.desc(), scores.c.id.desc())).label("n")
+    ranked = (select(scores.c.station_id, scores.c.session_id, scores.c.connection_ts,
+                     scores.c.features, scores.c.is_anomaly, newest_first)
+              .where(scores.c.station_id.in_(station_ids), scores.c.connection_ts.is_not(None))
+              .subquery())
+    query = select(ranked).where(ranked.c.n <= 2 * sessions).order_by(ranked.c.n)
+    out: dict[str, list] = {station: [] for station in station_ids}
+    seen: set[tuple[str, str]] = set()  # a session scored by two model versions counts once
+    with engine.connect() as conn:
+        for r in conn.execute(query):
+            kw = (r.features or {}).get("avg_kw")
+            points = out[r.station_id]
+            if (r.station_id, r.session_id) in seen or kw is None or len(points) >= sessions:
+                continue
+            seen.add((r.station_id, r.session_id))
+            points.append({"ts": r.connection_ts, "kw": kw, "anomaly": bool(r.is_anomaly)})
+    return {station: points[::-1] for station, points in out.items()}
+
+
+def _open_alerts_by_station(engine: Engine) -> dict[str, list[dict]]:
+    rows = open_station_alert_rows(engine)
+    ids = [r["alert_id"] for r in rows]
+    notices: dict[str, str] = {}
+    if ids:
+        query = select(station_notices.c.alert_id, station_notices.c.state).where(
+            station_notices.c.status == "open", station_notices.c.alert_id.in_(ids))
+        with engine.connect() as conn:
+            notices = dict(conn.execute(query).all())
+    by_station: dict[str, list[dict]] = {}
+    for r in rows:
+        by_station.setdefault(r["station_id"], []).append({
+            "alert_id": r["alert_id"], "kind": r["kind"], "site_id": r["site_id"],
+            "opened_ts": r["opened_ts"], "at_ts": r["at_ts"], "evidence": r["evidence"],
+            "metrics": r["metrics"], "notice": notices.get(r["alert_id"])})
+    for found in by_station.values():
+        found.sort(key=lambda a: KINDS.index(a["kind"]))
+    return by_station
+
+
+def station_view(engine: Engine, now: float, limit: int = 500, spark_sessions: int = 20) -> dict:
+    """Every station's health: its open station alerts, last session, sessions observed in
+    the last 7 days against the number its own previous 4 weeks predict, and its recent
+    power. Unhealthy stations first (silent, failing, degraded), then the ones furthest
+    below their expectation; at most `limit` stations, with counts over all of them."""
+    as_of = stream_time(engine, now)
+    recent_start = as_of - RECENT_DAYS * DAY_S
+    open_alerts = _open_alerts_by_station(engine)
+    rows: dict[str, dict] = {}
+    for r in _station_counts(engine, as_of):
+        expected, history = expected_sessions(r.history, r.first, recent_start)
+        rows[r.station_id] = {"station_id": r.station_id, "site_id": r.site_id,
+                              "last_session_ts": r.last, "observed_7d": r.recent,
+                              "expected_7d": expected, "history_days": history}
+    for station, found in open_alerts.items():  # alerted, but no session stored (yet)
+        rows.setdefault(station, {"station_id": station, "site_id": found[0]["site_id"],
+                                  "last_session_ts": None, "observed_7d": 0,
+                                  "expected_7d": None, "history_days": 0.0})
+    for station, row in rows.items():
+        row["open_alerts"] = open_alerts.get(station, [])
+        row["health"] = _health([a["kind"] for a in row["open_alerts"]])
+    ordered = sorted(rows.values(), key=_sort_key)
+    shown = ordered[:limit]
+    power = power_series(engine, [r["station_id"] for r in shown], spark_sessions)
+    for row in shown:
+        row["power"] = power.get(row["station_id"], [])
+    health = {state: 0 for state in HEALTH_ORDER}
+    for row in ordered:
+        health[row["health"]] += 1
+    return {"now": now, "as_of": as_of, "recent_days": RECENT_DAYS, "history_days": HISTORY_DAYS,
+            "total": len(ordered), "health": health, "stations": shown}

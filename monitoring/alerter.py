@@ -1,6 +1,7 @@
 """The alerting consumer: one explained email per station per cooldown, none lost.
 
-Queue `settings.alerts_queue` (default `alerts`) is bound to `score.*.anomaly`.
+Queue `settings.alerts_queue` (default `alerts`) is bound to `score.*.anomaly`
+(anomalous sessions, contract §5) and `station.*.*` (station alert events, §5a).
 For each anomaly:
 
 1. a poison message goes to `alerts.dlq` (and the store), then is acked;
@@ -11,6 +12,19 @@ For each anomaly:
 4. otherwise the email is sent, retried with exponential backoff while SMTP is
    down. The message is acked only after delivery; after `alert_max_attempts`
    failures it goes to `alerts.dlq` and the alert is `dead_lettered`.
+
+For each station alert event (one notice per (alert_id, status) in the store):
+
+- an open event is emailed once per episode: a redelivered or repeated open event
+  finds its notice and sends nothing. A new episode of the same station and kind
+  within `alert_cooldown_s` of the last emailed one (a flapping detector) is
+  `suppressed`: stored and shown, not emailed;
+- a closed event is emailed as a short "recovered" note when its opening was
+  emailed, so whoever was told the station is broken is told it works again;
+  otherwise (the opening was suppressed, dead-lettered or never seen) it is
+  `recorded` without email: a recovery of something nobody was told about is noise.
+
+Delivery (SMTP retries, dead letter, webhook) is the same as for sessions.
 """
 
 from __future__ import annotations
@@ -20,18 +34,27 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from email.message import EmailMessage
 
 from sqlalchemy.exc import OperationalError
 
 from monitoring.rabbit import TRANSIENT_ERRORS, QueueConsumer
 from pipelines.contracts.score_result import InvalidScoreResult, parse_score_result
+from pipelines.contracts.station_alert import (
+    InvalidStationAlert,
+    StationAlertMessage,
+    parse_station_alert,
+)
 from pipelines.retry import BROKER_RECONNECT, RetryPolicy
 from pipelines.scores.alerting import (
     SeverityPolicy,
     alert_subject,
     compose_email,
+    compose_station_email,
     in_cooldown,
     severity,
+    station_alert_subject,
+    station_webhook_payload,
     webhook_payload,
 )
 from pipelines.scores.notify import DeliveryError, SmtpConfig, post_webhook, send_email
@@ -41,6 +64,9 @@ from pipelines.settings import Settings
 log = logging.getLogger(__name__)
 
 FINISHED = ("sent", "suppressed", "dead_lettered")
+NOTICE_FINISHED = (*FINISHED, "recorded")
+BINDINGS = ("score.*.anomaly", "station.*.*")
+STATION_PREFIX = "station."
 
 
 def smtp_config(settings: Settings) -> SmtpConfig:
@@ -52,6 +78,10 @@ def smtp_config(settings: Settings) -> SmtpConfig:
 
 def dashboard_url(settings: Settings) -> str:
     return f"http://{settings.dashboard_host}:{settings.dashboard_port}/"
+
+
+def stations_url(settings: Settings) -> str:
+    return f"{dashboard_url(settings)}stations"
 
 
 class AlertConsumer:
@@ -67,19 +97,27 @@ class AlertConsumer:
                                               settings.alert_critical_margin)
         self.delivery_retry = RetryPolicy(initial_s=settings.alert_retry_base_s,
                                           max_s=settings.alert_retry_max_s)
-        self.rabbit = QueueConsumer(settings, settings.alerts_queue, "score.*.anomaly",
-                                    prefetch=20)
+        self.rabbit = QueueConsumer(settings, settings.alerts_queue, BINDINGS, prefetch=20)
         self.outcomes: Counter[str] = Counter()
 
     def handle(self, body: bytes, routing_key: str, stop: threading.Event) -> str | None:
         """Process one message. Returns its outcome, or None if `stop` interrupted a retry
         (the message must then stay unacked)."""
+        if routing_key.startswith(STATION_PREFIX):
+            return self.handle_station(body, routing_key, stop)
+        return self.handle_session(body, routing_key, stop)
+
+    def _poison(self, body: bytes, error: str, routing_key: str) -> str:
+        self.rabbit.dead_letter(body, error, routing_key)
+        self.store.record_dead_letters(self.settings.alerts_queue, [(error, body)])
+        return "poison"
+
+    def handle_session(self, body: bytes, routing_key: str, stop: threading.Event) -> str | None:
+        """An anomalous session: alerted unless its station is in cooldown."""
         try:
             result = parse_score_result(body)
         except InvalidScoreResult as exc:
-            self.rabbit.dead_letter(body, str(exc), routing_key)
-            self.store.record_dead_letters(self.settings.alerts_queue, [(str(exc), body)])
-            return "poison"
+            return self._poison(body, str(exc), routing_key)
         if not result.is_anomaly:
             return "not_anomalous"
         alert = self.store.get_alert(result.session_id, result.model_version)
@@ -96,39 +134,89 @@ class AlertConsumer:
                 return "suppressed"
         message = compose_email(result, level, self.settings.alert_sender,
                                 self.settings.alert_recipients, dashboard_url(self.settings))
-        attempts = alert["attempts"]
+        outcome = self._deliver(message, alert["attempts"],
+                                lambda **values: self.store.update_alert(alert["id"], **values),
+                                body, routing_key, stop)
+        if outcome == "sent":
+            self.store.update_alert(alert["id"], webhook_state=self._webhook(
+                webhook_payload(result, level, dashboard_url(self.settings))))
+        return outcome
+
+    def handle_station(self, body: bytes, routing_key: str, stop: threading.Event) -> str | None:
+        """A station alert event: its opening emailed once, its recovery if the opening was."""
+        try:
+            event = parse_station_alert(body)
+        except InvalidStationAlert as exc:
+            return self._poison(body, str(exc), routing_key)
+        notice = self.store.get_station_notice(event.alert_id, event.status)
+        if notice is not None and notice["state"] in NOTICE_FINISHED:
+            return "station_redelivered"
+        if notice is None:
+            now = self.clock()
+            state = self._station_notice_state(event, now)
+            notice = self.store.create_station_notice(event, state, station_alert_subject(event),
+                                                      now=now)
+            if state != "pending":
+                return f"station_{state}"
+        message = compose_station_email(event, self.settings.alert_sender,
+                                        self.settings.alert_recipients,
+                                        stations_url(self.settings))
+        outcome = self._deliver(
+            message, notice["attempts"],
+            lambda **values: self.store.update_station_notice(notice["id"], **values),
+            body, routing_key, stop)
+        if outcome != "sent":
+            return outcome
+        self.store.update_station_notice(notice["id"], webhook_state=self._webhook(
+            station_webhook_payload(event, stations_url(self.settings))))
+        return "station_opened" if event.is_open else "station_recovered"
+
+    def _station_notice_state(self, event: StationAlertMessage, now: float) -> str:
+        """`pending` (to email), `suppressed` (a flapping station) or `recorded` (a closure
+        whose opening nobody was emailed about)."""
+        if event.is_open:
+            last = self.store.last_station_email_ts(event.station_id, event.kind)
+            return "suppressed" if in_cooldown(last, now, self.settings.alert_cooldown_s) \
+                else "pending"
+        opening = self.store.get_station_notice(event.alert_id, "open")
+        return "pending" if opening is not None and opening["state"] == "sent" else "recorded"
+
+    def _deliver(self, message: EmailMessage, attempts: int, record: Callable[..., None],
+                 body: bytes, routing_key: str, stop: threading.Event) -> str | None:
+        """Send with backoff while SMTP fails; `record(**values)` keeps the state in the store.
+
+        Returns `sent`, `dead_lettered` after `alert_max_attempts` (the message then went to
+        the dead-letter queue), or None when `stop` interrupted a wait.
+        """
+        subject = message["Subject"]
         while True:
             attempts += 1
             try:
                 send_email(self.smtp, message)
             except DeliveryError as exc:
-                self.store.update_alert(alert["id"], state="retrying", attempts=attempts,
-                                        last_error=str(exc))
+                record(state="retrying", attempts=attempts, last_error=str(exc))
                 if attempts >= self.settings.alert_max_attempts:
                     self.rabbit.dead_letter(body, str(exc), routing_key, attempts=attempts)
-                    self.store.update_alert(alert["id"], state="dead_lettered")
-                    log.error("alert for %s dead-lettered after %d attempts: %s",
-                              result.station_id, attempts, exc)
+                    record(state="dead_lettered")
+                    log.error("%s: dead-lettered after %d attempts: %s", subject, attempts, exc)
                     return "dead_lettered"
                 delay = self.delivery_retry.delay(attempts - 1)
-                log.warning("alert for %s not delivered (attempt %d), retry in %.1fs: %s",
-                            result.station_id, attempts, delay, exc)
+                log.warning("%s: not delivered (attempt %d), retry in %.1fs: %s",
+                            subject, attempts, delay, exc)
                 if not self.rabbit.sleep(delay, stop):
                     return None
                 continue
             break
-        self.store.update_alert(alert["id"], state="sent", attempts=attempts,
-                                delivered_ts=self.clock(), last_error=None,
-                                webhook_state=self._webhook(result, level))
-        log.info("alert emailed: %s", alert_subject(result, level))
+        record(state="sent", attempts=attempts, delivered_ts=self.clock(), last_error=None)
+        log.info("alert emailed: %s", subject)
         return "sent"
 
-    def _webhook(self, result, level) -> str | None:
+    def _webhook(self, payload: dict) -> str | None:
         url = self.settings.alert_webhook_url
         if not url:
             return None
         try:
-            post_webhook(url, webhook_payload(result, level, dashboard_url(self.settings)))
+            post_webhook(url, payload)
         except DeliveryError as exc:  # optional channel: recorded, never blocks the email
             log.warning("webhook failed: %s", exc)
             return "failed"

@@ -1,10 +1,12 @@
-"""The monitoring consumer: store every score, then judge each window.
+"""The monitoring consumer: store every score and station alert, then judge each window.
 
-Queue `settings.monitoring_queue` (default `monitoring`) is bound to `score.#`.
-Messages are stored in micro-batches, one transaction each, and acked (all at
-once) only after the commit; a redelivery stores nothing twice because the
-store ignores a second (sessionID, model version). Poison messages go to
-`monitoring.dlq` with their error, and a readable copy to the store.
+Queue `settings.monitoring_queue` (default `monitoring`) is bound to `score.#`
+(score results, contract §5) and `station.#` (station alert events, §5a).
+Messages are stored in micro-batches, one transaction per table, and acked (all
+at once) only after the commits; a redelivery stores nothing twice because the
+store ignores a second (sessionID, model version) and a second (alert_id,
+status). Poison messages go to `monitoring.dlq` with their error, and a readable
+copy to the store.
 
 Every window (`settings.monitor_window_s`) the consumer aggregates the stored
 results, measures drift against the champion's reference, records the report
@@ -23,6 +25,11 @@ from sqlalchemy.exc import OperationalError
 
 from monitoring.rabbit import TRANSIENT_ERRORS, QueueConsumer
 from pipelines.contracts.score_result import InvalidScoreResult, ScoreResult, parse_score_result
+from pipelines.contracts.station_alert import (
+    InvalidStationAlert,
+    StationAlertMessage,
+    parse_station_alert,
+)
 from pipelines.retry import BROKER_RECONNECT
 from pipelines.scores.drift import drift_report, window_samples
 from pipelines.scores.retraining import RetrainPolicy, cooldown_remaining, retrain_reason
@@ -35,6 +42,9 @@ log = logging.getLogger(__name__)
 ReferenceSource = Callable[[], "dict[str, list[float]] | None"]
 RetrainLauncher = Callable[[str], "str | None"]  # reason -> flow run id
 
+BINDINGS = ("score.#", "station.#")
+STATION_PREFIX = "station."
+
 
 @dataclass
 class DrainStats:
@@ -43,12 +53,15 @@ class DrainStats:
     duplicates: int = 0
     dead_lettered: int = 0
     batches: int = 0
+    station_alerts: int = 0
+    station_duplicates: int = 0
 
 
 @dataclass
 class _Pending:
     tags: list[int] = field(default_factory=list)
     results: list[ScoreResult] = field(default_factory=list)
+    station_alerts: list[StationAlertMessage] = field(default_factory=list)
     poison: list[tuple[str, bytes, str]] = field(default_factory=list)  # error, body, key
     since: float = 0.0
 
@@ -85,7 +98,7 @@ class MonitoringConsumer:
         self.max_wait_s = max_wait_s
         self.clock = clock
         self.policy = retrain_policy(settings)
-        self.rabbit = QueueConsumer(settings, settings.monitoring_queue, "score.#",
+        self.rabbit = QueueConsumer(settings, settings.monitoring_queue, BINDINGS,
                                     prefetch=batch_size * 2)
         self.stats = DrainStats()
 
@@ -130,14 +143,18 @@ class MonitoringConsumer:
         pending.tags.append(tag)
         self.stats.received += 1
         try:
-            pending.results.append(parse_score_result(body))
-        except InvalidScoreResult as exc:
+            if key.startswith(STATION_PREFIX):
+                pending.station_alerts.append(parse_station_alert(body))
+            else:
+                pending.results.append(parse_score_result(body))
+        except (InvalidScoreResult, InvalidStationAlert) as exc:
             pending.poison.append((str(exc), body, key))
 
     def _flush(self, pending: _Pending) -> None:
         if not pending.tags:
             return
         new = self.store.save_scores(pending.results, now=self.clock())  # commit first
+        new_station = self.store.save_station_alerts(pending.station_alerts, now=self.clock())
         for error, body, key in pending.poison:
             self.rabbit.dead_letter(body, error, key)
         self.store.record_dead_letters(self.settings.monitoring_queue,
@@ -145,6 +162,8 @@ class MonitoringConsumer:
         self.rabbit.channel.basic_ack(max(pending.tags), multiple=True)
         self.stats.stored += new
         self.stats.duplicates += len(pending.results) - new
+        self.stats.station_alerts += new_station
+        self.stats.station_duplicates += len(pending.station_alerts) - new_station
         self.stats.dead_lettered += len(pending.poison)
         self.stats.batches += 1
         if pending.poison:

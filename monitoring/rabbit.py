@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
@@ -47,11 +47,14 @@ def connect(settings: Settings) -> pika.BlockingConnection:
             "`evguard services up`, or point EVGUARD_RABBITMQ_URL at a running broker.") from exc
 
 
-def declare_queue(channel: BlockingChannel, exchange: str, queue: str, binding_key: str) -> None:
-    """The topic exchange, a durable queue bound to it, and the queue's dead-letter queue."""
+def declare_queue(channel: BlockingChannel, exchange: str, queue: str,
+                  binding_keys: str | Sequence[str]) -> None:
+    """The topic exchange, a durable queue bound to it (by one key or several), and the
+    queue's dead-letter queue."""
     channel.exchange_declare(exchange, exchange_type="topic", durable=True)
     channel.queue_declare(queue, durable=True)
-    channel.queue_bind(queue, exchange, routing_key=binding_key)
+    for key in (binding_keys,) if isinstance(binding_keys, str) else binding_keys:
+        channel.queue_bind(queue, exchange, routing_key=key)
     channel.queue_declare(dlq_name(queue), durable=True)
 
 
@@ -73,10 +76,11 @@ def queue_depth(settings: Settings, queue: str) -> int | None:
 class QueueConsumer:
     """One connection and channel consuming one queue, reopened after a broker failure."""
 
-    def __init__(self, settings: Settings, queue: str, binding_key: str, prefetch: int) -> None:
+    def __init__(self, settings: Settings, queue: str, binding_keys: Sequence[str],
+                 prefetch: int) -> None:
         self.settings = settings
         self.queue = queue
-        self.binding_key = binding_key
+        self.binding_keys = tuple(binding_keys)
         self.prefetch = prefetch
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
@@ -89,7 +93,7 @@ class QueueConsumer:
             channel = self._connection.channel()
             channel.confirm_delivery()
             channel.basic_qos(prefetch_count=self.prefetch)
-            declare_queue(channel, self.settings.rabbitmq_exchange, self.queue, self.binding_key)
+            declare_queue(channel, self.settings.rabbitmq_exchange, self.queue, self.binding_keys)
             self._channel = channel
         return self._channel
 

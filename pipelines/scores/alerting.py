@@ -1,4 +1,8 @@
-"""What an alert says and whether to send it (pure): severity, cooldown, email, webhook."""
+"""What an alert says and whether to send it (pure): severity, cooldown, email, webhook.
+
+Two kinds of alert: an anomalous session (a score result, contract §5) and a station
+alert event (a station that went silent, keeps failing or delivers less, §5a).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Literal
 
 from pipelines.contracts.dates import readable_utc
 from pipelines.contracts.score_result import ScoreResult
+from pipelines.contracts.station_alert import StationAlertMessage
 from pipelines.data.features import readable_explanation
 
 Severity = Literal["minor", "major", "critical"]
@@ -114,6 +119,84 @@ def webhook_payload(result: ScoreResult, level: Severity, dashboard_url: str) ->
     text = (f"{alert_subject(result, level)}: score {result.score:.3f} > "
             f"{result.threshold:.3f}; session {result.session_id}; {top or 'no explanation'}; "
             f"model v{result.model_version}")
+    return {"text": text,
+            "blocks": [{"type": "section", "text": {"type": "mrkdwn",
+                                                    "text": f"{text}\n<{dashboard_url}|dashboard>"}}]}
+
+
+# ---- station alerts ------------------------------------------------------------
+KIND_MEANING = {
+    "silent": "no session for longer than its own arrival rate makes plausible",
+    "failing": "too many of its last sessions failed (almost no energy, or unreadable)",
+    "degraded": "it delivers persistently less power than its own history",
+}
+
+
+def station_alert_subject(event: StationAlertMessage) -> str:
+    """Names the station, its site and the kind; a closing event says it recovered."""
+    where = f"station {event.station_id} (site {event.site_id})"
+    if event.is_open:
+        return f"[evguard] {event.kind.upper()} {where}"
+    return f"[evguard] RECOVERED {where}: no longer {event.kind}"
+
+
+def _duration(seconds: float) -> str:
+    hours = seconds / 3600
+    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} days"
+
+
+def _metric_lines(metrics: dict[str, float]) -> list[str]:
+    return [f"  {name:<24} {_fmt(value):>10}" for name, value in sorted(metrics.items())]
+
+
+def station_alert_body(event: StationAlertMessage, dashboard_url: str) -> str:
+    """Plain-text body: what is wrong and the evidence (open), or that it recovered (closed)."""
+    worker = f" by worker {event.worker}" if event.worker else ""
+    if event.is_open:
+        summary = (f"evguard opened a station alert: station {event.station_id} at site "
+                   f"{event.site_id} is {event.kind}: {KIND_MEANING.get(event.kind, event.kind)}.")
+        head = [summary,
+                "", f"  {event.evidence}", "",
+                f"  open since       {_when(event.opened_ts)}"]
+        tail = ("You get one email when it recovers; while it stays open it is not emailed "
+                "again.")
+    else:
+        summary = (f"Station {event.station_id} at site {event.site_id} has recovered: its "
+                   f"{event.kind} alert is closed after {_duration(event.at_ts - event.opened_ts)}.")
+        head = [summary,
+                "", f"  {event.evidence}", "",
+                f"  opened           {_when(event.opened_ts)}",
+                f"  closed           {_when(event.at_ts)}"]
+        tail = "Nothing more to do for this alert."
+    return "\n".join([
+        *head,
+        f"  detected         {_when(event.detected_ts)}{worker}",
+        "",
+        "Figures",
+        *(_metric_lines(event.metrics) or ["  (none in the alert)"]),
+        "",
+        f"Alert {event.alert_id}. {tail}",
+        f"Dashboard: {dashboard_url}",
+    ])
+
+
+def compose_station_email(event: StationAlertMessage, sender: str, recipients: list[str],
+                          dashboard_url: str) -> EmailMessage:
+    """The email of one station alert event (open, or recovered)."""
+    msg = EmailMessage()
+    msg["Subject"] = station_alert_subject(event)
+    msg["From"] = sender
+    msg["To"] = ", ".join(recipients)
+    msg["Message-ID"] = make_msgid(domain="evguard")
+    msg["X-Evguard-Station-Alert"] = event.alert_id
+    msg["X-Evguard-Station-Alert-Status"] = event.status
+    msg.set_content(station_alert_body(event, dashboard_url))
+    return msg
+
+
+def station_webhook_payload(event: StationAlertMessage, dashboard_url: str) -> dict:
+    """Slack-compatible JSON of a station alert event, like `webhook_payload`."""
+    text = f"{station_alert_subject(event)}: {event.evidence}; alert {event.alert_id}"
     return {"text": text,
             "blocks": [{"type": "section", "text": {"type": "mrkdwn",
                                                     "text": f"{text}\n<{dashboard_url}|dashboard>"}}]}

@@ -1,9 +1,11 @@
-"""The monitoring store: every score, alert, dead letter, window report and retraining.
+"""The monitoring store: every score, alert, station alert, dead letter, window report and
+retraining.
 
 SQLAlchemy Core on SQLite (default, under the state dir) or PostgreSQL (by URL).
 Times are epoch seconds (UTC) in float columns, so windows and per-minute
 buckets are plain arithmetic on every database. Writes of scores and alerts are
-idempotent on (session_id, model_version).
+idempotent on (session_id, model_version); station alert events and their email
+notices on (alert_id, status).
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
     create_engine,
     event,
+    exists,
     func,
     insert,
     select,
@@ -39,6 +43,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from pipelines.contracts.score_result import ScoreResult
+from pipelines.contracts.station_alert import StationAlertMessage
 
 metadata = MetaData()
 _Id = BigInteger().with_variant(Integer, "sqlite")  # sqlite autoincrements INTEGER keys only
@@ -67,6 +72,7 @@ scores = Table(
     UniqueConstraint("session_id", "model_version", name="uq_scores_session_model"),
     Index("ix_scores_scored_ts", "scored_ts"),
     Index("ix_scores_station", "station_id"),
+    Index("ix_scores_station_connection", "station_id", "connection_ts"),  # the station view
 )
 
 ALERT_STATES = ("pending", "retrying", "sent", "suppressed", "dead_lettered")
@@ -93,6 +99,49 @@ alerts = Table(
     Column("acknowledged_ts", Float),
     UniqueConstraint("session_id", "model_version", name="uq_alerts_session_model"),
     Index("ix_alerts_station_state", "station_id", "state"),
+)
+
+# one row per event of a station alert episode (contract §5a): its open and its closed event
+station_alerts = Table(
+    "station_alerts", metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("alert_id", String(256), nullable=False),
+    Column("status", String(8), nullable=False),  # open | closed
+    Column("station_id", String(128), nullable=False),
+    Column("site_id", String(32), nullable=False),
+    Column("kind", String(16), nullable=False),  # silent | failing | degraded
+    Column("opened_ts", Float, nullable=False),
+    Column("at_ts", Float, nullable=False),
+    Column("detected_ts", Float, nullable=False),
+    Column("stored_ts", Float, nullable=False),
+    Column("evidence", Text, nullable=False),
+    Column("metrics", JSON, nullable=False),
+    Column("worker", String(128), nullable=False),
+    UniqueConstraint("alert_id", "status", name="uq_station_alerts_alert_status"),
+    Index("ix_station_alerts_station_kind", "station_id", "kind", "opened_ts"),
+)
+
+# the alerting consumer's email of each station alert event (sent once per (alert_id, status))
+NOTICE_STATES = ("pending", "retrying", "sent", "suppressed", "dead_lettered", "recorded")
+
+station_notices = Table(
+    "station_notices", metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("alert_id", String(256), nullable=False),
+    Column("status", String(8), nullable=False),
+    Column("station_id", String(128), nullable=False),
+    Column("site_id", String(32), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text),
+    Column("subject", Text, nullable=False),
+    Column("webhook_state", String(16)),
+    Column("created_ts", Float, nullable=False),
+    Column("updated_ts", Float, nullable=False),
+    Column("delivered_ts", Float),
+    UniqueConstraint("alert_id", "status", name="uq_station_notices_alert_status"),
+    Index("ix_station_notices_station_kind", "station_id", "kind", "state"),
 )
 
 dead_letters = Table(
@@ -140,6 +189,8 @@ def connect(url: str) -> Engine:
     else:
         engine = create_engine(url, pool_pre_ping=True)
     metadata.create_all(engine)
+    for index in scores.indexes:  # create_all adds no index to a table that already exists
+        index.create(engine, checkfirst=True)
     return engine
 
 
@@ -225,6 +276,66 @@ class MonitoringStore:
                                 .values(acknowledged_ts=ts, updated_ts=ts))
         return done.rowcount == 1
 
+    # ---- station alerts ------------------------------------------------
+    def save_station_alerts(self, events: Sequence[StationAlertMessage],
+                            now: float | None = None) -> int:
+        """Insert station alert events in one transaction; a second (alert_id, status) is
+        skipped. Returns how many were new."""
+        if not events:
+            return 0
+        stored = time.time() if now is None else now
+        stmt = _insert_ignoring_duplicates(self.engine, station_alerts, ["alert_id", "status"])
+        with self.engine.begin() as conn:
+            inserted = conn.execute(stmt.returning(station_alerts.c.id),
+                                    [station_alert_row(e, stored) for e in events]).all()
+        return len(inserted)
+
+    def station_alert_events(self, alert_id: str) -> list[dict]:
+        """The stored events of one episode, oldest first."""
+        query = (select(station_alerts).where(station_alerts.c.alert_id == alert_id)
+                 .order_by(station_alerts.c.at_ts, station_alerts.c.id))
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def open_station_alerts(self) -> list[dict]:
+        """The open episodes: per station and kind, the newest episode, if it has no closed
+        event. An older episode left open (its closed event lost) is superseded by a newer
+        one. Rows are the episodes' open events, newest first."""
+        return open_station_alert_rows(self.engine)
+
+    def get_station_notice(self, alert_id: str, status: str) -> dict | None:
+        query = select(station_notices).where(station_notices.c.alert_id == alert_id,
+                                              station_notices.c.status == status)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return dict(row._mapping) if row else None
+
+    def create_station_notice(self, event: StationAlertMessage, state: str, subject: str,
+                              now: float | None = None) -> dict:
+        """Record the notice of an event, or return the one already recorded for it."""
+        ts = time.time() if now is None else now
+        row = {"alert_id": event.alert_id, "status": event.status, "station_id": event.station_id,
+               "site_id": event.site_id, "kind": event.kind, "state": state, "attempts": 0,
+               "subject": subject, "created_ts": ts, "updated_ts": ts}
+        stmt = _insert_ignoring_duplicates(self.engine, station_notices, ["alert_id", "status"])
+        with self.engine.begin() as conn:
+            conn.execute(stmt, [row])
+        return self.get_station_notice(event.alert_id, event.status)
+
+    def update_station_notice(self, notice_id: int, **values: Any) -> None:
+        values.setdefault("updated_ts", time.time())
+        with self.engine.begin() as conn:
+            conn.execute(update(station_notices).where(station_notices.c.id == notice_id)
+                         .values(**values))
+
+    def last_station_email_ts(self, station_id: str, kind: str) -> float | None:
+        """When the newest emailed opening of this station and kind was delivered."""
+        query = select(func.max(station_notices.c.delivered_ts)).where(
+            station_notices.c.station_id == station_id, station_notices.c.kind == kind,
+            station_notices.c.status == "open", station_notices.c.state == "sent")
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar_one_or_none()
+
     # ---- dead letters, window reports, retraining ----------------------
     def record_dead_letters(self, queue: str, letters: Iterable[tuple[str, bytes]]) -> None:
         """Keep a readable copy of poison messages: (error, body) pairs."""
@@ -268,3 +379,31 @@ def score_row(result: ScoreResult, stored_ts: float) -> dict:
         "latency_ms": result.latency_ms, "kwh_delivered": result.kwh_delivered,
         "features": result.features, "explanation": result.explanation,
     }
+
+
+def station_alert_row(event: StationAlertMessage, stored_ts: float) -> dict:
+    """The `station_alerts` row of one event (pure)."""
+    return {"alert_id": event.alert_id, "status": event.status, "station_id": event.station_id,
+            "site_id": event.site_id, "kind": event.kind, "opened_ts": event.opened_ts,
+            "at_ts": event.at_ts, "detected_ts": event.detected_ts, "stored_ts": stored_ts,
+            "evidence": event.evidence, "metrics": dict(event.metrics), "worker": event.worker}
+
+
+def open_station_alert_rows(engine: Engine, station_ids: Sequence[str] | None = None) -> list[dict]:
+    """`MonitoringStore.open_station_alerts`, optionally for some stations only (the dashboard
+    reads it with its own engine)."""
+    episode = station_alerts.alias("episode")
+    closed = station_alerts.alias("closed")
+    newer = station_alerts.alias("newer")
+    query = (select(episode)
+             .where(episode.c.status == "open",
+                    ~exists().where(and_(closed.c.alert_id == episode.c.alert_id,
+                                         closed.c.status == "closed")),
+                    ~exists().where(and_(newer.c.station_id == episode.c.station_id,
+                                         newer.c.kind == episode.c.kind,
+                                         newer.c.opened_ts > episode.c.opened_ts)))
+             .order_by(episode.c.opened_ts.desc(), episode.c.id.desc()))
+    if station_ids is not None:
+        query = query.where(episode.c.station_id.in_(list(station_ids)))
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(query)]
