@@ -170,7 +170,8 @@ def read_changelog(consumer: Consumer, topic: str, partitions: Iterable[int],
             if time.monotonic() > deadline:
                 raise ChangelogError(f"restoring {topic} partitions {sorted(ends)}: end not "
                                      f"reached within {timeout:.0f}s")
-            for message in consumer.consume(10_000, 0.5):
+            # what is fetched already, else wait for one: consume(n, t) would wait t for n
+            for message in consumer.consume(10_000, 0) or consumer.consume(1, 0.5):
                 p = message.partition()
                 error = message.error()
                 if error is not None:
