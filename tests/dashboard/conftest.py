@@ -1,14 +1,18 @@
-"""Fixtures of the dashboard tests: a private store, queues, SMTP sink and a served app."""
+"""Fixtures of the dashboard tests: a private store, queues, SMTP sink, a served app, and a
+fleet of stations with a known health."""
 
 from __future__ import annotations
 
 import threading
+import time
 import uuid
+from dataclasses import dataclass, replace
 
 import pytest
 import uvicorn
 
 from evguard.services.process import free_port, wait_until
+from pipelines.contracts.station_alert import StationAlertMessage, station_alert_id
 from pipelines.settings import Settings
 from tests.support.queues import consumer_queues
 
@@ -78,3 +82,61 @@ def alias_champion(dash_settings, tmp_path):
                                      "first valid model: no champion yet")
 
     return register
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """Stations with a known health, as score results and station alert events."""
+
+    now: float
+    scores: list[dict]
+    events: list[StationAlertMessage]
+
+    def closing(self, station: str, kind: str) -> StationAlertMessage:
+        """The closed event of a station's open episode of this kind."""
+        opened = next(e for e in self.events if e.station_id == station and e.kind == kind
+                      and e.is_open)
+        return replace(opened, status="closed", at_ts=self.now, detected_ts=self.now,
+                       evidence="sessions are back at the usual rate")
+
+
+@pytest.fixture
+def fleet(kit) -> Fleet:
+    """Six stations, one session a day each unless said otherwise (connection = scored - 3 h):
+    - CA-OK: every day for 36 days;
+    - CA-SILENT: every day, none in the last 5 days; an open `silent` alert;
+    - CA-SLOW: every day, power from 6.6 kW down to 2 kW in its last 8 sessions; open `degraded`;
+    - CA-MENDED: every day; a `failing` episode opened and closed: healthy again;
+    - CA-NEW: its first session 3 days ago: too little history for an expectation;
+    - CA-GONE: no session stored at all, an open `silent` alert (and a `failing` one).
+    """
+    now = time.time()
+    day = 86_400.0
+    scores: list[dict] = []
+
+    def daily(station: str, days: range, kw=lambda d: 6.6) -> None:
+        scores.extend(kit.score_message(station=station, scored_ts=now - d * day - 600,
+                                        features={"avg_kw": kw(d), "kwh_delivered": 3 * kw(d)})
+                      for d in days)
+
+    daily("CA-OK", range(36))
+    daily("CA-SILENT", range(5, 36))
+    daily("CA-SLOW", range(36), kw=lambda d: 2.0 if d < 8 else 6.6)
+    daily("CA-MENDED", range(36))
+    daily("CA-NEW", range(3))
+
+    def opened(station: str, kind: str, days_ago: float, evidence: str) -> StationAlertMessage:
+        at = now - days_ago * day
+        return StationAlertMessage(
+            alert_id=station_alert_id(station, kind, at), station_id=station, site_id="0002",
+            kind=kind, status="open", opened_ts=at, at_ts=at, evidence=evidence,
+            detected_ts=at + 1, metrics={"days": days_ago}, worker="w-1")
+
+    failing = opened("CA-MENDED", "failing", 6, "4 of its last 6 sessions failed")
+    events = [opened("CA-SILENT", "silent", 2, "no session for 4.8 days; 4.8 expected"),
+              opened("CA-SLOW", "degraded", 1, "power 2.0 kW over 8 sessions, 6.6 kW usual"),
+              failing, replace(failing, status="closed", at_ts=now - 4 * day,
+                               evidence="5 good sessions in a row"),
+              opened("CA-GONE", "silent", 20, "no session for 20 days; 14 expected"),
+              opened("CA-GONE", "failing", 25, "6 of its last 6 sessions failed")]
+    return Fleet(now, scores, events)

@@ -57,3 +57,31 @@ def test_email_shows_log_features_in_their_own_units(kit):
     assert float(lines[0][1]) == pytest.approx(0.02, **printed)
     assert float(lines[0][3]) == pytest.approx(record["kWhDelivered"], **printed)
     assert float(lines[1][1]) == pytest.approx(meter["avg_kw"], **printed)
+
+
+def test_station_alert_emails_name_the_station_site_and_kind_and_say_when_it_recovered():
+    from pipelines.contracts.station_alert import StationAlertMessage
+    from pipelines.scores.alerting import compose_station_email, station_webhook_payload
+
+    opened = StationAlertMessage(
+        alert_id="CA-3:failing:1556236800", station_id="CA-3", site_id="0001", kind="failing",
+        status="open", opened_ts=1_556_236_800.0, at_ts=1_556_236_800.0,
+        evidence="4 of its last 6 sessions delivered under 0.1 kWh over 3 h or more",
+        detected_ts=1_556_236_801.0, metrics={"failed": 4, "window": 6})
+    mail = compose_station_email(opened, "from@x", ["ops@x"], "http://dash/stations")
+    body = mail.get_content()
+    assert mail["Subject"] == "[evguard] FAILING station CA-3 (site 0001)"
+    assert mail["X-Evguard-Station-Alert"] == opened.alert_id
+    assert "4 of its last 6 sessions delivered under 0.1 kWh" in body
+    assert "too many of its last sessions failed" in body and "http://dash/stations" in body
+    assert [line.split() for line in body.splitlines() if line.strip().startswith("failed")] == [
+        ["failed", "4"]]
+    closed = StationAlertMessage(**{**opened.__dict__, "status": "closed",
+                                    "at_ts": opened.opened_ts + 3 * 86_400,
+                                    "evidence": "5 of its last 6 sessions delivered energy"})
+    note = compose_station_email(closed, "from@x", ["ops@x"], "http://dash/stations")
+    assert note["Subject"] == "[evguard] RECOVERED station CA-3 (site 0001): no longer failing"
+    assert "closed after 3.0 days" in note.get_content()
+    assert "2019-04-29 00:00:00 UTC" in note.get_content()
+    hook = station_webhook_payload(opened, "http://dash/stations")
+    assert hook["text"].startswith("[evguard] FAILING station CA-3 (site 0001): 4 of its last")

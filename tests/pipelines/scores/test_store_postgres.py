@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from dashboard import queries
 from pipelines.contracts.score_result import parse_score_result
+from pipelines.contracts.station_alert import StationAlertMessage
 from pipelines.scores.store import MonitoringStore
 
 SERVER = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
@@ -55,4 +56,32 @@ def test_idempotent_writes_and_dashboard_queries_on_postgresql(pg_url, kit):
         "CA-0", "CA-1", "CA-2", "CA-3"}
     assert [r["session_id"] for r in queries.feed(store.engine, limit=3)] == [
         r.session_id for r in results[:-4:-1]]
+    store.close()
+
+
+def test_station_alerts_and_the_station_view_on_postgresql(pg_url, kit):
+    store = MonitoringStore(pg_url)
+    day = 86_400.0
+    now = time.time()
+    results = [parse_score_result(json.dumps(kit.score_message(
+        station="CA-1", scored_ts=now - d * day))) for d in range(1, 30)]
+    store.save_scores(results)
+
+    def event(status: str, opened: float, at: float) -> StationAlertMessage:
+        return StationAlertMessage(alert_id=f"CA-1:degraded:{int(opened)}", station_id="CA-1",
+                                   site_id="0002", kind="degraded", status=status,
+                                   opened_ts=opened, at_ts=at, evidence="less power",
+                                   detected_ts=at, metrics={"cusum": 5.0})
+
+    older = event("open", now - 9 * day, now - 9 * day)  # its close was lost
+    newer = event("open", now - 2 * day, now - 2 * day)
+    assert store.save_station_alerts([older, newer, newer]) == 2
+    assert [r["alert_id"] for r in store.open_station_alerts()] == [newer.alert_id]
+    view = queries.station_view(store.engine, now)
+    [station] = view["stations"]
+    assert station["health"] == "degraded" and station["observed_7d"] == 7
+    assert station["expected_7d"] == pytest.approx(7.0, abs=0.5)  # one a day before, too
+    assert len(station["power"]) == 20 and station["power"][-1]["kw"] == pytest.approx(2.4)
+    assert store.save_station_alerts([event("closed", newer.opened_ts, now)]) == 1
+    assert queries.station_view(store.engine, now)["health"]["ok"] == 1
     store.close()
