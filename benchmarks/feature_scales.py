@@ -1,22 +1,30 @@
-"""Feature versions on the real ACN exports: f1 (16 linear columns) vs f2 (plus 4 log/excess columns).
+"""Feature versions on the real ACN exports: f1 (16 columns) vs f2 (20) vs f3 (f2 + station context).
 
 A fast stand-in for `evguard evaluate` that isolates the features: same injection
 and splits, fixed detectors instead of the tuning grid, no registry or serving.
 
 1. `inject_anomalies(all sessions, --rate, seed)`; the evaluation's two splits
    (time split: latest 30 % scored; cross-site: train caltech, score jpl).
-2. Training rows: the training side without the rule-breaking faults (the ingest
+2. Station context: one replay (`pipelines.stations.context`) over the training and
+   scored sessions together, faults included, in event time, as the worker's state
+   would have seen them: the scored sessions of the time split carry the training
+   history; in cross-site the scored site starts cold.
+3. Training rows: the training side without the rule-breaking faults (the ingest
    suites quarantine exactly those), so meter faults, over-deliveries and stuck
    sessions stay in training, as they would in a user's data. `--clean-training`
    drops every injected session from training instead (an uncontaminated history).
-3. Each detector is fitted on the f1 columns (`FEATURE_COLUMNS[:16]`, identical to
-   version f1) and on all f2 columns; threshold = 1 % of its training scores.
-4. Per scenario and detector: PR-AUC, precision@k (k = 1 % of scored rows), the
+4. Each detector is fitted on each version's columns (`--versions`; f1 =
+   `F2_COLUMNS[:16]`, f2 = `F2_COLUMNS`, f3 = `FEATURE_COLUMNS`; `--try NAME=c1+c2`
+   adds f2 plus any candidate context columns); threshold = 1 % of its training scores.
+5. Per scenario and detector: PR-AUC, precision@k (k = 1 % of scored rows), the
    false-alert rate on untouched real sessions, and per fault type the recall at
-   the threshold and the ROC-AUC of that type against the untouched real sessions
-   (how far above the real sessions it ranks, whatever the threshold).
+   the threshold and the ROC-AUC of that type against the untouched real sessions.
+6. Probes (`--probes` per group): untouched scored sessions of each site, and of the DC
+   fast chargers (stations whose median charging power is above 15 kW), rewritten to
+   impossible power or to a meter fault and scored with the context of the session they
+   replace; the recall at the threshold.
 
-    .venv/bin/python benchmarks/feature_scales.py [--acn-dir ../shared/acn] [--seeds 1]
+    .venv/bin/python benchmarks/feature_scales.py [--acn-dir ../shared/acn] [--seeds 1,2,3]
 """
 
 from __future__ import annotations
@@ -28,10 +36,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-F1_COLUMNS = 16
 DETECTORS = (("isotree", {"n_estimators": 100, "max_samples": 512, "extension_level": None}),
              ("iforest", {"n_estimators": 200, "max_samples": 1024, "max_features": 1.0}),
              ("eif", {"n_estimators": 100, "max_samples": 2048, "extension_level": 3}))
+DC_MEDIAN_KW = 15.0
+PROBE_TYPES = ("impossible_power", "meter_fault")
 
 
 def scenarios(records: list[dict], rate: float, seed: int) -> dict[str, tuple]:
@@ -43,30 +52,90 @@ def scenarios(records: list[dict], rate: float, seed: int) -> dict[str, tuple]:
             "cross-site": (*split_by_site(injected, "caltech", "jpl"), labels)}
 
 
-def measure(train: list, scored: list, labels: dict, clean: bool, seed: int) -> dict:
+def dc_stations(records: list[dict]) -> set[str]:
+    """Stations of the real sessions whose median charging power is DC-like."""
+    from pipelines.data.features import feature_matrix
+
+    kw = feature_matrix(records)["charging_kw"].to_numpy()
+    by_station: dict[str, list[float]] = {}
+    for record, value in zip(records, kw, strict=True):
+        by_station.setdefault(str(record.get("stationID")), []).append(value)
+    return {s for s, values in by_station.items() if np.median(values) > DC_MEDIAN_KW}
+
+
+def columns_of(versions: list[str], tries: dict[str, list[str]]) -> dict[str, list[str]]:
+    from pipelines.data.features import F2_COLUMNS, FEATURE_COLUMNS
+
+    known = {"f1": F2_COLUMNS[:16], "f2": F2_COLUMNS, "f3": FEATURE_COLUMNS}
+    return {**{v: known[v] for v in versions}, **{n: F2_COLUMNS + c for n, c in tries.items()}}
+
+
+def all_columns(records: list[dict], contexts: np.ndarray):
+    """f3 features plus every candidate context column, with the given context rows."""
+    import pandas as pd
+
+    from pipelines.data.features import feature_matrix
+    from pipelines.stations.context import CONTEXT_KEYS, context_features, session_facts
+
+    rows = [dict(zip(CONTEXT_KEYS, row, strict=True)) for row in contexts.tolist()]
+    frame = feature_matrix(records, rows)
+    candidates = pd.DataFrame(context_features(session_facts(records), contexts),
+                              index=frame.index)
+    return pd.concat([frame, candidates[[c for c in candidates if c not in frame]]], axis=1)
+
+
+def probes(scored: list, contexts: np.ndarray, kind: np.ndarray, dc: set[str], n: int,
+           seed: int) -> dict[str, object]:
+    """Per group and probe type: the features of untouched sessions rewritten to the fault."""
+    from pipelines.data.anomalies import inject_anomalies
+
+    rng = np.random.default_rng(seed)
+    groups = {f"site {s}": [i for i, r in enumerate(scored)
+                            if kind[i] == "" and str(r.get("siteID")) == s]
+              for s in sorted({str(r.get("siteID")) for r in scored})}
+    groups["DC fast chargers"] = [i for i, r in enumerate(scored)
+                                  if kind[i] == "" and str(r.get("stationID")) in dc]
+    out = {}
+    for group, members in groups.items():
+        if not members:
+            continue
+        chosen = sorted(rng.choice(members, min(n, len(members)), replace=False).tolist())
+        for fault in PROBE_TYPES:
+            rewritten, _ = inject_anomalies([scored[i] for i in chosen], 1.0, seed,
+                                            types=(fault,))
+            out[f"probe {fault}: {group}"] = all_columns(rewritten, contexts[chosen])
+    return out
+
+
+def measure(train: list, scored: list, labels: dict, clean: bool, seed: int,
+            versions: dict[str, list[str]], detectors: tuple, dc: set[str],
+            n_probes: int) -> dict:
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     from pipelines.data.anomalies import ANOMALY_TYPES, RULE_BREAKING_ANOMALIES
-    from pipelines.data.features import FEATURE_COLUMNS, feature_matrix
     from pipelines.models.detection_metrics import calibrate_threshold
     from pipelines.models.estimators import make_detector
+    from pipelines.stations.context import replay_context_array, session_facts
 
     def kinds(rows: list) -> np.ndarray:
         return np.array([labels.get(str(r["sessionID"]), "") for r in rows], dtype=object)
 
     train_kinds, kind = kinds(train), kinds(scored)
     keep = train_kinds == "" if clean else ~np.isin(train_kinds, list(RULE_BREAKING_ANOMALIES))
-    X_train = feature_matrix([r for r, k in zip(train, keep) if k])[FEATURE_COLUMNS].to_numpy()
-    X_scored = feature_matrix(scored)[FEATURE_COLUMNS].to_numpy()
+    contexts = replay_context_array(session_facts(train + scored))
+    features = all_columns(train + scored, contexts)
+    train_rows, scored_rows = features.iloc[:len(train)][keep], features.iloc[len(train):]
+    probe_rows = probes(scored, contexts[len(train):], kind, dc, n_probes, seed)
     real, is_fault = kind == "", kind != ""
     k = max(1, round(0.01 * len(scored)))
     out = {}
-    for version, n_cols in (("f1", F1_COLUMNS), ("f2", len(FEATURE_COLUMNS))):
-        for detector_kind, params in DETECTORS:
+    for version, columns in versions.items():
+        X_train, X_scored = train_rows[columns].to_numpy(), scored_rows[columns].to_numpy()
+        for detector_kind, params in detectors:
             detector = make_detector(detector_kind, random_state=seed, **params)
-            detector.fit(X_train[:, :n_cols])
-            threshold = calibrate_threshold(detector.score_samples(X_train[:, :n_cols]), 0.01)
-            scores = detector.score_samples(X_scored[:, :n_cols])
+            detector.fit(X_train)
+            threshold = calibrate_threshold(detector.score_samples(X_train), 0.01)
+            scores = detector.score_samples(X_scored)
             alerts = scores >= threshold
             row = {"pr_auc": average_precision_score(is_fault, scores),
                    "precision_at_k": is_fault[np.argsort(-scores, kind="stable")[:k]].mean(),
@@ -77,6 +146,8 @@ def measure(train: list, scored: list, labels: dict, clean: bool, seed: int) -> 
                     both = mask | real
                     row[f"recall {fault}"] = alerts[mask].mean()
                     row[f"auc {fault}"] = roc_auc_score(mask[both], scores[both])
+            for name, rows in probe_rows.items():
+                row[name] = (detector.score_samples(rows[columns].to_numpy()) >= threshold).mean()
             out[(detector_kind, version)] = row
     return out
 
@@ -96,6 +167,8 @@ def markdown(title: str, runs: list[dict]) -> str:
     rows = [("PR-AUC", "pr_auc", False), ("precision@k", "precision_at_k", True),
             ("false-alert rate (real sessions)", "false_alert_rate", True)]
     rows += [(f"recall / AUC vs real: {t}", t, None) for t in ANOMALY_TYPES]
+    rows += [(f"recall, {name}", name, True) for name in runs[0][keys[0]]
+             if name.startswith("probe ")]
     for label, key, pct in rows:
         cells = []
         for column in keys:
@@ -105,7 +178,8 @@ def markdown(title: str, runs: list[dict]) -> str:
                 cells.append("-" if None in recall else
                              f"{_cell(recall, True)} / {_cell(auc, False)}")
             else:
-                cells.append(_cell([r[column][key] for r in runs], pct))
+                values = [r[column].get(key) for r in runs]
+                cells.append("-" if None in values else _cell(values, pct))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -115,27 +189,42 @@ def main() -> None:
     parser.add_argument("--acn-dir", type=Path, default=ROOT.parent / "shared" / "acn")
     parser.add_argument("--seeds", default="1", help="injection and detector seeds")
     parser.add_argument("--rate", type=float, default=0.03)
+    parser.add_argument("--versions", default="f2,f3", help="any of f1, f2, f3")
+    parser.add_argument("--try", dest="tries", action="append", default=[],
+                        metavar="NAME=COL+COL", help="also f2 plus these context columns")
+    parser.add_argument("--detectors", default=",".join(d for d, _ in DETECTORS))
+    parser.add_argument("--probes", type=int, default=100, help="probes per site and fault")
     parser.add_argument("--clean-training", action="store_true",
                         help="drop every injected session from training (not only rule-breaking)")
     args = parser.parse_args()
 
     from pipelines.data.exports import load_exports
 
+    detectors = tuple(d for d in DETECTORS if d[0] in args.detectors.split(","))
     files = sorted(args.acn_dir.glob("*.json"))
     if not files:
         raise SystemExit(f"no ACN exports in {args.acn_dir}")
     records = load_exports(files)
+    versions = columns_of(args.versions.split(","),
+                          {t.split("=")[0]: t.split("=")[1].split("+") for t in args.tries})
+    dc = dc_stations(records)
     seeds = [int(s) for s in args.seeds.split(",")]
     results: dict[str, list[dict]] = {}
     for seed in seeds:
         for name, (train, scored, labels) in scenarios(records, args.rate, seed).items():
             results.setdefault(name, []).append(
-                measure(train, scored, labels, args.clean_training, seed))
+                measure(train, scored, labels, args.clean_training, seed, versions, detectors,
+                        dc, args.probes))
             print(f"seed {seed}: {name} done", flush=True)
     training = ("without any injected session" if args.clean_training
                 else "without the rule-breaking faults the suites quarantine")
     print(f"\n{len(records):,} real sessions, {args.rate:.0%} injected, seeds {args.seeds}; "
-          f"training rows {training}; recall at 1 % of training scores\n")
+          f"training rows {training}; recall at 1 % of training scores; DC fast chargers: "
+          f"{', '.join(sorted(dc)) or 'none'}\n")
+    for name, columns in versions.items():
+        print(f"- {name}: {len(columns)} columns" + (f" (+ {', '.join(columns[20:])})"
+                                                   if len(columns) > 20 else ""))
+    print()
     for name, runs in results.items():
         print(markdown(name, runs) + "\n")
 

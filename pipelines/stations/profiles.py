@@ -54,7 +54,7 @@ class View(NamedTuple):
 # 8 kWh, 7 h connected, 15 h between sessions), measured on the 2019-2020 exports.
 PRIOR = View(power=0.5, power_high=0.8, energy=0.9, duration=0.84, gap=1.2)
 
-_FORMAT = struct.Struct("<2q10d")
+_FORMAT = struct.Struct("<2I10d")
 
 
 _HIGH_DOWN = (1.0 - HIGH_TAU) / HIGH_TAU  # a step down weighs this much of a step up
@@ -120,7 +120,7 @@ class Profile:
             self.last_end = end
 
     def to_bytes(self) -> bytes:
-        """92 bytes: two int64 counts and ten float64 (little-endian)."""
+        """88 bytes: two uint32 counts and ten float64 (little-endian)."""
         return _FORMAT.pack(*(getattr(self, f.name) for f in fields(self)))
 
     @classmethod
