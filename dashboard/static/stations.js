@@ -120,7 +120,7 @@ function drawCards(d) {
     $(`count-${state}`).textContent = int(d.health[state]);
   }
   $("stations-hint").textContent = `${d.stations.length} of ${d.total} shown · unhealthy first · ` +
-    `expected = the station's own rate over the ${d.history_days} days before the last ${d.recent_days}`;
+    `expected = the station's own rate over the ${d.history_days} days before the last ${d.recent_days} days`;
 }
 
 async function pollStations() {
