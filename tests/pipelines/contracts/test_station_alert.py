@@ -111,3 +111,11 @@ def test_routing_keys_and_episode_ids():
     with pytest.raises(ValueError, match="kind"):
         station_routing_key("0002", "anomaly")
     assert station_alert_id("CA-1", "silent", 1_556_236_800.9) == "CA-1:silent:1556236800"
+
+
+def test_the_documented_example_is_the_modules_example():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[3] / "docs" / "contracts.md").read_text()
+    section = text.split("## 5a. Station alert", 1)[1].split("```json", 1)[1].split("```", 1)[0]
+    assert json.loads(section) == EXAMPLE_STATION_ALERT
