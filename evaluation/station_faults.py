@@ -197,17 +197,18 @@ def plant_station_faults(records: Sequence[dict], seed: int,
 
 def _planted(records: Sequence[dict], faults: list[StationFault],
              rng: np.random.Generator) -> list[dict]:
-    by_station = {f.station_id + "|" + f.site_id: f for f in faults}
+    by_station: dict[tuple[str, str], list[StationFault]] = defaultdict(list)
+    for f in faults:  # one per station and segment: a station may have one in each period
+        by_station[(f.station_id, f.site_id)].append(f)
     out = []
     for r in records:
-        fault = by_station.get(f"{r.get('stationID')}|{r.get('siteID') or ''}")
         connect = epoch_seconds(r.get("connectionTime"))
-        if fault and connect is not None and fault.start_s <= connect < fault.end_s:
-            changed = _apply(fault, r, rng)
-            if changed is not None:
-                out.append(changed)
-        else:
+        fault = next((f for f in by_station.get((r.get("stationID"), r.get("siteID") or ""), [])
+                      if connect is not None and f.start_s <= connect < f.end_s), None)
+        if fault is None:
             out.append(r)
+        elif (changed := _apply(fault, r, rng)) is not None:
+            out.append(changed)
     return out
 
 

@@ -82,6 +82,52 @@ def _tables(report: dict) -> list[Table]:
     return tables
 
 
+def _station_table(report: dict) -> Table:
+    """Per fault kind: planted, detected, delays; false station alerts per 100 station-weeks."""
+    def fmt(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    mean, seeds = report["mean"], ",".join(map(str, report["seeds"]))
+    table = Table(title=f"Station faults (mean of seeds {seeds}): "
+                  f"{fmt(mean['false_per_100_station_weeks'], '.2f')} false station alerts per "
+                  f"100 station-weeks ({mean['station_weeks']:.0f} untouched)",
+                  title_justify="left", box=box.SIMPLE_HEAD)
+    for header in ("fault", "planted", "detected", "delay h", "delay sessions", "target"):
+        table.add_column(header, justify="left" if header == "fault" else "right")
+    kinds = mean["kinds"]
+    outage, degraded = kinds["outage"], kinds["degraded"]
+    table.add_row("outage", fmt(outage["planted"], ".0f"), fmt(outage["detected"], ".0%"),
+                  fmt(outage["median_delay_h"], ".0f"), "-", "")
+    table.add_row("  >= 5 d, >= 1/weekday", fmt(outage["target_planted"], ".0f"),
+                  fmt(outage["target_detected"], ".0%"), fmt(outage["target_median_delay_h"], ".0f"),
+                  "-", ">= 90%")
+    table.add_row("  oracle rate, same count", "", fmt(outage["target_oracle_detected"], ".0%"),
+                  fmt(outage["target_oracle_median_delay_h"], ".0f"), "-", "")
+    table.add_row("degraded", fmt(degraded["planted"], ".0f"), fmt(degraded["detected"], ".0%"),
+                  fmt(degraded["median_delay_h"], ".0f"),
+                  fmt(degraded["median_delay_sessions"], ".1f"), "")
+    table.add_row("  within 10 sessions", "", fmt(degraded["within_10_sessions"], ".0%"), "", "",
+                  ">= 80%")
+    failing = kinds["failing"]
+    table.add_row("failing", fmt(failing["planted"], ".0f"), fmt(failing["detected"], ".0%"),
+                  fmt(failing["median_delay_h"], ".0f"),
+                  fmt(failing["median_delay_sessions"], ".1f"), "")
+    table.caption = ("delays are medians of the detected; false alerts: target <= 1 per 100 "
+                     "station-weeks; silent/failing/degraded: " + "/".join(
+                         fmt(v, ".1f") for v in mean["false_alerts"].values()))
+    table.caption_justify = "left"
+    return table
+
+
+def _station_faults(records: list[dict], seeds: list[int]) -> dict:
+    from evaluation.station_faults import evaluate_station_faults
+
+    console.print(f"station faults: planting and replaying with seeds {seeds}", highlight=False)
+    report = evaluate_station_faults(records, seeds)
+    console.print(_station_table(report))
+    return report
+
+
 def evaluate(
     acn: Annotated[list[Path] | None, typer.Option(
         "--acn", help="ACN export file or directory of them (repeatable)")] = None,
@@ -113,13 +159,21 @@ def evaluate(
     = Path("evaluation.json"),
     workdir: Annotated[Path | None, typer.Option(
         help="Private data dir and MLflow store (default <state dir>/evaluation/<time>)")] = None,
+    station_faults: Annotated[bool, typer.Option(
+        help="Also plant station faults and measure station health")] = True,
+    station_faults_only: Annotated[bool, typer.Option(
+        "--station-faults-only", help="Only the station-fault evaluation (seconds, no MLflow)")]
+    = False,
+    station_seeds: Annotated[str, typer.Option(
+        help="Seeds of the station-fault planting, averaged")] = "1,2,3",
 ) -> None:
     """Evaluate evguard on real ACN exports with injected faults, next to the seed baseline.
 
     Injects the generator's labelled anomaly types at --rate, then per scenario
     (time split; cross-site) ingests with validation, trains, registers and
     promotes in a private MLflow store, and scores the held-out sessions through
-    the worker's decode and score steps.
+    the worker's decode and score steps. Station faults are planted separately
+    (--station-faults) and replayed through the station health detectors.
     """
     from pydantic import ValidationError
 
@@ -144,6 +198,14 @@ def evaluate(
                                    max_samples=max_samples, max_features=max_features,
                                    extension_levels=extension_levels))
         train = TrainParams(**config.train)
+    if station_faults or station_faults_only:
+        station_report = _station_faults(records, _csv(station_seeds, int) or [1])
+        if station_faults_only:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({"inputs": [str(p) for p in inputs],
+                                       "station_faults": station_report}, indent=2, default=str))
+            console.print(f"report: {out}")
+            return
     workdir = workdir or s.state_path / "evaluation" / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
     console.print(f"{len(records):,} sessions from {len(inputs)} path(s); injecting "
                   f"{rate:.1%} faults (seed {seed}); work dir {workdir}", highlight=False)
@@ -160,6 +222,8 @@ def evaluate(
                        train)
     command += f" --out {out}"
     report = {"command": command, "inputs": [str(p) for p in inputs], **result.report}
+    if station_faults:
+        report["station_faults"] = station_report
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str))
     for table in _tables(report):

@@ -76,9 +76,9 @@ class HealthPolicy:
     fail_n: int = 5
     recover_ok: int = 2
     degraded_warmup: int = 10
-    cusum_k: float = 0.5
-    cusum_h: float = 5.0
-    z_clip: float = 3.0
+    cusum_k: float = 0.6
+    cusum_h: float = 6.0
+    z_clip: float = 2.0
     sigma_floor: float = 0.1
     baseline_alpha: float = 0.05
     min_charge_hours: float = 0.25

@@ -1,0 +1,177 @@
+"""Station health detectors: silent on the timer, failing at k of n, degraded by CUSUM."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines.contracts.dates import format_rfc1123
+from pipelines.stations.health import (
+    HealthPolicy,
+    SiteHealth,
+    StationHealth,
+    UserPower,
+    expected_sessions,
+    on_dead_letter,
+    on_session,
+    on_tick,
+    station_key,
+    time_to_expect,
+)
+
+HOUR = 3600.0
+DAY = 86400.0
+MONDAY = 1546819200.0  # Mon 2019-01-07 00:00 UTC
+POLICY = HealthPolicy()
+
+
+def session(station: str, connect_s: float, hours: float = 4.0, kwh: float = 10.0,
+            charge_h: float | None = 2.0, user: str | None = None, site: str = "0001") -> dict:
+    return {"stationID": station, "siteID": site, "userID": user,
+            "connectionTime": format_rfc1123(connect_s),
+            "disconnectTime": format_rfc1123(connect_s + hours * HOUR),
+            "doneChargingTime": None if charge_h is None
+            else format_rfc1123(connect_s + charge_h * HOUR),
+            "kWhDelivered": kwh}
+
+
+def weekday_history(state: dict, stations: list[str], weeks: int, **kwargs) -> float:
+    """Every station gets one session at 16:00 UTC each weekday; returns the last end."""
+    end = 0.0
+    for week in range(weeks):
+        for day in range(5):
+            t = MONDAY + week * 7 * DAY + day * DAY + 16 * HOUR
+            for s in stations:
+                on_session(state, session(s, t, **kwargs))
+                end = t + 4 * HOUR
+    return end
+
+
+def opened(alerts, kind):
+    return [a for a in alerts if a.kind == kind and a.status == "open"]
+
+
+def test_silent_fires_on_a_tick_once_the_silence_is_implausible_and_not_before():
+    state: dict = {}
+    stations = [f"s{i}" for i in range(5)]
+    last_end = weekday_history(state, stations, weeks=4)
+    # the others keep charging; s0 goes quiet
+    due = state[station_key("s0")].silent_due_s
+    assert due > last_end
+    fired_at = None
+    for hour in range(1, 24 * 14):
+        now = last_end + hour * HOUR
+        if hour % 24 == 0 and (now // DAY + 3) % 7 < 5:
+            for s in stations[1:]:
+                on_session(state, session(s, now - 6 * HOUR))
+        _, alerts = on_tick(state, now)
+        if opened(alerts, "silent"):
+            assert fired_at is None, "a second open event while the alert is open"
+            fired_at = now
+            alert = opened(alerts, "silent")[0]
+            assert alert.station_id == "s0"
+            assert alert.metrics["expected"] >= POLICY.silent_expected
+            assert alert.metrics["expected_from_site"] >= POLICY.silent_expected
+            assert "no session for" in alert.evidence and "expected" in alert.evidence
+    assert fired_at is not None and fired_at >= due
+    assert (fired_at - last_end) / HOUR < 24 * 9
+
+
+def test_silent_does_not_fire_when_the_whole_site_is_quiet():
+    state: dict = {}
+    last_end = weekday_history(state, ["a", "b", "c"], weeks=4)
+    alerts = [a for h in range(1, 24 * 21) for a in on_tick(state, last_end + h * HOUR)[1]]
+    assert alerts == []
+
+
+def test_silent_closes_when_a_session_arrives():
+    state: dict = {}
+    last_end = weekday_history(state, ["s0", "s1"], weeks=4)
+    for day in range(1, 15):
+        on_session(state, session("s1", last_end + day * DAY))
+    _, alerts = on_tick(state, last_end + 15 * DAY)
+    [alert] = opened(alerts, "silent")
+    _, events = on_session(state, session("s0", last_end + 16 * DAY))
+    [closed] = [e for e in events if e.kind == "silent"]
+    assert closed.status == "closed" and closed.alert_id == alert.alert_id
+    assert not state[station_key("s0")].is_open("silent")
+
+
+def test_failing_fires_at_k_of_n_and_not_at_k_minus_one():
+    policy = HealthPolicy(fail_k=3, fail_n=5)
+    state: dict = {}
+    t = MONDAY
+    for i in range(6):
+        on_session(state, session("s", t + i * DAY), policy=policy)
+    events = []
+    for i, failed in enumerate([True, False, True]):
+        kwh = 0.02 if failed else 9.0
+        events += on_session(state, session("s", t + (10 + i) * DAY, hours=5, kwh=kwh),
+                             policy=policy)[1]
+    assert opened(events, "failing") == []  # 2 failures of the last 5
+    _, events = on_session(state, session("s", t + 20 * DAY, hours=5, kwh=0.01), policy=policy)
+    [alert] = opened(events, "failing")
+    assert "3 of its last 5 sessions failed" in alert.evidence
+    _, again = on_session(state, session("s", t + 21 * DAY, hours=5, kwh=0.0), policy=policy)
+    assert opened(again, "failing") == []  # de-duplicated while open
+    on_session(state, session("s", t + 22 * DAY), policy=policy)
+    _, recovered = on_session(state, session("s", t + 23 * DAY), policy=policy)
+    assert [(e.kind, e.status) for e in recovered] == [("failing", "closed")]
+
+
+def test_a_short_low_energy_session_is_not_a_failure():
+    state: dict = {}
+    events = [a for i in range(5) for a in
+              on_session(state, session("s", MONDAY + i * DAY, hours=0.5, kwh=0.05))[1]]
+    assert opened(events, "failing") == []
+
+
+def test_dead_letters_count_as_failures():
+    state: dict = {}
+    on_session(state, session("s", MONDAY))
+    events = [a for i in range(3) for a in on_dead_letter(state, "s", "0001", MONDAY + i)[1]]
+    assert len(opened(events, "failing")) == 1
+
+
+@pytest.mark.parametrize("with_user", [False, True])
+def test_degraded_fires_after_a_power_drop_and_not_on_a_stable_station(with_user):
+    state: dict = {}
+    user = "u1" if with_user else None
+    t = MONDAY
+    stable_alerts = []
+    for i in range(40):  # 4.6-5.4 kW, a little noise
+        kwh = 10.0 * (0.92 + 0.16 * ((i * 7) % 11) / 10)
+        stable_alerts += on_session(state, session("s", t + i * DAY, kwh=kwh, user=user))[1]
+    assert opened(stable_alerts, "degraded") == []
+    drop = []
+    for i in range(40, 50):
+        drop.append(on_session(state, session("s", t + i * DAY, kwh=4.0, user=user))[1])
+    first = next(i for i, events in enumerate(drop) if opened(events, "degraded"))
+    assert first < 10
+    assert sum(len(opened(events, "degraded")) for events in drop) == 1
+    alert = opened(drop[first], "degraded")[0]
+    assert alert.metrics["recent_kw"] < alert.metrics["usual_kw"] / 2
+
+
+def test_state_round_trips_through_bytes():
+    state: dict = {}
+    weekday_history(state, ["s0", "s1"], weeks=3, user="u7")
+    on_session(state, session("s0", MONDAY + 30 * DAY, hours=5, kwh=0.01))
+    for key, value in state.items():
+        data = value.to_bytes()
+        again = type(value).from_bytes(data)
+        assert again.to_bytes() == data, key
+    station = state[station_key("s0")]
+    assert len(station.to_bytes()) < 1024
+    assert StationHealth.from_bytes(station.to_bytes()).silent_due_s == station.silent_due_s
+    assert isinstance(state["healthsite:0001"], SiteHealth)
+    assert isinstance(state["healthuser:u7"], UserPower)
+
+
+def test_expected_sessions_and_time_to_expect_are_inverse():
+    rates = np.zeros(168)
+    rates[[day * 24 + 16 for day in range(5)]] = 1.0
+    start = MONDAY + 17 * HOUR
+    due = time_to_expect(rates, start, 5.0)
+    assert expected_sessions(rates, start, due) == pytest.approx(5.0)
+    assert expected_sessions(rates, start, MONDAY + 7 * DAY) == pytest.approx(4.0)
