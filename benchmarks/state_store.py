@@ -139,6 +139,21 @@ def measure_store(args, bootstrap: str, versions: int, progress: Progress) -> di
     return result
 
 
+def overhead_per_key(keys: int) -> float:
+    """Bytes the store itself holds per key (key, offset, dict slots), the value excluded."""
+    from keyed_state import PartitionState
+
+    shared = StandInState.sized(8, 0)
+    tracemalloc.start()
+    state = PartitionState(0)
+    for i in range(keys):
+        state.put(f"profile:{i:08d}", shared, 10_000_000 + i)
+    state.take_dirty()
+    held, _peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return held / keys
+
+
 def measure_rebuild(args, progress: Progress) -> dict:
     """Cost per session of rebuilding profiles from history: read it, replay it."""
     import pandas as pd
@@ -205,6 +220,7 @@ def main() -> None:
         finally:
             stack.kafka_process().stop()
         rebuild = measure_rebuild(args, progress)
+    overhead = overhead_per_key(args.keys)
 
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}; {args.keys:,} keys, "
@@ -216,6 +232,7 @@ def main() -> None:
         print(f"| {r['versions']} | {r['traced_mb']:.0f} MB / {r['rss_mb']:.0f} MB | "
               f"{r['flush_per_s']:,.0f} | {r['restore_s']:.1f} s | {r['restore_one_s']:.1f} s | "
               f"{r['restore_rss_mb']:.0f} MB |")
+    print(f"\nthe store's own memory per key (value excluded): {overhead:.0f} bytes")
     print(f"\nrebuild from history: read {rebuild['read_us']:.1f} us + replay "
           f"{rebuild['replay_us']:.1f} us = {rebuild['per_session_us']:.1f} us per session "
           f"(real `observe`, profiles of {rebuild['profile_bytes']:.0f} bytes); "

@@ -21,8 +21,11 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 log = logging.getLogger("evguard.keyed_state")
 
 APPLIED_OFFSET_HEADER = "applied-offset"
-# what the embedded broker and Kafka both accept; compaction keeps each key's last record
-CHANGELOG_TOPIC_CONFIG = {"cleanup.policy": "compact"}
+# compaction keeps each key's last record, but never touches the open segment: the default
+# 1 GiB segment would leave up to 1 GiB per partition for a restore to read (measured on
+# the embedded broker: no compaction at all with the default, 3 records per key -> ~1
+# with 1 MiB segments). Both brokers accept these.
+CHANGELOG_TOPIC_CONFIG = {"cleanup.policy": "compact", "segment.bytes": str(16 * 1024 * 1024)}
 _OFFSET = struct.Struct(">q")
 
 

@@ -89,8 +89,9 @@ def test_the_changelog_is_compacted_and_its_partition_count_is_checked(new_store
     store = new_store()
     assert store.ensure_changelog(3) is True
     assert store.ensure_changelog(3) is False
-    assert topic_config(bootstrap, topic)["cleanup.policy"] == CHANGELOG_TOPIC_CONFIG[
-        "cleanup.policy"] == "compact"
+    config = topic_config(bootstrap, topic)
+    assert config["cleanup.policy"] == "compact"
+    assert {name: config[name] for name in CHANGELOG_TOPIC_CONFIG} == CHANGELOG_TOPIC_CONFIG
     with pytest.raises(ChangelogError, match="has 3 partitions but the input has 6"):
         new_store().ensure_changelog(6)
 
