@@ -72,10 +72,14 @@ class Settings(BaseSettings):
     alert_major_margin: float = Field(0.05, description="Score over threshold by this fraction = major")
     alert_critical_margin: float = Field(0.15, description="Score over threshold by this fraction = critical")
     smtp_timeout_s: float = Field(10.0, description="SMTP connect/send timeout")
-    alerts_queue: str = Field("alerts", description="Durable queue of anomalies (score.*.anomaly)")
+    alerts_queue: str = Field(
+        "alerts", description="Durable queue of anomalies and station alerts "
+                              "(score.*.anomaly, station.*.*)")
 
     # monitoring consumer, drift and the retraining trigger
-    monitoring_queue: str = Field("monitoring", description="Durable queue of all scores (score.#)")
+    monitoring_queue: str = Field(
+        "monitoring", description="Durable queue of all scores and station alerts "
+                                  "(score.#, station.#)")
     monitor_window_s: int = Field(300, description="Monitoring window for health, drift and retraining")
     monitor_min_volume: int = Field(50, description="Fewest sessions in a window to judge drift/rate")
     drift_psi_threshold: float = Field(0.25, description="PSI of a feature or the score that means drift")

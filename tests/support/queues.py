@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import orjson
 import pika
 
+from monitoring.alerter import BINDINGS as ALERT_BINDINGS
+from monitoring.monitor import BINDINGS as MONITOR_BINDINGS
 from monitoring.rabbit import declare_queue
 from pipelines.contracts.dead_letters import dlq_name
 from pipelines.settings import Settings
@@ -37,13 +39,15 @@ class Results:
 
 
 class ResultQueue:
-    """A durable queue bound to `score.#`, drained on a thread that reconnects after a restart.
+    """A durable queue bound to `binding` (`score.#`: every score result), drained on a thread
+    that reconnects after a restart.
 
     Messages are acknowledged after they are recorded, so a redelivery shows as a duplicate.
     """
 
-    def __init__(self, url: str, exchange: str) -> None:
+    def __init__(self, url: str, exchange: str, binding: str = "score.#") -> None:
         self.results = Results()
+        self.binding = binding
         self.url, self.exchange = url, exchange
         self.queue = f"serving-test-{uuid.uuid4().hex[:8]}"
         self._lock = threading.Lock()
@@ -57,7 +61,7 @@ class ResultQueue:
             channel = conn.channel()
             channel.exchange_declare(self.exchange, "topic", durable=True)
             channel.queue_declare(self.queue, durable=True)
-            channel.queue_bind(self.queue, self.exchange, "score.#")
+            channel.queue_bind(self.queue, self.exchange, self.binding)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -106,7 +110,7 @@ def consumer_queues(settings: Settings, tag: str | None = None) -> Iterator[Sett
     settings = settings.model_copy(update={"rabbitmq_exchange": f"ev.scores.test-{tag}",
                                            "monitoring_queue": f"monitoring-test-{tag}",
                                            "alerts_queue": f"alerts-test-{tag}"})
-    queues = {settings.monitoring_queue: "score.#", settings.alerts_queue: "score.*.anomaly"}
+    queues = {settings.monitoring_queue: MONITOR_BINDINGS, settings.alerts_queue: ALERT_BINDINGS}
     with pika.BlockingConnection(pika.URLParameters(settings.rabbitmq_url)) as conn:
         channel = conn.channel()
         for queue, binding in queues.items():
