@@ -129,6 +129,19 @@ class Settings(BaseSettings):
                     "sessions partition")
     station_tick_s: float = Field(
         60.0, description="How often the worker checks its stations for silence (wall clock)")
+    threshold_recalibration: bool = Field(
+        True, description="Monitoring re-calibrates the champion's threshold from its recent "
+                          "scores (pipelines/scores/calibration.py, docs/models.md)")
+    recalibration_window: int = Field(
+        5000, description="Newest scores of the champion's version a re-calibration reads")
+    recalibration_min_tail: int = Field(
+        10, description="Fewest window scores above the new threshold (window >= this / budget)")
+    recalibration_tolerance: float = Field(
+        1.25, description="Keep the threshold while the window's alert rate is within budget "
+                          "x/÷ this")
+    recalibration_max_factor: float = Field(
+        4.0, description="The new threshold alerts on budget x/÷ at most this of the training "
+                         "reference scores")
 
     @property
     def state_path(self) -> Path:
