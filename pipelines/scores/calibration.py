@@ -191,3 +191,25 @@ def version_scores(rows: Iterable[Mapping], model_version: str) -> np.ndarray:
     a window mixing versions would calibrate one model on another's scale."""
     return np.array([float(r["score"]) for r in rows
                      if str(r.get("model_version")) == str(model_version)], dtype=float)
+
+
+def calibration_markdown(calibration: Calibration, model_name: str, version: str) -> str:
+    """The decision and its evidence for people (the monitor flow's Prefect artifact)."""
+    def rate(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2%}"
+
+    bounds = "-" if calibration.bounds is None else (
+        f"{calibration.bounds[0]:.4g} .. {calibration.bounds[1]:.4g}")
+    rows = [("decision", calibration.decision), ("reason", calibration.reason),
+            ("threshold served", f"{calibration.threshold:.6g}"),
+            ("threshold before", f"{calibration.current_threshold:.6g}"),
+            ("window", f"{calibration.window_scores} scores of v{version}"),
+            ("quantile", f"{calibration.quantile:g}"),
+            ("window quantile", "-" if calibration.window_quantile is None
+             else f"{calibration.window_quantile:.6g}"),
+            ("alert rate before / after", (f"{rate(calibration.alert_rate_before)} / "
+                                          f"{rate(calibration.alert_rate_after)}")),
+            ("allowed range (training reference)", bounds),
+            ("bounded", "yes" if calibration.clamped else "no")]
+    lines = [f"# Threshold of {model_name} v{version}", "", "| | |", "|---|---|"]
+    return "\n".join(lines + [f"| {k} | {v} |" for k, v in rows]) + "\n"
