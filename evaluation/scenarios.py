@@ -139,7 +139,11 @@ def run_scenario(settings: Settings, workdir: Path, title: str, train: Sequence[
     quarantined = _quarantined_ids(scored_ingest.quarantine_path)
     progress(f"{title}: score through the serving steps", 3, steps)
     model, promoted = serving_model(s, training.version)
-    served = score_through_serving(model, scored, s)
+    # the worker has already seen the training sessions of the sites it scores (time split);
+    # a site scored only after training elsewhere starts with no station history (cross-site)
+    sites = {r.get("siteID") for r in scored}
+    served = score_through_serving(model, scored, s,
+                                   history=[r for r in train if r.get("siteID") in sites])
     progress(f"{title}: seed baseline", 4, steps)
     trained_on = resolve_dataset(s, ingest.dataset_id).records()
     baseline = seed_baseline(trained_on, scored, config.alert_budget, config.seed,

@@ -1,8 +1,10 @@
-"""Score sessions through the worker's own Decode and Score steps, in process, without brokers.
+"""Score sessions through the worker's own Decode, Context and Score steps, in process,
+without brokers.
 
 Each session is encoded exactly as the replay producer sends it
-(`encode_session`, key = stationID), cut into micro-batches of `serve_batch_size`
-like the consumer loop does, and submitted to the scoring-only chain that
+(`encode_session`, key = stationID), in the order sessions end (the order they
+reach Kafka), cut into micro-batches of `serve_batch_size` like the consumer loop
+does, and submitted to the scoring-only chain that
 `serving.chain.build_scoring_chain` builds from the worker's steps. What the
 Score step hands on (routing key, result body) is parsed with the consumers'
 `parse_score_result`, so the evaluation reads the same results that monitoring
@@ -21,7 +23,7 @@ import numpy as np
 
 from pipelines.contracts.score_result import parse_score_result
 from pipelines.contracts.sessions import Source, encode_session, session_key
-from pipelines.data.features import feature_matrix
+from pipelines.data.features import feature_matrix, sessions_to_frame
 from pipelines.models import registry
 from pipelines.models.registry import ChampionModel
 from pipelines.settings import Settings
@@ -46,14 +48,29 @@ class ServedSessions:
     seconds: float = 0.0
 
 
-def score_through_serving(model: Scorer, records: Sequence[dict],
-                          settings: Settings) -> ServedSessions:
-    """Run `records` through Decode -> Score with `model`.
+def arrival_order(records: Sequence[dict]) -> np.ndarray:
+    """Indices of `records` in the order they reach Kafka: when each session ended."""
+    ends = feature_frame_end_times(records)
+    return np.argsort(ends, kind="stable")
+
+
+def feature_frame_end_times(records: Sequence[dict]) -> np.ndarray:
+    frame = sessions_to_frame(records)
+    end = frame["disconnectTime"].fillna(frame["doneChargingTime"]).fillna(
+        frame["connectionTime"])
+    return end.astype("int64").to_numpy()
+
+
+def score_through_serving(model: Scorer, records: Sequence[dict], settings: Settings,
+                          history: Sequence[dict] = ()) -> ServedSessions:
+    """Run `records` through Decode -> Context -> Score with `model`.
 
     Args:
         model: e.g. `pipelines.models.registry.load_champion(settings)`.
         records: ACN session dicts, in the order results are returned.
         settings: `serve_batch_size`, `serve_site_ids`, `serve_explain_top_k`.
+        history: sessions that reached the worker before these (the training side of a
+            time split): they build the station state first, unscored.
 
     Returns:
         Scores, alerts, first explanation feature and dead letters, per record.
@@ -62,28 +79,34 @@ def score_through_serving(model: Scorer, records: Sequence[dict],
         current_model=lambda: model, feature_fn=feature_matrix,
         options=ChainOptions(explain_top_k=settings.serve_explain_top_k,
                              site_ids=frozenset(settings.serve_site_ids)))
+    past = [history[i] for i in arrival_order(history)] if len(history) else []
+    chain.tracker.process(past, [Source(EVALUATION_TOPIC, 0, i, 0) for i in range(len(past))])
     started = time.perf_counter()
     size = max(1, settings.serve_batch_size)
     now_ms = int(time.time() * 1000)
+    order = arrival_order(records)
+    base = len(past)  # offsets continue after the history's, as on one partition
     for first in range(0, len(records), size):
-        chunk = records[first:first + size]
-        raw = [RawMessage(encode_session(r), str(session_key(r)).encode(),
-                          Source(EVALUATION_TOPIC, 0, first + i, now_ms))
-               for i, r in enumerate(chunk)]
-        chain.head.submit(Batch(offsets={(EVALUATION_TOPIC, 0): first + len(chunk)}, raw=raw))
+        chunk = order[first:first + size]
+        raw = [RawMessage(encode_session(records[i]), str(session_key(records[i])).encode(),
+                          Source(EVALUATION_TOPIC, 0, base + first + j, now_ms))
+               for j, i in enumerate(chunk)]
+        chain.head.submit(Batch(offsets={(EVALUATION_TOPIC, 0): base + first + len(chunk)},
+                                raw=raw))
     n = len(records)
     served = ServedSessions(np.full(n, np.nan), np.zeros(n, bool), np.full(n, "", object),
                             np.zeros(n, bool), batches=len(chain.collected.batches))
     for batch in chain.collected.batches:
         for source, (_key, body) in zip(batch.sources, batch.results):
             result = parse_score_result(body)
-            served.scores[source.offset] = result.score
-            served.alerts[source.offset] = result.is_anomaly
+            index = order[source.offset - base]
+            served.scores[index] = result.score
+            served.alerts[index] = result.is_anomaly
             if result.explanation:
-                served.top_features[source.offset] = result.explanation[0]["feature"]
+                served.top_features[index] = result.explanation[0]["feature"]
     letters = chain.dead_letters.messages
     for message in letters:
-        served.dead_lettered[message.source.offset] = True
+        served.dead_lettered[order[message.source.offset - base]] = True
     served.dead_letter_reasons = dict(Counter(m.reason.split(",")[0][:80] for m in letters))
     served.seconds = time.perf_counter() - started
     return served

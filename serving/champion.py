@@ -37,15 +37,23 @@ class UnusableModelError(RuntimeError):
 
 
 class IncompatibleModelError(UnusableModelError):
-    """The model was trained on another feature version than this code computes."""
+    """The model needs a feature column that this code does not compute."""
 
 
-def check_compatible(model: Scorer, feature_version: str | None) -> None:
-    if feature_version is not None and model.feature_version != feature_version:
+def check_compatible(model: Scorer, computed_columns: Sequence[str] | None) -> None:
+    """A model serves if every column it was trained on is computed here.
+
+    Feature versions only add columns (`f3` = `f2` + station context), so an
+    older champion keeps serving while a newer one must beat it to be promoted.
+    """
+    if computed_columns is None:
+        return
+    missing = [c for c in model.feature_columns if c not in set(computed_columns)]
+    if missing:
         raise IncompatibleModelError(
             f"model {model.name} v{model.version} was trained on features "
-            f"{model.feature_version!r}, but this worker computes {feature_version!r}; "
-            f"retrain it (`evguard train`) or deploy the matching code."
+            f"{model.feature_version!r} and needs {missing}, which this worker does not "
+            f"compute; retrain it (`evguard train`) or deploy the matching code."
         )
 
 
@@ -59,7 +67,7 @@ class ChampionWatcher:
     """
 
     def __init__(self, load: Callable[[], Scorer], poll_version: Callable[[], str | None],
-                 interval_s: float, feature_version: str | None = None,
+                 interval_s: float, feature_columns: Sequence[str] | None = None,
                  on_swap: Callable[[Scorer], None] = lambda m: None,
                  on_error: Callable[[], None] = lambda: None,
                  warmup: Callable[[Scorer], None] = lambda m: None) -> None:
@@ -67,7 +75,7 @@ class ChampionWatcher:
         self._warmup = warmup
         self._poll_version = poll_version
         self.interval_s = interval_s
-        self.feature_version = feature_version
+        self.feature_columns = feature_columns
         self._on_swap = on_swap
         self._on_error = on_error
         self._current: Scorer | None = None
@@ -83,7 +91,7 @@ class ChampionWatcher:
             NoChampionError: there is no champion.
             RegistryUnavailable: the registry cannot be read.
             UnusableModelError: the champion does not load or fails on a sample session
-                (`IncompatibleModelError`: its feature version differs from this code's).
+                (`IncompatibleModelError`: it needs a feature this code does not compute).
         """
         try:
             version = self._poll_version()
@@ -98,7 +106,7 @@ class ChampionWatcher:
             model = self._load()
         except Exception as exc:
             raise UnusableModelError(f"cannot load the champion model v{version}: {exc}") from exc
-        check_compatible(model, self.feature_version)
+        check_compatible(model, self.feature_columns)
         try:
             self._warmup(model)
         except Exception as exc:
@@ -150,7 +158,7 @@ class ChampionWatcher:
         t0 = time.monotonic()
         try:
             model = self._load()
-            check_compatible(model, self.feature_version)
+            check_compatible(model, self.feature_columns)
             self._warmup(model)  # lazy imports and explainers are built here, not in a batch
         except IncompatibleModelError as exc:
             log.error("not swapping to champion v%s: %s", version, exc)

@@ -9,18 +9,20 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaException
 
 from pipelines.contracts.sessions import EXAMPLE_SESSION
-from pipelines.data.features import FEATURE_VERSION, feature_matrix
+from pipelines.data.features import FEATURE_COLUMNS, feature_matrix
 from pipelines.models import registry
 from pipelines.models.registry import NoChampionError, RegistryUnavailable
 from pipelines.settings import Settings
 from serving.champion import ChampionWatcher, Scorer, UnusableModelError
 from serving.kafka import KafkaUnavailable, ensure_topics
 from serving.prometheus import WorkerMetrics
+from serving.steps.commit import StateWriteError
 from serving.steps.dead_letters import DeadLetterError, InvalidRatioExceeded
 from serving.steps.score import FeatureFn
 from serving.worker import ScoringWorker, WorkerReport, batch_log
 
 EXIT_OK, EXIT_ERROR, EXIT_NO_MODEL, EXIT_INVALID_RATIO, EXIT_DEAD_LETTER = 0, 1, 2, 3, 4
+EXIT_STATE_WRITE = 5
 
 
 @dataclass
@@ -37,13 +39,14 @@ def run_worker(settings: Settings, stop: threading.Event | None = None,
     """Serve the champion until stopped (signal, `stop`, or idle).
 
     Exit codes: 0 stopped cleanly, 1 Kafka unreachable, 2 no usable champion,
-    3 invalid-ratio limit, 4 dead letter not acknowledged.
+    3 invalid-ratio limit, 4 dead letter not acknowledged, 5 station-state changelog write not
+    acknowledged.
     """
     metrics = WorkerMetrics()
     watcher = ChampionWatcher(
         load=lambda: registry.load_champion(settings),
         poll_version=lambda: registry.champion_version(settings),
-        interval_s=settings.serve_model_poll_s, feature_version=FEATURE_VERSION,
+        interval_s=settings.serve_model_poll_s, feature_columns=FEATURE_COLUMNS,
         on_swap=metrics.observe_model, on_error=metrics.model_reload_errors.inc,
         warmup=lambda model: warm_up(model, feature_matrix, settings.serve_explain_top_k))
     empty = WorkerReport()
@@ -64,6 +67,8 @@ def run_worker(settings: Settings, stop: threading.Event | None = None,
         return ServeOutcome(EXIT_INVALID_RATIO, f"STOPPED: {exc}", worker.report)
     except DeadLetterError as exc:
         return ServeOutcome(EXIT_DEAD_LETTER, f"STOPPED: {exc}", worker.report)
+    except StateWriteError as exc:
+        return ServeOutcome(EXIT_STATE_WRITE, f"STOPPED: {exc}", worker.report)
     except KafkaException as exc:
         return ServeOutcome(EXIT_ERROR, f"STOPPED: Kafka: {exc.args[0].str()}", worker.report)
     finally:
@@ -73,7 +78,7 @@ def run_worker(settings: Settings, stop: threading.Event | None = None,
 
 def warm_up(model: Scorer, feature_fn: FeatureFn, top_k: int) -> None:
     """Score and explain one sample session, so lazy imports happen before serving."""
-    features = feature_fn([EXAMPLE_SESSION])
+    features = feature_fn([EXAMPLE_SESSION], None)
     model.score(features)
     model.explain(features, top_k=top_k)
 

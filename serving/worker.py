@@ -21,12 +21,14 @@ from dataclasses import dataclass, replace
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from keyed_state import KeyedStateStore
 from pipelines.contracts.sessions import Source
 from pipelines.settings import Settings
 from serving.chain import Chain, ChainOptions, build_chain
 from serving.champion import ChampionWatcher
 from serving.kafka import consumer_config, dead_letter_producer_config
 from serving.prometheus import Heartbeat, MetricsServer, WorkerMetrics
+from serving.stations import STATION_STATE_CODEC, StationTracker
 from serving.steps.base import Batch, MessageRejected
 from serving.steps.commit import CommitPolicy, Offsets
 from serving.steps.dead_letters import (
@@ -51,6 +53,7 @@ class WorkerReport:
     scored: int = 0
     anomalies: int = 0
     dead_lettered: int = 0
+    station_alerts: int = 0
     batches: int = 0
     seconds: float = 0.0
 
@@ -106,6 +109,8 @@ class ScoringWorker:
         self._consumer: Consumer | None = None
         self._publisher: RabbitPublisher | None = None
         self._dead_letters: DeadLetterProducer | None = None
+        self._state: KeyedStateStore | None = None
+        self._tracker: StationTracker | None = None
         self._last_error_log = 0.0
         self._model = None
 
@@ -133,6 +138,12 @@ class ScoringWorker:
         self._dead_letters = DeadLetterProducer(
             Producer(dead_letter_producer_config(s.kafka_servers)), s.topic_dlq,
             on_written=lambda stage: self.metrics.dead_lettered.labels(stage).inc())
+        self._state = KeyedStateStore(s.kafka_servers, s.topic_station_state,
+                                      STATION_STATE_CODEC, s.consumer_group)
+        self._state.ensure_changelog(s.topic_partitions)
+        self._tracker = StationTracker(
+            self._state.partition, lambda: sorted(p for _t, p in self._assigned),
+            s.station_tick_s, s.serve_instance_id)
         self._consumer = Consumer({**consumer_config(s), "on_commit": self._on_commit,
                                    "error_cb": self._on_kafka_error})
         self._consumer.subscribe([s.topic_sessions], on_assign=self._on_assign,
@@ -168,6 +179,8 @@ class ScoringWorker:
             self._consumer.close()
         if self._dead_letters is not None:
             self._dead_letters.close(5.0)
+        if self._state is not None:
+            self._state.close(5.0)
         if self._publisher is not None:
             self._publisher.close()
         log.info("worker stopped: consumed %d, scored %d, anomalies %d, dead-lettered %d",
@@ -189,6 +202,9 @@ class ScoringWorker:
             if batch is not None:
                 last_message = time.monotonic()
                 self._held.append(batch)
+                self._submit_held()
+            elif not self._held and self._chain is not None and self._tracker.tick_due():
+                self._held.append(Batch(offsets={}))  # no session: the silence timer still runs
                 self._submit_held()
             if self._chain is not None:
                 self._chain.head.poll()
@@ -268,7 +284,8 @@ class ScoringWorker:
         return build_chain(
             commit=self._commit, publisher=self._publisher, dead_letters=self._dead_letters,
             invalid_ratio=self._invalid_ratio, current_model=self._current_model,
-            feature_fn=self.feature_fn, metrics=self.metrics, options=self._options,
+            feature_fn=self.feature_fn, tracker=self._tracker, flush_state=self._state.flush,
+            state_poll=self._state.poll, metrics=self.metrics, options=self._options,
             on_done=self._on_batch_done)
 
     def _current_model(self):
@@ -287,6 +304,8 @@ class ScoringWorker:
         chain.publish.discard()
 
     def _on_assign(self, _consumer, partitions: list[TopicPartition]) -> None:
+        restored = self._state.restore(tp.partition for tp in partitions)
+        log.info("station state restored: %s keys per partition", restored)
         self._assigned = {(tp.topic, tp.partition) for tp in partitions}
         self._paused = False
         self.metrics.paused.set(0)
@@ -300,7 +319,14 @@ class ScoringWorker:
         self._held.clear()  # not accepted yet: the next owner reads them again
         if self._chain is not None:
             self._finish_chain(self.settings.serve_shutdown_timeout_s)
+        self._forget_state(partitions)
         self._assigned = set()
+
+    def _forget_state(self, partitions: list[TopicPartition]) -> None:
+        """The next owner restores these partitions' station state from the changelog."""
+        numbers = [tp.partition for tp in partitions]
+        self._state.drop(numbers)
+        self._tracker.clock.forget(numbers)
 
     def _on_lost(self, _consumer, partitions: list[TopicPartition]) -> None:
         log.warning("partitions %s lost (session timed out): dropping work in flight, "
@@ -309,6 +335,7 @@ class ScoringWorker:
         if self._chain is not None:
             self._chain.publish.discard()
             self._chain = None
+        self._forget_state(partitions)
         self._assigned = set()
 
     def _commit(self, offsets: Offsets, sync: bool) -> None:
@@ -342,7 +369,8 @@ class ScoringWorker:
         r = self.report
         r.batches += 1
         r.consumed += batch.size
-        r.scored += len(batch.results)
+        r.scored += len(batch.results) - len(batch.station_alerts)
+        r.station_alerts += len(batch.station_alerts)
         r.anomalies += batch.anomalies
         r.dead_lettered += len(batch.invalid)
         if batch_log.isEnabledFor(logging.INFO):

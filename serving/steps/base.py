@@ -1,7 +1,7 @@
 """The step interface of the worker's chain, its backpressure signal and the batch that flows
 through it.
 
-The chain is Decode -> Score -> Publish -> Commit (see `serving.chain`). Each
+The chain is Decode -> Context -> Score -> Publish -> Commit (see `serving.chain`). Each
 step has the same four calls, in the spirit of arroyo's ProcessingStrategy, but
 the unit is a micro-batch from `Consumer.consume`, not one message: the worker
 must handle ~20,000 sessions/s on one core, and per-message step overhead was
@@ -49,12 +49,16 @@ class Batch:
     received_at: float = field(default_factory=time.monotonic)
     records: list[dict] = field(default_factory=list)
     sources: list[Source] = field(default_factory=list)
+    contexts: list[dict] = field(default_factory=list)  # station context, aligned with records
     invalid: list[InvalidMessage] = field(default_factory=list)
     results: list[tuple[str, bytes]] = field(default_factory=list)
     anomalies: int = 0
     model_version: str = ""
     dead_letters_pending: int = 0
     dead_letter_error: str | None = None
+    station_alerts: list[tuple[str, bytes]] = field(default_factory=list)
+    state_writes_pending: int = 0  # station-state changelog writes not yet acknowledged
+    state_write_error: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     @property

@@ -17,7 +17,8 @@ from serving.steps.dead_letters import DeadLetterProducer
 
 log = logging.getLogger("evguard.serving.steps")
 
-FeatureFn = Callable[[Sequence[dict]], "object"]  # records -> DataFrame[FEATURE_COLUMNS]
+# (records, station contexts or None = replay them as the whole history) -> DataFrame
+FeatureFn = Callable[[Sequence[dict], Sequence[dict] | None], "object"]
 
 
 class ScoreStep(TransformStep):
@@ -42,15 +43,17 @@ class ScoreStep(TransformStep):
         model = self._current_model()
         batch.model_version = model.version
         if not batch.records:
+            batch.results = list(batch.station_alerts)
             return
         t0 = time.perf_counter()
         try:
-            features, scores = self._score(model, batch.records)
+            features, scores = self._score(model, batch.records, batch.contexts)
         except Exception as exc:  # noqa: BLE001 - one bad record must not stop the batch
             log.warning("batch scoring failed (%s: %s); isolating the bad records",
                         type(exc).__name__, exc)
             features, scores = self._score_isolating(model, batch)
             if not batch.records:
+                batch.results = list(batch.station_alerts)
                 return
         t1 = time.perf_counter()
         anomalous = np.flatnonzero(scores >= model.threshold)
@@ -63,7 +66,7 @@ class ScoreStep(TransformStep):
             {"name": model.name, "version": str(model.version),
              "feature_version": model.feature_version},
             datetime.now(UTC).isoformat(timespec="milliseconds"),
-        )
+        ) + batch.station_alerts
         batch.anomalies = len(anomalous)
         batch.payloads = []
         batch.timings.update(score_ms=(t1 - t0) * 1000, explain_ms=(t2 - t1) * 1000,
@@ -71,8 +74,8 @@ class ScoreStep(TransformStep):
         self._metrics.scored.inc(len(batch.records))
         self._metrics.anomalies.inc(batch.anomalies)
 
-    def _score(self, model: Scorer, records: Sequence[dict]):
-        features = self._features(records)
+    def _score(self, model: Scorer, records: Sequence[dict], contexts: Sequence[dict]):
+        features = self._features(records, contexts)
         scores = np.asarray(model.score(features), dtype=np.float64)
         if scores.shape != (len(records),):
             raise ValueError(f"model returned {scores.shape} scores for {len(records)} records")
@@ -87,7 +90,8 @@ class ScoreStep(TransformStep):
 
         def visit(indices: list[int]) -> None:
             try:
-                self._score(model, [batch.records[i] for i in indices])
+                self._score(model, [batch.records[i] for i in indices],
+                            [batch.contexts[i] for i in indices])
                 good.extend(indices)
             except Exception as exc:  # noqa: BLE001
                 if len(indices) == 1:
@@ -107,9 +111,10 @@ class ScoreStep(TransformStep):
         batch.records = [batch.records[i] for i in keep]
         batch.sources = [batch.sources[i] for i in keep]
         batch.payloads = [batch.payloads[i] for i in keep]
+        batch.contexts = [batch.contexts[i] for i in keep]
         if not keep:
             return None, np.empty(0)
-        return self._score(model, batch.records)
+        return self._score(model, batch.records, batch.contexts)
 
     def _explain(self, model: Scorer, features, anomalous: np.ndarray) -> dict[int, list[dict]]:
         if len(anomalous) == 0:

@@ -64,6 +64,7 @@ def fault_settings(kafka_settings, rabbit_settings, fault_store) -> Settings:
     tag = uuid.uuid4().hex[:8]
     settings = kafka_settings.model_copy(update={
         "topic_sessions": f"faults-{tag}", "topic_dlq": f"faults-{tag}.dlq",
+        "topic_station_state": f"faults-{tag}.station-state",
         "consumer_group": f"faults-{tag}", "rabbitmq_exchange": f"ev.scores.faults-{tag}",
         "rabbitmq_url": rabbit_settings.rabbitmq_url, "metrics_port": free_port(),
         "serve_model_poll_s": 1.0, "serve_batch_timeout_ms": 20,
@@ -71,7 +72,8 @@ def fault_settings(kafka_settings, rabbit_settings, fault_store) -> Settings:
         **{k: v for k, v in fault_store.items() if k != "version"}})
     ensure_topics(settings)
     yield settings
-    delete_topics(settings, [settings.topic_sessions, settings.topic_dlq])
+    delete_topics(settings, [settings.topic_sessions, settings.topic_dlq,
+                              settings.topic_station_state])
     delete_exchange(settings)
 
 

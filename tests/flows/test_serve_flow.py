@@ -26,6 +26,7 @@ def serve_env(kafka_settings, rabbit_settings, tmp_path, monkeypatch):
         "KAFKA_PORT": str(kafka_settings.kafka_port),
         "TOPIC_SESSIONS": f"flow-sessions-{tag}",
         "TOPIC_DLQ": f"flow-sessions-{tag}.dlq",
+        "TOPIC_STATION_STATE": f"flow-sessions-{tag}.station-state",
         "CONSUMER_GROUP": f"flow-scoring-{tag}",
         "RABBITMQ_URL": rabbit_settings.rabbitmq_url,
         "RABBITMQ_EXCHANGE": f"ev.scores.flow-{tag}",
@@ -36,6 +37,7 @@ def serve_env(kafka_settings, rabbit_settings, tmp_path, monkeypatch):
         monkeypatch.setenv(f"EVGUARD_{key}", value)
     settings = kafka_settings.model_copy(update={
         "topic_sessions": env["TOPIC_SESSIONS"], "topic_dlq": env["TOPIC_DLQ"],
+        "topic_station_state": env["TOPIC_STATION_STATE"],
         "rabbitmq_exchange": env["RABBITMQ_EXCHANGE"], "state_dir": tmp_path / "state",
         "mlflow_tracking_uri": env["MLFLOW_TRACKING_URI"]})
     ensure_topics(settings)
@@ -43,7 +45,8 @@ def serve_env(kafka_settings, rabbit_settings, tmp_path, monkeypatch):
     queue = ResultQueue(settings.rabbitmq_url, settings.rabbitmq_exchange)
     yield settings, version, queue
     queue.close()
-    delete_topics(settings, [settings.topic_sessions, settings.topic_dlq])
+    delete_topics(settings, [settings.topic_sessions, settings.topic_dlq,
+                              settings.topic_station_state])
     with pika.BlockingConnection(pika.URLParameters(settings.rabbitmq_url)) as conn:
         conn.channel().exchange_delete(settings.rabbitmq_exchange)
 

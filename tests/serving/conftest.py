@@ -31,6 +31,7 @@ def serving_settings(kafka_settings, rabbit_settings, champion_store):
     tag = uuid.uuid4().hex[:8]
     settings = kafka_settings.model_copy(update={
         "topic_sessions": f"sessions-{tag}", "topic_dlq": f"sessions-{tag}.dlq",
+        "topic_station_state": f"sessions-{tag}.station-state",
         "consumer_group": f"scoring-{tag}", "rabbitmq_exchange": f"ev.scores.serving-{tag}",
         "rabbitmq_url": rabbit_settings.rabbitmq_url, "metrics_port": 0,
         "serve_model_poll_s": 1.0, "serve_batch_timeout_ms": 20,
@@ -38,7 +39,8 @@ def serving_settings(kafka_settings, rabbit_settings, champion_store):
         **{k: v for k, v in champion_store.items() if k != "version"}})
     ensure_topics(settings)
     yield settings
-    delete_topics(settings, [settings.topic_sessions, settings.topic_dlq])
+    delete_topics(settings, [settings.topic_sessions, settings.topic_dlq,
+                              settings.topic_station_state])
     with pika.BlockingConnection(pika.URLParameters(settings.rabbitmq_url)) as conn:
         conn.channel().exchange_delete(settings.rabbitmq_exchange)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.data.features import FEATURE_VERSION
+from pipelines.data.features import FEATURE_COLUMNS
 from pipelines.models.registry import NoChampionError
 from serving.champion import ChampionWatcher, IncompatibleModelError
 from tests.serving.stand_ins import PowerScorer
@@ -17,7 +17,7 @@ class Registry:
         self.version = version
         self.down = False
         self.loads = 0
-        self.feature_version = PowerScorer.feature_version
+        self.feature_columns = list(PowerScorer.feature_columns)
 
     def poll(self) -> str | None:
         if self.down:
@@ -27,12 +27,13 @@ class Registry:
     def load(self) -> PowerScorer:
         self.loads += 1
         model = PowerScorer(version=self.version)
-        model.feature_version = self.feature_version
+        model.feature_columns = self.feature_columns
         return model
 
 
 def watcher(reg: Registry, **kw) -> ChampionWatcher:
-    return ChampionWatcher(reg.load, reg.poll, interval_s=0, feature_version=FEATURE_VERSION, **kw)
+    return ChampionWatcher(reg.load, reg.poll, interval_s=0, feature_columns=FEATURE_COLUMNS,
+                          **kw)
 
 
 def test_no_champion_at_start_is_a_clear_error():
@@ -40,11 +41,17 @@ def test_no_champion_at_start_is_a_clear_error():
         watcher(Registry(None)).start()
 
 
-def test_a_model_for_other_features_is_refused_at_start():
+def test_a_model_needing_a_feature_not_computed_here_is_refused_at_start():
     reg = Registry("1")
-    reg.feature_version = "f0"
-    with pytest.raises(IncompatibleModelError, match="f0"):
+    reg.feature_columns = [*FEATURE_COLUMNS[:5], "wind_speed"]
+    with pytest.raises(IncompatibleModelError, match="wind_speed"):
         watcher(reg).start()
+
+
+def test_a_model_on_an_older_feature_version_serves_on_the_columns_it_knows():
+    reg = Registry("1")
+    reg.feature_columns = FEATURE_COLUMNS[:16]  # version f1: a prefix of today's columns
+    assert watcher(reg).start().version == "1"
 
 
 def test_a_new_champion_is_loaded_in_the_background_and_swapped_on_the_next_batch():
@@ -76,7 +83,7 @@ def test_an_incompatible_new_champion_is_not_swapped_in_nor_reloaded_every_poll(
     reg = Registry("1")
     w = watcher(reg)
     w.start()
-    reg.version, reg.feature_version = "2", "f9"
+    reg.version, reg.feature_columns = "2", ["wind_speed"]
     w.check_now()
     w.check_now()
     assert w.current().version == "1" and reg.loads == 2

@@ -8,7 +8,9 @@ import pytest
 from pipelines.data.features import feature_matrix
 from serving.prometheus import WorkerMetrics
 from serving.steps.base import MessageRejected
-from serving.steps.commit import IMMEDIATE, CommitPolicy, CommitStep
+from serving.chain import in_memory_tracker
+from serving.steps.commit import IMMEDIATE, CommitPolicy, CommitStep, StateWriteError
+from serving.steps.context import ContextStep
 from serving.steps.dead_letters import (
     LENIENT,
     DeadLetterError,
@@ -95,7 +97,8 @@ def score_step(nxt, model, dead=None):
 
 
 def decoded_batch(values):
-    step, _ = decode_step(RecordingStep())
+    """Decoded, and given its station context, as Score receives it."""
+    step, _ = decode_step(ContextStep(RecordingStep(), in_memory_tracker()))
     batch = raw_batch(values)
     step.submit(batch)
     return batch
@@ -182,3 +185,24 @@ def test_commit_policy_batches_commits_and_join_commits_synchronously():
     assert len(commits) == 1
     step.join(1.0)
     assert commits[-1] == ({("ev-station-data", 1): 2, ("ev-station-data", 0): 6}, True)
+
+
+def test_commit_waits_for_the_station_state_writes_and_never_passes_a_failed_one():
+    writes, commits = [], []
+    commit = CommitStep(lambda offsets, sync: commits.append(offsets), RecordingDeadLetters(),
+                        IMMEDIATE)
+    context = ContextStep(commit, in_memory_tracker(),
+                          flush_state=lambda delivered: writes.append(delivered) or 1)
+    step, _ = decode_step(context)
+    step.submit(raw_batch([encoded(0), encoded(1)]))
+    commit.poll()
+    assert commits == [] and len(writes) == 1  # the state this batch changed is not durable yet
+    writes[0](None)
+    commit.poll()
+    assert commits == [{("ev-station-data", 0): 2}]
+
+    step.submit(raw_batch([encoded(2)], first_offset=2))
+    writes[1]("changelog partition offline")
+    with pytest.raises(StateWriteError, match="changelog partition offline"):
+        commit.poll()
+    assert len(commits) == 1

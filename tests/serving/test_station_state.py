@@ -1,0 +1,155 @@
+"""The worker's station state: restored after a kill, never counting a session twice, and
+timing silent stations out with no message arriving (issue 12)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+
+import orjson
+
+from keyed_state import PartitionState
+from pipelines.contracts.sessions import Source, encode_session
+from pipelines.data.features import CONTEXT_COLUMNS
+from pipelines.data.synth import generate_sessions
+from serving.kafka import ensure_topics
+from serving.stations import StationTracker
+from tests.support.brokers import delete_topics, produce
+from tests.support.faultkit import wait_for_partitions
+from tests.support.queues import ResultQueue
+from tests.support.workers import InProcessWorker, start_worker_process
+
+
+def _in_arrival_order(records: list[dict]) -> list[dict]:
+    """Sessions reach Kafka when they end."""
+    from evaluation.scoring import arrival_order
+
+    return [records[i] for i in arrival_order(records)]
+
+
+def _contexts(results) -> dict[str, dict]:
+    return {b["sessionID"]: {c: b["features"][c] for c in CONTEXT_COLUMNS}
+            for b in results.bodies}
+
+
+def _own_topics(settings, tag: str):
+    s = settings.model_copy(update={
+        "topic_sessions": f"state-{tag}", "topic_dlq": f"state-{tag}.dlq",
+        "topic_station_state": f"state-{tag}.station-state", "consumer_group": f"state-{tag}",
+        "rabbitmq_exchange": f"ev.scores.state-{tag}"})
+    ensure_topics(s)
+    return s
+
+
+def test_context_after_a_kill_and_restore_equals_an_uninterrupted_run(serving_settings,
+                                                                      tmp_path):
+    records = _in_arrival_order(generate_sessions(900, seed=12)[0])
+    values = [encode_session(r) for r in records]
+    keys = [str(r["stationID"]) for r in records]
+    first, second = slice(0, 500), slice(500, None)
+    later_ids = {r["sessionID"] for r in records[second]}
+
+    # the reference: one worker reads everything
+    reference = _own_topics(serving_settings, uuid.uuid4().hex[:6])
+    queue = ResultQueue(reference.rabbitmq_url, reference.rabbitmq_exchange)
+    worker = InProcessWorker(reference)
+    try:
+        produce(reference, values, keys)
+        expected = _contexts(queue.wait_for(lambda r: len(r.sessions()) == len(records), 90))
+    finally:
+        worker.finish()
+        queue.close()
+        delete_topics(reference, [reference.topic_sessions, reference.topic_dlq,
+                                  reference.topic_station_state])
+    assert len(expected) == len(records)
+
+    # the same stream, with the worker killed (SIGKILL) mid-way and restarted
+    tag = uuid.uuid4().hex[:6]
+    s = _own_topics(serving_settings, tag).model_copy(update={
+        "serve_instance_id": f"state-{tag}", "metrics_port": _free_port(),
+        "serve_batch_size": 50})
+    queue = ResultQueue(s.rabbitmq_url, s.rabbitmq_exchange)
+    process = start_worker_process(s, tmp_path / "worker.log")
+    try:
+        wait_for_partitions(s.metrics_port, alive=lambda: process.poll() is None)
+        produce(s, values[first], keys[first])
+        queue.wait_for(lambda r: len(r.sessions()) >= 250, 90)
+        os.kill(process.pid, signal.SIGKILL)
+        assert process.wait(10) == -signal.SIGKILL
+        process = start_worker_process(s, tmp_path / "worker.log")
+        wait_for_partitions(s.metrics_port, alive=lambda: process.poll() is None)
+        produce(s, values[second], keys[second])
+        results = queue.wait_for(lambda r: r.sessions() >= later_ids, 90)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(30)
+        queue.close()
+        delete_topics(s, [s.topic_sessions, s.topic_dlq, s.topic_station_state])
+
+    restored = {sid: ctx for sid, ctx in _contexts(results).items() if sid in later_ids}
+    assert restored.keys() == later_ids, (tmp_path / "worker.log").read_text()[-3000:]
+    differ = [sid for sid in later_ids if restored[sid] != expected[sid]]
+    assert not differ, (differ[:3], [(restored[d], expected[d]) for d in differ[:1]])
+
+
+def _free_port() -> int:
+    from evguard.services.process import free_port
+
+    return free_port()
+
+
+def test_a_redelivered_session_changes_no_state():
+    records = _in_arrival_order(generate_sessions(300, seed=5)[0])
+    sources = [Source("sessions", 0, i, 0) for i in range(len(records))]
+    state = PartitionState(0)
+    tracker = StationTracker(lambda _p: state, lambda: [0], tick_s=float("inf"))
+    tracker.process(records, sources)
+    before = {key: value.to_bytes() for key, value in state.items()}
+
+    contexts_again, _alerts = tracker.process(records[200:], sources[200:])  # after a crash
+
+    assert {key: value.to_bytes() for key, value in state.items()} == before
+    assert tracker.redelivered == 100 and len(contexts_again) == 100
+
+
+def test_a_silent_station_is_alerted_with_no_message_arriving(serving_settings):
+    """Three stations of a site charge daily for four weeks; then two keep going for ten days
+    and the third sends nothing. No message of the silent one arrives: the worker's timer
+    finds it silent."""
+    from datetime import UTC, datetime, timedelta
+
+    from pipelines.contracts.dates import format_rfc1123
+    from pipelines.contracts.station_alert import parse_station_alert
+
+    s = _own_topics(serving_settings.model_copy(update={"topic_partitions": 1}),
+                    uuid.uuid4().hex[:6]).model_copy(update={"station_tick_s": 0.5})
+    template = generate_sessions(1, seed=3)[0][0]
+    start = datetime(2019, 3, 4, 16, tzinfo=UTC)
+    sessions = []
+    for day in range(38):
+        for n, station in enumerate(("CA-SILENT", "CA-BUSY-1", "CA-BUSY-2")):
+            if station == "CA-SILENT" and day >= 28:
+                continue  # broken from day 28 on
+            connect = start + timedelta(days=day, minutes=17 * n)
+            sessions.append({**template, "sessionID": f"{station}-{day}", "stationID": station,
+                             "connectionTime": format_rfc1123(connect),
+                             "doneChargingTime": format_rfc1123(connect + timedelta(hours=2)),
+                             "disconnectTime": format_rfc1123(connect + timedelta(hours=3)),
+                             "kWhDelivered": 9.0, "userInputs": None})
+    sessions = _in_arrival_order(sessions)
+    alerts = ResultQueue(s.rabbitmq_url, s.rabbitmq_exchange, binding="station.#")
+    worker = InProcessWorker(s)
+    try:
+        produce(s, [encode_session(r) for r in sessions], [r["stationID"] for r in sessions])
+        got = alerts.wait_for(lambda r: any(b["kind"] == "silent" for b in r.bodies), 60)
+    finally:
+        worker.finish()
+        alerts.close()
+        delete_topics(s, [s.topic_sessions, s.topic_dlq, s.topic_station_state])
+    silent = [parse_station_alert(orjson.dumps(b)) for b in got.bodies if b["kind"] == "silent"]
+    assert [a.station_id for a in silent] == ["CA-SILENT"], got.bodies
+    assert silent[0].status == "open" and "no session" in silent[0].evidence
+    last_seen = start + timedelta(days=27, hours=3)
+    assert silent[0].opened_ts >= last_seen.timestamp()
