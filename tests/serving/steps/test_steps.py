@@ -6,9 +6,9 @@ import orjson
 import pytest
 
 from pipelines.data.features import feature_matrix
+from serving.chain import in_memory_tracker
 from serving.prometheus import WorkerMetrics
 from serving.steps.base import MessageRejected
-from serving.chain import in_memory_tracker
 from serving.steps.commit import IMMEDIATE, CommitPolicy, CommitStep, StateWriteError
 from serving.steps.context import ContextStep
 from serving.steps.dead_letters import (
