@@ -20,6 +20,7 @@ from keyed_state import PartitionState, PrefixCodec
 from pipelines.contracts.dates import parse_rfc1123
 from pipelines.contracts.sessions import Source
 from pipelines.contracts.station_alert import (
+    InvalidStationAlert,
     encode_station_alert,
     station_alert_message,
     station_routing_key,
@@ -148,7 +149,11 @@ class StationTracker:
         for alert in alerts:
             log.info("station %s %s %s: %s", alert.station_id, alert.kind, alert.status,
                      alert.evidence)
-            message = station_alert_message(alert, detected_at, self._worker_id)
+            try:
+                message = station_alert_message(alert, detected_at, self._worker_id)
+            except InvalidStationAlert as exc:  # e.g. a late session closing before it opened
+                log.warning("station alert of %s not sent: %s", alert.station_id, exc)
+                continue
             out.append((station_routing_key(alert.site_id, alert.kind),
                         encode_station_alert(message)))
         return out

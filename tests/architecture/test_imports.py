@@ -104,6 +104,9 @@ def test_the_import_contracts_hold():
     ("serving/run.py", "import evguard.services.stack", "Layers of the platform"),
     ("pipelines/data/acn.py", "import pipelines.models.registry", "Layers of pipelines"),
     ("pipelines/models/selection.py", "from pipelines.models import tuning", "No cycle"),
+    ("keyed_state/store.py", "import serving.worker", "Layers of the platform"),
+    ("pipelines/stations/health.py", "import pipelines.data.features", "Layers of pipelines"),
+    ("pipelines/stations/profiles.py", "import keyed_state", "pipelines is a library"),
 ])
 def test_a_planted_forbidden_import_breaks_a_contract(tmp_path, module, planted, broken):
     for package in PACKAGES:
