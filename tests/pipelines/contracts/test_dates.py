@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pandas as pd
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -14,6 +15,7 @@ from pipelines.contracts.dates import (
     iso_to_epoch,
     parse_dates,
     parse_rfc1123,
+    rfc1123_to_epoch,
     rfc1123_to_iso,
 )
 
@@ -42,3 +44,16 @@ def test_what_is_not_a_date_is_none_or_nat_never_an_error():
     parsed = parse_dates(odd)
     assert parsed[:5].isna().all()  # the impossible 31 February too
     assert parsed[5] == pd.Timestamp("2019-05-01T10:00:00Z")  # ISO 8601 is read as well
+
+
+@given(st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 12, 31)))
+def test_rfc1123_to_epoch_agrees_with_datetime(when):
+    text = format_rfc1123(when.replace(microsecond=0, tzinfo=UTC))
+    assert rfc1123_to_epoch(text) == parse_rfc1123(text).timestamp()
+
+
+@pytest.mark.parametrize("text", ["Thu, 29 Feb 2019 10:00:00 GMT", "Mon, 31 Apr 2019 10:00:00 GMT",
+                                  "Wed, 02 Jan 2019 24:00:00 GMT", "Wed, 02 Jan 2019 14:55:53 UTC",
+                                  "Wed, 02 Foo 2019 14:55:53 GMT", "", None, 17.0])
+def test_rfc1123_to_epoch_refuses_what_is_not_a_calendar_date(text):
+    assert rfc1123_to_epoch(text) is None
