@@ -9,9 +9,12 @@ A fast stand-in for the time split of `evguard evaluate`, without registry or se
    family tuning chooses on these exports) fitted on the training side without the
    rule-breaking faults (the ingest suites quarantine exactly those). Features are
    `feature_matrix`; the scored sessions' station context is replayed after the training
-   sessions, as the worker has seen them.
+   sessions, as the worker has seen them. With `--train`, instead, the evaluation's own
+   time-split scenario (`evaluation.scenarios.run_scenario`: ingest, `run_training` with
+   the `TrainParams` grid, registry, the worker's steps) gives the scores; slower.
 3. Per budget (`--budgets`): the trained threshold = that quantile of the training scores;
-   the reference of the bound = 2,000 training scores, as a logged model keeps.
+   the reference of the bound = 2,000 training scores, as a logged model keeps. With
+   `--train`: the registered version's reference scores, and its own threshold for 1 %.
 4. `evaluation.drift.drift_section`: the scored sessions in the order they reach the
    worker, in steps of `--step-days`; at each step the threshold is re-calibrated from the
    scores of the previous `--window-days` (0 = all), injected faults included.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +70,38 @@ def scored_side(records: list[dict], rate: float, seed: int, detector_kind: str,
             "reference": reference}
 
 
+def trained_side(records: list[dict], rate: float, seed: int, budgets: list[float],
+                 workdir: Path) -> dict:
+    """The same, from the evaluation's time-split scenario with a trained, registered model."""
+    from evaluation.scenarios import EvaluationConfig, run_scenario
+    from evaluation.scoring import feature_frame_end_times
+    from evaluation.split import split_by_time
+    from pipelines.data.anomalies import inject_anomalies
+    from pipelines.models import registry
+    from pipelines.models.detection_metrics import calibrate_threshold
+    from pipelines.settings import Settings
+
+    injected, labels = inject_anomalies(records, rate, seed)
+    train, scored = split_by_time(injected, 0.3)
+    config = EvaluationConfig(rate=rate, seed=seed, alert_budget=min(budgets),
+                              train={"log_figures": False})
+    base = Settings(_env_file=None, state_dir=workdir / "state", data_dir=workdir / "data")
+    report, curves = run_scenario(base, workdir / "time_split", "time split", train, scored,
+                                  labels, config, lambda stage, done, total: None)
+    settings = base.model_copy(update={
+        "mlflow_tracking_uri": f"sqlite:///{workdir.resolve() / 'mlflow.db'}",
+        "model_name": report["model"]["name"]})
+    model = registry.load_version(settings, report["model"]["version"])
+    reference = np.asarray(model.reference["score"], dtype=float)
+    thresholds = {b: calibrate_threshold(reference, b) for b in budgets}
+    thresholds[min(budgets)] = model.original_threshold
+    print(f"seed {seed}: trained {report['model']['candidate']}", flush=True)
+    return {"scores": np.asarray(curves["evguard"], dtype=float),
+            "arrival_s": feature_frame_end_times(scored) / 1e9,
+            "types": np.array([labels.get(str(r["sessionID"]), "") for r in scored], dtype=object),
+            "thresholds": thresholds, "reference": reference}
+
+
 def _cell(values: list[float]) -> str:
     text = f"{statistics.mean(values):.1%}"
     return text if len(values) == 1 else f"{text} ± {statistics.stdev(values):.1%}"
@@ -102,6 +138,9 @@ def main() -> None:
     parser.add_argument("--max-factor", type=float, default=4.0, help="bound of the move (factor)")
     parser.add_argument("--min-tail", type=int, default=10,
                         help="fewest window scores above the new threshold")
+    parser.add_argument("--train", action="store_true",
+                        help="score with the evaluation's trained champion instead of a fixed "
+                             "detector")
     args = parser.parse_args()
 
     from evaluation.drift import drift_section
@@ -119,14 +158,19 @@ def main() -> None:
                "min_tail": args.min_tail}
     sections = []
     for seed in seeds:
-        side = scored_side(records, args.rate, seed, args.detector, budgets)
+        if args.train:
+            with tempfile.TemporaryDirectory(prefix="evguard-drift-") as tmp:
+                side = trained_side(records, args.rate, seed, budgets, Path(tmp))
+        else:
+            side = scored_side(records, args.rate, seed, args.detector, budgets)
         sections.append(drift_section(side["scores"], side["arrival_s"], side["types"],
                                       side["thresholds"], side["reference"], window_s,
                                       args.window_scores or None, args.step_days * 86_400,
                                       options))
         print(f"seed {seed} done", flush=True)
     print(f"\n{len(records):,} real sessions, {args.rate:.0%} injected, seeds {args.seeds}; "
-          f"time split; {args.detector} on {FEATURE_VERSION}; re-calibrated every "
+          f"time split; {'the trained champion' if args.train else args.detector} on "
+          f"{FEATURE_VERSION}; re-calibrated every "
           f"{args.step_days:g} days from the newest {args.window_scores or 'all'} scores "
           f"{f'of the last {args.window_days:g} days ' if window_s else ''}"
           f"(tolerance {args.tolerance:g}, max factor {args.max_factor:g}, "

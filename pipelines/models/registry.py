@@ -33,12 +33,12 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipelines.contracts.dates import epoch_to_iso
 from pipelines.settings import Settings
 
 if TYPE_CHECKING:  # imports MLflow: see the module docstring
@@ -154,7 +154,8 @@ def record_calibration(settings: Settings, version: str, threshold: float,
     if not math.isfinite(threshold):
         raise ValueError(f"a calibrated threshold must be finite, got {threshold}")
     when = time.time() if at is None else at
-    stamp_at = epoch_to_iso(when)
+    # ISO 8601 like `pipelines.contracts.dates.epoch_to_iso`, whose pandas this module avoids
+    stamp_at = datetime.fromtimestamp(when, UTC).isoformat()
     client = mlflow_client(settings)
     name = settings.model_name
     try:
