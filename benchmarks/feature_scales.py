@@ -25,6 +25,7 @@ and splits, fixed detectors instead of the tuning grid, no registry or serving.
    replace; the recall at the threshold.
 
     .venv/bin/python benchmarks/feature_scales.py [--acn-dir ../shared/acn] [--seeds 1,2,3]
+    .venv/bin/python benchmarks/feature_scales.py --cost 1000000   # speed and state size
 """
 
 from __future__ import annotations
@@ -184,6 +185,65 @@ def markdown(title: str, runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def cost(records: list[dict], n_sessions: int) -> None:
+    """Speed of the replay and of the serving path, and the size of the state, on the exports
+    copied (each copy with its own stations, users and session ids) up to `n_sessions`."""
+    import gc
+    import time
+    import tracemalloc
+
+    from pipelines.stations.context import (
+        context_of,
+        observe,
+        replay_context_array,
+        replay_contexts,
+        session_facts,
+    )
+
+    fields = ("sessionID", "stationID", "siteID", "userID", "connectionTime",
+              "disconnectTime", "doneChargingTime", "kWhDelivered")
+    copies = -(-n_sessions // len(records))
+    many = [{**{f: r.get(f) for f in fields}, "sessionID": f"{r['sessionID']}#{c}",
+             "stationID": f"{r['stationID']}#{c}",
+             "userID": None if r.get("userID") is None else f"{r['userID']}#{c}"}
+            for c in range(copies) for r in records][:n_sessions]
+    gc.collect()
+    start = time.perf_counter()
+    facts = session_facts(many)
+    parsed = time.perf_counter()
+    replay_context_array(facts)
+    replayed = time.perf_counter()
+    n = len(many)
+    print(f"| replay_contexts, {n:,} sessions | {(parsed - start) / n * 1e6:.1f} µs parse + "
+          f"{(replayed - parsed) / n * 1e6:.1f} µs replay per session "
+          f"({replayed - start:.1f} s) |")
+    sample = many[: min(n, 100_000)]
+    start = time.perf_counter()
+    replay_contexts(sample)
+    print(f"| replay_contexts (list of dicts), {len(sample):,} sessions | "
+          f"{(time.perf_counter() - start) / len(sample) * 1e6:.1f} µs per session |")
+    order = np.argsort(facts.end[: len(sample)], kind="stable")  # the worker: as they end
+    state: dict[str, object] = {}
+    tracemalloc.start()
+    start = time.perf_counter()
+    for i in order.tolist():
+        context_of(state, sample[i])
+        observe(state, sample[i])
+    elapsed = time.perf_counter() - start
+    memory = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    kinds = {k: sum(1 for key in state if key.startswith(k)) for k in ("profile:", "site:",
+                                                                       "user:")}
+    stored = sum(len(key) + len(value.to_bytes()) for key, value in state.items())
+    stations = kinds["profile:"]
+    print(f"| context_of + observe, {len(sample):,} sessions in end order | "
+          f"{elapsed / len(sample) * 1e6:.1f} µs per session |")
+    print(f"| state after them: {stations:,} stations, {kinds['user:']:,} users, "
+          f"{kinds['site:']} sites | {stored / stations:.0f} B serialised (keys + values) and "
+          f"{memory / stations:.0f} B in memory per station, users and sites included; "
+          f"100,000 stations like these: {memory / stations * 1e5 / 1e6:.0f} MB |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--acn-dir", type=Path, default=ROOT.parent / "shared" / "acn")
@@ -194,6 +254,9 @@ def main() -> None:
                         metavar="NAME=COL+COL", help="also f2 plus these context columns")
     parser.add_argument("--detectors", default=",".join(d for d, _ in DETECTORS))
     parser.add_argument("--probes", type=int, default=100, help="probes per site and fault")
+    parser.add_argument("--cost", type=int, default=0, metavar="N",
+                        help="only measure the replay, the serving path and the state on N "
+                             "sessions (the exports copied with new station ids)")
     parser.add_argument("--clean-training", action="store_true",
                         help="drop every injected session from training (not only rule-breaking)")
     args = parser.parse_args()
@@ -205,6 +268,9 @@ def main() -> None:
     if not files:
         raise SystemExit(f"no ACN exports in {args.acn_dir}")
     records = load_exports(files)
+    if args.cost:
+        cost(records, args.cost)
+        return
     versions = columns_of(args.versions.split(","),
                           {t.split("=")[0]: t.split("=")[1].split("+") for t in args.tries})
     dc = dc_stations(records)

@@ -2,7 +2,9 @@
 
 `<data_dir>/datasets/<dataset_id>/` holds `sessions.parquet` (the ACN fields;
 `userInputs` as JSON text), `features.parquet` (sessionID, siteID, stationID,
-connectionTime and `FEATURE_COLUMNS`), `labels.parquet` (sessionID, anomaly_type;
+connectionTime and `FEATURE_COLUMNS`, recomputed over the whole dataset at each
+version, since a session's station context depends on the sessions before it),
+`labels.parquet` (sessionID, anomaly_type;
 only when labels exist) and `manifest.json`. A dataset is cumulative: it holds
 its parent's sessions plus the new ones, de-duplicated by sessionID. Ids sort
 by creation time, so the newest is the last.
@@ -130,18 +132,16 @@ def latest_dataset(settings: Settings) -> Dataset:
 def _merge(parent: Dataset | None, sessions: pd.DataFrame, features: pd.DataFrame,
            labels: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
     if parent is not None:
-        old_features = parent.features()
-        if parent.feature_version != FEATURE_VERSION:  # recompute: one feature set per dataset
-            old_features = features_table(add_features(sessions_to_frame(parent.records())))
         sessions = pd.concat([parent.sessions(), sessions], ignore_index=True)
-        features = pd.concat([old_features, features], ignore_index=True)
+        features = pd.concat([parent.features()[FEATURE_KEYS], features[FEATURE_KEYS]],
+                             ignore_index=True)
         labels = {**parent.labels(), **labels}
     sessions = sessions.drop_duplicates("sessionID", keep="last")
     features = features.drop_duplicates("sessionID", keep="last")
     order = features.sort_values(["connectionTime", "sessionID"], kind="stable")["sessionID"]
     sessions = sessions.set_index("sessionID").loc[order].reset_index()[list(SESSION_FIELDS)]
-    features = features.set_index("sessionID").loc[order].reset_index()[FEATURE_KEYS
-                                                                          + FEATURE_COLUMNS]
+    # a row's station context depends on the rows before it: recompute every row's features
+    features = features_table(add_features(sessions_to_frame(records_from_table(sessions))))
     kept = set(order)
     return sessions, features, {k: v for k, v in labels.items() if k in kept}
 

@@ -29,6 +29,17 @@ Feature table (version `FEATURE_VERSION`):
 | log_avg_kw           | log10(avg_kw + 0.001)                                       | negative power -> 0 first                  |
 | log_delivered_ratio  | log2((kwh_delivered + 0.001) / (kwh_requested + 0.001))     | request floored at 0.1 kWh; no inputs -> 0 |
 | excess_kwh           | max(kwh_delivered - kwh_requested, 0)                       | no inputs -> 0                             |
+| kw_vs_station        | log10 charging kW - the station's typical log10 charging kW | no history: the site's, then a prior       |
+| kw_vs_station_max    | log10 charging kW - the station's maximum (0.9-expectile)   | as above                                   |
+| kwh_vs_station       | log10 kWh - the station's typical log10 kWh                 | as above                                   |
+| kwh_vs_user          | log10 kWh - the user's usual log10 kWh                      | no userID or history: the station's view   |
+
+The four context columns (added in `f3`, after the 20 `f2` columns, which stay
+first and unchanged as `F2_COLUMNS`) judge a session against its own charger and
+driver, from the sessions that ended before it connected (`pipelines.stations`,
+docs/stations.md). `feature_matrix(records, contexts)` takes the contexts the
+serving worker built; without them it replays the records in event time as
+the whole history. Charging kW is kWh / charging hours, floored at 5 minutes.
 
 The log columns (added in `f2`) put near-zero energy on its own scale: the
 exports never go below 0.5 kWh, and on a linear axis a 0.02 kWh meter fault
@@ -86,9 +97,7 @@ F2_COLUMNS: list[str] = [
     "log_delivered_ratio",
     "excess_kwh",
 ]
-# the context columns that measurably help (docs/stations.md, "Station context")
-KEPT_CONTEXT_COLUMNS: list[str] = list(CONTEXT_COLUMNS)
-FEATURE_COLUMNS: list[str] = F2_COLUMNS + KEPT_CONTEXT_COLUMNS
+FEATURE_COLUMNS: list[str] = F2_COLUMNS + CONTEXT_COLUMNS
 # what a context row is built from, besides its time and key columns
 _FACT_FIELDS = ("sessionID", "stationID", "siteID", "userID", "connectionTime",
                 "disconnectTime", "doneChargingTime", "kWhDelivered")
@@ -249,7 +258,7 @@ def _with_context(f2: dict[str, np.ndarray], facts: SessionFacts,
             raise ValueError(f"{len(contexts)} contexts for {len(facts.session)} sessions")
         values = context_array(contexts)
     context = context_features(facts, values)
-    return {**f2, **{name: context[name] for name in KEPT_CONTEXT_COLUMNS}}
+    return {**f2, **{name: context[name] for name in CONTEXT_COLUMNS}}
 
 
 def add_features(frame: pd.DataFrame,

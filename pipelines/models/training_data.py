@@ -7,7 +7,9 @@ ones they learned from, as in serving. When the dataset has no labels, a share
 `pipelines.data.anomalies.inject_anomalies` (training rows stay untouched), so the
 labelled criterion (PR-AUC) is available; `inject_rate=0` selects by EM/MV.
 Probes are held-out sessions rewritten to impossible power; every model that
-is chosen or promoted must flag most of them.
+is chosen or promoted must flag most of them. Station context (feature version
+f3) is replayed in event time over the whole dataset: held-out sessions, planted
+faults and probes carry the training sessions' history.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pipelines.models.candidates import EvalSplit
 from pipelines.models.tracking import DatasetInfo
 from pipelines.models.train_params import TrainParams
 from pipelines.settings import Settings
+from pipelines.stations.context import replay_contexts
 
 
 class TrainingDataError(ValueError):
@@ -75,32 +78,45 @@ def prepare_data(dataset: Dataset, params: TrainParams) -> TrainingData:
                                 "need at least 50 to train and 20 to evaluate")
     X = features[FEATURE_COLUMNS].to_numpy(dtype=np.float64)
     labels = dataset.labels()
-    eval_records = records[len(records) - n_eval:]
+    n_train = len(records) - n_eval
+    eval_records = records[n_train:]
     eval_ids = [str(r.get("sessionID")) for r in eval_records]
     types = np.array([labels.get(i, "") for i in eval_ids], dtype=object)
-    X_eval, source = X[len(records) - n_eval:], "dataset"
+    X_eval, source = X[n_train:], "dataset"
     if not (types != "").any():
         if params.inject_rate > 0:
             injected, new_labels = inject_anomalies(eval_records, params.inject_rate,
                                                     seed=params.seed)
-            X_eval = feature_matrix(injected)[FEATURE_COLUMNS].to_numpy(dtype=np.float64)
+            # replayed after the training rows: the planted faults' station context carries
+            # that history, and they update the profiles like any session (serving cannot know)
+            X_eval = feature_matrix(records[:n_train] + injected)[FEATURE_COLUMNS] \
+                .to_numpy(dtype=np.float64)[n_train:]
             types = np.array([new_labels.get(i, "") for i in eval_ids], dtype=object)
             source = "injected"
         else:
             types, source = None, "none"
     info = DatasetInfo(dataset.dataset_id, dataset.manifest.get("content_hash", ""),
                        FEATURE_VERSION, source, len(records))
-    split = EvalSplit(X[: len(records) - n_eval], X_eval, types,
-                      impossible_power_probes(eval_records, params.probes, params.seed))
+    split = EvalSplit(X[:n_train], X_eval, types,
+                      impossible_power_probes(eval_records, params.probes, params.seed,
+                                              history=records[:n_train]))
     return TrainingData(dataset.dataset_id, info, split, list(FEATURE_COLUMNS), FEATURE_VERSION)
 
 
-def impossible_power_probes(records: list[dict], n: int, seed: int) -> np.ndarray | None:
-    """Features of `n` sessions rewritten to 40-75 kWh in 8-30 min (None when `n` is 0)."""
+def impossible_power_probes(records: list[dict], n: int, seed: int,
+                            history: list[dict] | None = None) -> np.ndarray | None:
+    """Features of `n` sessions rewritten to 40-75 kWh in 8-30 min (None when `n` is 0).
+
+    Each probe keeps the station context of the session it rewrites (replayed after
+    `history`); probes are scored, never observed, so they do not shape each other's.
+    """
     if n == 0 or not records:
         return None
     rng = np.random.default_rng(seed)
-    chosen = [records[i] for i in sorted(rng.choice(len(records), min(n, len(records)),
-                                                    replace=False))]
-    probes, _ = inject_anomalies(chosen, 1.0, seed=seed, types=("impossible_power",))
-    return feature_matrix(probes)[FEATURE_COLUMNS].to_numpy(dtype=np.float64)
+    indices = sorted(rng.choice(len(records), min(n, len(records)), replace=False).tolist())
+    history = history or []
+    contexts = replay_contexts(history + records)[len(history):]
+    probes, _ = inject_anomalies([records[i] for i in indices], 1.0, seed=seed,
+                                 types=("impossible_power",))
+    return feature_matrix(probes, [contexts[i] for i in indices])[FEATURE_COLUMNS] \
+        .to_numpy(dtype=np.float64)

@@ -14,7 +14,9 @@ station's view); `context_features` turns it into the model's context columns.
 A session whose charging power is more than twice its station's maximum
 (`OUTLIER_LOG_KW`, once the station has `MIN_HISTORY` sessions) does not move any
 power aggregate: an injected or real impossible-power reading cannot teach the
-station that it is a fast charger.
+station that it is a fast charger. The site applies the same test with its own
+maximum, so its prior stays the one of its typical post, even next to a DC
+fast charger that is learning its own level.
 
 Serving sees a session when it has ended, so the worker's state may already hold
 a session of the same site or user that ended after this one connected; a
@@ -60,11 +62,16 @@ _DEFAULTS = {"station_sessions": 0.0, "station_log_kw": PRIOR.power,
              "log_hours_since_last": PRIOR.gap, "user_sessions": 0.0,
              "user_log_kwh": PRIOR.energy, "user_log_hours": PRIOR.duration}
 
-CONTEXT_COLUMNS: list[str] = [
+# every context column measured (benchmarks/feature_scales.py --try); the model gets the kept ones
+CANDIDATE_COLUMNS: list[str] = [
     "kw_vs_station", "kw_vs_station_max", "kwh_vs_station", "hours_vs_station",
     "kwh_vs_user", "hours_vs_user", "station_max_kw", "station_history", "hours_since_last",
-    "since_vs_station_gap",
+    "since_vs_station_gap", "kwh_shortfall_vs_station", "kwh_shortfall_vs_user",
+    "kw_excess_vs_station_max", "hours_excess_vs_station",
 ]
+# the ones that measurably help (docs/stations.md, "Station context"); f3 = f2 + these
+CONTEXT_COLUMNS: list[str] = ["kw_vs_station", "kw_vs_station_max", "kwh_vs_station",
+                              "kwh_vs_user"]
 
 
 class SessionFacts(NamedTuple):
@@ -182,6 +189,10 @@ def _query(state: Mapping[str, object], station_key: str, site_key: str,
             user_view.energy, user_view.duration)
 
 
+def _power_outlier(profile: Profile, power: float) -> bool:
+    return profile.count >= MIN_HISTORY and power > profile.power_high + OUTLIER_LOG_KW
+
+
 def _observe(state: MutableMapping[str, object], station_key: str, site_key: str,
              user_key: str | None, connect: float, end: float, power: float, energy: float,
              duration: float) -> list[str]:
@@ -190,12 +201,12 @@ def _observe(state: MutableMapping[str, object], station_key: str, site_key: str
     station = state.get(station_key) or Profile()
     gap = math.nan if math.isnan(station.last_end) else _since_hours_log(connect,
                                                                           station.last_end)
-    with_power = not (station.count >= MIN_HISTORY
-                      and power > station.power_high + OUTLIER_LOG_KW)
+    with_power = not _power_outlier(station, power)
     station.observe(power, energy, duration, end, gap, STATION_WINDOW, with_power)
     state[station_key] = station
     site = state.get(site_key) or Profile()
-    site.observe(power, energy, duration, end, gap, SITE_WINDOW, with_power)
+    site.observe(power, energy, duration, end, gap, SITE_WINDOW,
+                 with_power and not _power_outlier(site, power))
     state[site_key] = site
     if user_key is None:
         return [station_key, site_key]
@@ -292,7 +303,7 @@ def context_array(contexts: Sequence[Mapping[str, float]]) -> np.ndarray:
 
 
 def context_features(facts: SessionFacts, contexts: np.ndarray) -> dict[str, np.ndarray]:
-    """The context columns (`CONTEXT_COLUMNS`, finite float64) of sessions and their contexts.
+    """The candidate context columns (`CANDIDATE_COLUMNS`, finite float64) of sessions.
 
     Args:
         facts: `session_facts` of the sessions.
@@ -310,5 +321,9 @@ def context_features(facts: SessionFacts, contexts: np.ndarray) -> dict[str, np.
         "station_history": np.log10(1.0 + ctx["station_sessions"]),
         "hours_since_last": ctx["log_hours_since_last"],
         "since_vs_station_gap": ctx["log_hours_since_last"] - ctx["station_log_gap"],
+        "kwh_shortfall_vs_station": np.maximum(ctx["station_log_kwh"] - facts.energy, 0.0),
+        "kwh_shortfall_vs_user": np.maximum(ctx["user_log_kwh"] - facts.energy, 0.0),
+        "kw_excess_vs_station_max": np.maximum(facts.power - ctx["station_log_kw_high"], 0.0),
+        "hours_excess_vs_station": np.maximum(facts.duration - ctx["station_log_hours"], 0.0),
     }
     return {name: np.where(np.isfinite(v), v, 0.0) for name, v in columns.items()}

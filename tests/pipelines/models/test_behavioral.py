@@ -23,7 +23,10 @@ from pipelines.models.training_data import impossible_power_probes
 from pipelines.models.tuning import TuningConfig, tune
 
 ENERGY_OR_POWER = {"kwh_delivered", "kwh_requested", "avg_kw", "charging_kw", "delivered_ratio",
-                   "log_kwh_delivered", "log_avg_kw", "log_delivered_ratio", "excess_kwh"}
+                   "log_kwh_delivered", "log_avg_kw", "log_delivered_ratio", "excess_kwh",
+                   "kw_vs_station", "kw_vs_station_max", "kwh_vs_station", "kwh_vs_user",
+                   "kwh_shortfall_vs_station", "kwh_shortfall_vs_user",
+                   "kw_excess_vs_station_max"}  # f3: the session against its station
 SPACE = SearchSpace(n_estimators=(100,), max_samples=(256, 512), max_features=(1.0,),
                     extension_levels=(1, 3))
 CONFIG = TuningConfig(seed=3, em_draws=0, n_jobs=1)
