@@ -29,18 +29,19 @@ import math
 import struct
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
 
-from pipelines.contracts.dates import iso_to_epoch, rfc1123_to_iso
+from pipelines.contracts.dates import iso_to_epoch, rfc1123_to_epoch
 
 AlertKind = Literal["silent", "failing", "degraded"]
 HOURS_PER_WEEK = 168
 WEEK_S = 7 * 86400.0
 _MONDAY_OFFSET_H = 72.0  # the epoch fell on a Thursday: hours from a Monday 00:00 UTC
 _BITS: dict[AlertKind, int] = {"silent": 1, "failing": 2, "degraded": 4}
+_NUMBERS = (int, float)
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ class HealthPolicy:
         if not 0 < self.baseline_alpha < 1:
             raise ValueError("baseline_alpha must be in (0, 1)")
 
-    @property
+    @cached_property
     def tau_s(self) -> float:
         return self.half_life_days * 86400.0 / math.log(2)
 
@@ -137,33 +138,65 @@ class UserPower:
         return cls(*_USER.unpack(data))
 
 
-_SITE_HEAD = struct.Struct("<dQ")
+_REBASE_WEIGHT = 2.0  # counts are rescaled to a recent reference once a new weight exceeds this
+
+
+def _scaled_add(hours: np.ndarray, ref_s: float, total: float, at_bin: int, born_s: float,
+                now_s: float, tau_s: float) -> tuple[float, float]:
+    """Add one arrival born at `born_s` to `hours`, counts scaled to `ref_s` (the decayed
+    count at time T is `hours * exp(-(T - ref_s) / tau_s)`): one bin changes, and the whole
+    array only when the reference moves to `now_s`, about once a half-life. Returns the
+    reference and the scaled total."""
+    if total <= 0.0:
+        ref_s = now_s
+    weight = math.exp((born_s - ref_s) / tau_s)
+    if weight > _REBASE_WEIGHT:
+        factor = math.exp((ref_s - now_s) / tau_s)
+        hours *= factor
+        total *= factor
+        weight *= factor
+        ref_s = now_s
+    hours[at_bin] += weight
+    return ref_s, total + weight
+
+
+_SITE_HEAD = struct.Struct("<dddQ")
 
 
 @dataclass(slots=True, eq=False)
 class SiteHealth:
-    """A site's decayed arrivals by hour of week and its running count of sessions."""
+    """A site's decayed arrivals by hour of week (scaled to `ref_s`, see `_scaled_add`) and
+    its running count of sessions."""
 
     hours: np.ndarray = field(default_factory=lambda: np.zeros(HOURS_PER_WEEK, np.float32))
-    decay_s: float = 0.0
+    ref_s: float = 0.0
+    total: float = 0.0
+    decay_s: float = 0.0  # the latest session end: its decayed counts are read at that time
     seen: int = 0
 
+    def total_at_decay(self, tau_s: float) -> float:
+        return self.total * math.exp((self.ref_s - self.decay_s) / tau_s)
+
     def to_bytes(self) -> bytes:
-        return _SITE_HEAD.pack(self.decay_s, self.seen) + self.hours.astype("<f4").tobytes()
+        return (_SITE_HEAD.pack(self.ref_s, self.total, self.decay_s, self.seen)
+                + self.hours.astype("<f4").tobytes())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SiteHealth:
-        decay_s, seen = _SITE_HEAD.unpack_from(data)
+        ref_s, total, decay_s, seen = _SITE_HEAD.unpack_from(data)
         hours = np.frombuffer(data, "<f4", HOURS_PER_WEEK, _SITE_HEAD.size).astype(np.float32)
-        return cls(hours, decay_s, seen)
+        return cls(hours, ref_s, total, decay_s, seen)
 
 
-_HEAD = struct.Struct("<BBBIIQIII" + "d" * 16)
+_HEAD = struct.Struct("<BBBIIQIII" + "d" * 17)
 
 
 @dataclass(slots=True, eq=False)
 class StationHealth:
-    """What the three detectors know of one station (about 400 bytes serialised)."""
+    """What the three detectors know of one station (about 400 bytes serialised).
+
+    `hours` are its arrivals by hour of week, decayed and scaled to `ref_s` (`_scaled_add`);
+    `silent_due_s` is NaN until the silence timer needs it (`on_tick` solves it then)."""
 
     station_id: str
     site_id: str
@@ -171,8 +204,9 @@ class StationHealth:
     sessions: int = 0
     first_s: float = math.nan
     last_end_s: float = -math.inf
-    decay_s: float = 0.0
-    exposure_weeks: float = 0.0
+    decay_s: float = 0.0  # the latest session end: its decayed counts are read at that time
+    ref_s: float = 0.0
+    total: float = 0.0
     share: float = 0.0  # of its site's decayed arrivals, at its last session
     site_seen_at_last: int = 0
     silent_due_s: float = math.inf  # when its own rates expect `silent_expected` sessions
@@ -193,12 +227,21 @@ class StationHealth:
     def is_open(self, kind: AlertKind) -> bool:
         return bool(self.open_bits & _BITS[kind])
 
+    def exposure_weeks(self, tau_s: float) -> float:
+        """Decayed weeks of observation since its first session (the rates' denominator)."""
+        if self.sessions == 0:
+            return 0.0
+        return tau_s * -math.expm1((self.first_s - self.decay_s) / tau_s) / WEEK_S
+
+    def total_at_decay(self, tau_s: float) -> float:
+        return self.total * math.exp((self.ref_s - self.decay_s) / tau_s)
+
     def to_bytes(self) -> bytes:
         names = (self.station_id.encode(), self.site_id.encode())
         head = _HEAD.pack(len(names[0]), len(names[1]), self.open_bits, self.outcomes,
                           self.n_outcomes, self.site_seen_at_last, self.base_n, self.res_n,
                           self.run_n, self.sessions, self.first_s, self.last_end_s,
-                          self.decay_s, self.exposure_weeks, self.share, self.silent_due_s,
+                          self.decay_s, self.ref_s, self.total, self.share, self.silent_due_s,
                           self.cusum, self.base_mean, self.base_var, self.res_mean,
                           self.res_var, self.run_log_sum, *self.opened_at)
         return head + names[0] + names[1] + self.hours.astype("<f2").tobytes()
@@ -206,14 +249,14 @@ class StationHealth:
     @classmethod
     def from_bytes(cls, data: bytes) -> StationHealth:
         (n_station, n_site, open_bits, outcomes, n_outcomes, site_seen, base_n, res_n, run_n,
-         sessions, first_s, last_end_s, decay_s, exposure, share, due, cusum, base_mean,
+         sessions, first_s, last_end_s, decay_s, ref_s, total, share, due, cusum, base_mean,
          base_var, res_mean, res_var, run_log_sum, *opened_at) = _HEAD.unpack_from(data)
         at = _HEAD.size
         station = data[at:at + n_station].decode()
         site = data[at + n_station:at + n_station + n_site].decode()
         hours = np.frombuffer(data, "<f2", HOURS_PER_WEEK, at + n_station + n_site)
         return cls(station, site, hours.astype(np.float16), int(sessions), first_s, last_end_s,
-                   decay_s, exposure, share, site_seen, due, outcomes, n_outcomes, cusum,
+                   decay_s, ref_s, total, share, site_seen, due, outcomes, n_outcomes, cusum,
                    base_mean, base_var, base_n, res_mean, res_var, res_n, run_log_sum, run_n,
                    open_bits, list(opened_at))
 
@@ -232,9 +275,11 @@ def user_key(user_id: str) -> str:
 
 def epoch_seconds(value: object) -> float | None:
     """Epoch seconds of an ACN date (RFC 1123, or ISO 8601); None when absent or unreadable."""
-    iso = rfc1123_to_iso(value)
+    seconds = rfc1123_to_epoch(value)
+    if seconds is not None or value is None:
+        return seconds
     try:
-        return datetime.fromisoformat(iso).timestamp() if iso else iso_to_epoch(value)
+        return iso_to_epoch(value)
     except (TypeError, ValueError):
         return None
 
@@ -244,31 +289,19 @@ def hour_of_week(t_s: float) -> float:
     return (t_s / 3600.0 + _MONDAY_OFFSET_H) % HOURS_PER_WEEK
 
 
-def _decay(since_s: float, now_s: float, tau_s: float) -> float:
-    """Decay factor from `since_s` to `now_s` (1 when `now_s` is not later)."""
-    return math.exp(-(now_s - since_s) / tau_s) if now_s > since_s else 1.0
-
-
-def _add_arrival(hours: np.ndarray, decay_s: float, connect_s: float, end_s: float,
-                 tau_s: float) -> tuple[np.ndarray, float]:
-    """Counts decayed to the later of `decay_s` and `end_s`, plus one arrival at `connect_s`."""
-    now = max(decay_s, end_s)
-    counts = hours.astype(np.float32) * np.float32(_decay(decay_s, now, tau_s))
-    counts[int(hour_of_week(connect_s))] += _decay(end_s, now, tau_s)
-    return counts, now
-
-
 def station_rates(station: StationHealth, site: SiteHealth, policy: HealthPolicy) -> np.ndarray:
     """Expected arrivals in each hour of the week: the station's weekly rate spread over its
     hour-of-week shape, shrunk towards its site's shape while it has few sessions."""
-    own = station.hours.astype(np.float64)
+    tau = policy.tau_s
+    exposure = station.exposure_weeks(tau)
+    own = station.hours.astype(np.float64) * math.exp((station.ref_s - station.decay_s) / tau)
     total = own.sum()
-    if total <= 0 or station.exposure_weeks <= 0:
+    if total <= 0 or exposure <= 0:
         return np.zeros(HOURS_PER_WEEK)
     site_total = float(site.hours.sum())
     prior = site.hours / site_total if site_total > 0 else np.full(HOURS_PER_WEEK, 1 / 168)
     shape = (own + policy.prior_sessions * prior) / (total + policy.prior_sessions)
-    return shape * (total / station.exposure_weeks)
+    return shape * (total / exposure)
 
 
 def _cumulative(rates: np.ndarray) -> np.ndarray:
@@ -313,10 +346,12 @@ def _open(station: StationHealth, kind: AlertKind, at: float, evidence: str,
 
 def _close(station: StationHealth, kind: AlertKind, at: float, evidence: str,
            metrics: dict[str, float]) -> StationAlert:
+    """The closing event; a late session processed before the alert opened closes it at
+    the opening time (an event never ends before it began)."""
     station.open_bits &= ~_BITS[kind]
     opened = station.opened_at[_BITS[kind].bit_length() - 1]
-    return StationAlert(kind, station.station_id, station.site_id, "closed", opened, at,
-                        evidence, metrics)
+    return StationAlert(kind, station.station_id, station.site_id, "closed", opened,
+                        max(at, opened), evidence, metrics)
 
 
 def _states(state: MutableMapping[str, object], station_id: str,
@@ -332,26 +367,38 @@ def _states(state: MutableMapping[str, object], station_id: str,
 
 def _count_arrival(station: StationHealth, site: SiteHealth, connect_s: float, end_s: float,
                    policy: HealthPolicy) -> None:
+    """One arrival at the connection's hour of week, born at the session's end. The silent
+    deadline is only marked as stale (NaN): `on_tick` solves it when it may be due."""
     tau = policy.tau_s
-    site.hours, site.decay_s = _add_arrival(site.hours, site.decay_s, connect_s, end_s, tau)
+    at_bin = int((connect_s / 3600.0 + _MONDAY_OFFSET_H) % HOURS_PER_WEEK)
+    site.decay_s = max(site.decay_s, end_s)
+    site.ref_s, site.total = _scaled_add(site.hours, site.ref_s, site.total, at_bin, end_s,
+                                         site.decay_s, tau)
     site.seen += 1
     if station.sessions == 0:
-        station.first_s, station.decay_s = connect_s, connect_s
-    now = max(station.decay_s, end_s)
-    factor = _decay(station.decay_s, now, tau)
-    station.exposure_weeks = station.exposure_weeks * factor + tau * (1 - factor) / WEEK_S
-    counts, station.decay_s = _add_arrival(station.hours, station.decay_s, connect_s, end_s, tau)
-    station.hours = counts.astype(np.float16)
+        station.first_s = station.decay_s = connect_s
+    station.decay_s = max(station.decay_s, end_s)
+    station.ref_s, station.total = _scaled_add(station.hours, station.ref_s, station.total,
+                                               at_bin, end_s, station.decay_s, tau)
     station.sessions += 1
     station.last_end_s = max(station.last_end_s, end_s)
-    site_total = float(site.hours.sum())
-    station.share = min(1.0, float(counts.sum()) / site_total) if site_total > 0 else 0.0
+    # both decayed to their own latest session end, as the share was defined
+    station.share = min(1.0, station.total / site.total * math.exp(
+        (station.ref_s - station.decay_s - site.ref_s + site.decay_s) / tau))
     station.site_seen_at_last = site.seen
     old_enough = station.last_end_s - station.first_s >= policy.silent_min_days * 86400
-    station.silent_due_s = math.inf
-    if station.sessions >= policy.silent_min_sessions and old_enough:
-        rates = station_rates(station, site, policy)
-        station.silent_due_s = time_to_expect(rates, station.last_end_s, policy.silent_expected)
+    station.silent_due_s = (math.nan if station.sessions >= policy.silent_min_sessions
+                            and old_enough else math.inf)
+
+
+def silent_due(station: StationHealth, site: SiteHealth,
+               policy: HealthPolicy = DEFAULT_POLICY) -> float:
+    """When the station's own rates expect `silent_expected` sessions since its last one
+    (solved once per session, when first asked, then kept in `silent_due_s`)."""
+    if math.isnan(station.silent_due_s):
+        station.silent_due_s = time_to_expect(station_rates(station, site, policy),
+                                              station.last_end_s, policy.silent_expected)
+    return station.silent_due_s
 
 
 def silence_metrics(station: StationHealth, site: SiteHealth, now_s: float,
@@ -379,16 +426,22 @@ def _failed(kwh: float | None, connect_s: float, disconnect_s: float,
             and disconnect_s - connect_s > policy.fail_min_hours * 3600)
 
 
-def _record_outcome(station: StationHealth, failed: bool, at: float, detail: str,
+def _record_outcome(station: StationHealth, failed: bool, at: float, detail: str | None,
                     policy: HealthPolicy) -> list[StationAlert]:
+    """`detail` describes the latest failure (None when it did not fail)."""
     station.outcomes = ((station.outcomes << 1) | failed) & ((1 << policy.fail_n) - 1)
-    station.n_outcomes = min(policy.fail_n, station.n_outcomes + 1)
+    if station.n_outcomes < policy.fail_n:
+        station.n_outcomes += 1
+    is_open = station.open_bits & _BITS["failing"]
+    if not is_open and not failed:
+        return []
     failures = station.outcomes.bit_count()
-    metrics = {"failures": float(failures), "of_sessions": float(station.n_outcomes)}
-    if not station.is_open("failing") and failures >= policy.fail_k:
+    if not is_open and failures >= policy.fail_k:
+        metrics = {"failures": float(failures), "of_sessions": float(station.n_outcomes)}
         return [_open(station, "failing", at, f"{failures} of its last {station.n_outcomes} "
                       f"sessions failed ({detail} at the latest)", metrics)]
-    if station.is_open("failing") and not station.outcomes & ((1 << policy.recover_ok) - 1):
+    if is_open and not station.outcomes & ((1 << policy.recover_ok) - 1):
+        metrics = {"failures": float(failures), "of_sessions": float(station.n_outcomes)}
         return [_close(station, "failing", at, f"its last {policy.recover_ok} sessions "
                        "delivered energy", metrics)]
     return []
@@ -451,18 +504,19 @@ def _record_power(station: StationHealth, power_kw: float, user: UserPower | Non
         station.run_n += 1
     else:
         station.run_log_sum, station.run_n = 0.0, 0
+    is_open = station.open_bits & _BITS["degraded"]
+    if not (is_open and station.cusum == 0 or not is_open and station.cusum >= policy.cusum_h):
+        return []
     usual = math.exp(station.base_mean)
     metrics = {"cusum": station.cusum, "usual_kw": usual, "latest_kw": power_kw}
-    if not station.is_open("degraded") and station.cusum >= policy.cusum_h:
+    if not is_open:
         recent = math.exp(station.run_log_sum / station.run_n)
         metrics |= {"recent_kw": recent, "recent_sessions": float(station.run_n)}
         return [_open(station, "degraded", at, f"delivered power {recent:.1f} kW over its last "
                       f"{station.run_n} sessions against {usual:.1f} kW usual (CUSUM "
                       f"{station.cusum:.1f} >= {policy.cusum_h:g})", metrics)]
-    if station.is_open("degraded") and station.cusum == 0:
-        return [_close(station, "degraded", at, f"delivered power back to {power_kw:.1f} kW "
-                       f"(usual {usual:.1f} kW)", metrics)]
-    return []
+    return [_close(station, "degraded", at, f"delivered power back to {power_kw:.1f} kW "
+                   f"(usual {usual:.1f} kW)", metrics)]
 
 
 def on_session(state: MutableMapping[str, object], record: dict, now_s: float | None = None,
@@ -487,22 +541,31 @@ def on_session(state: MutableMapping[str, object], record: dict, now_s: float | 
     end_s = epoch_seconds(record.get("disconnectTime"))
     if not station_id or connect_s is None or end_s is None:
         return [], []
-    station, site = _states(state, str(station_id), str(site_id or ""))
+    station_id, site_id = str(station_id), str(site_id or "")
+    keys = [station_key(station_id), site_key(site_id)]
+    station, site = state.get(keys[0]), state.get(keys[1])
+    if type(station) is not StationHealth:
+        station = StationHealth(station_id, site_id)
+    if type(site) is not SiteHealth:
+        site = SiteHealth()
     at = end_s if now_s is None else now_s
     alerts: list[StationAlert] = []
-    if station.is_open("silent"):
+    if station.open_bits & 1:  # silent
         hours = (connect_s - station.last_end_s) / 3600.0
         alerts.append(_close(station, "silent", at, f"a session arrived after {hours:.0f} h",
                              {"hours_silent": hours}))
     _count_arrival(station, site, connect_s, end_s, policy)
     raw_kwh = record.get("kWhDelivered")
-    kwh = float(raw_kwh) if isinstance(raw_kwh, int | float) else None
+    kwh = float(raw_kwh) if type(raw_kwh) in _NUMBERS else None
     failed = _failed(kwh, connect_s, end_s, policy)
-    detail = f"{kwh or 0:.2f} kWh over {(end_s - connect_s) / 3600:.1f} h"
-    alerts += _record_outcome(station, failed, at, detail, policy)
+    detail = f"{kwh or 0:.2f} kWh over {(end_s - connect_s) / 3600:.1f} h" if failed else None
+    if failed or station.outcomes or station.open_bits & 2:
+        alerts += _record_outcome(station, failed, at, detail, policy)
+    elif station.n_outcomes < policy.fail_n:
+        station.n_outcomes += 1
     power = None if failed else charging_power_kw(
         kwh, connect_s, epoch_seconds(record.get("doneChargingTime")), policy)
-    changed = [station_key(station.station_id), site_key(station.site_id)]
+    changed = keys
     if power is not None:
         user_id = record.get("userID")
         user = state.get(user_key(user_id)) if user_id else None
@@ -548,14 +611,17 @@ def on_tick(state: MutableMapping[str, object], now_s: float,
         policy: the thresholds.
 
     Returns:
-        `(changed keys, alert events)`. Cheap: two comparisons per station that is not due.
+        `(changed keys, alert events)`. Cheap: two comparisons per station that is not due;
+        a station's deadline is solved once after each of its sessions, when its share of
+        the site's sessions since says it may be due.
     """
     changed: list[str] = []
     alerts: list[StationAlert] = []
     sites: dict[str, SiteHealth | None] = {}
     goal = policy.silent_expected
     for station in _stations(state, station_ids):
-        if station.silent_due_s > now_s or station.open_bits & 1:
+        due = station.silent_due_s
+        if due > now_s or station.open_bits & 1:  # a stale (NaN) deadline goes on
             continue
         site = sites.get(station.site_id, False)
         if site is False:
@@ -563,9 +629,15 @@ def on_tick(state: MutableMapping[str, object], now_s: float,
             site = sites[station.site_id] = found if isinstance(found, SiteHealth) else None
         if site is None or (site.seen - station.site_seen_at_last) * station.share < goal:
             continue
+        key = station_key(station.station_id)
+        if math.isnan(due):  # solved now that the site-relative count says it may be due
+            changed.append(key)
+            state[key] = station
+            if silent_due(station, site, policy) > now_s:
+                continue
         metrics = silence_metrics(station, site, now_s, policy)
         alerts.append(_open(station, "silent", now_s, _silence_evidence(metrics), metrics))
-        key = station_key(station.station_id)
         state[key] = station
-        changed.append(key)
+        if key not in changed[-1:]:
+            changed.append(key)
     return changed, alerts

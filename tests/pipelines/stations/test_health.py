@@ -15,6 +15,8 @@ from pipelines.stations.health import (
     on_dead_letter,
     on_session,
     on_tick,
+    silent_due,
+    site_key,
     station_key,
     time_to_expect,
 )
@@ -56,7 +58,8 @@ def test_silent_fires_on_a_tick_once_the_silence_is_implausible_and_not_before()
     stations = [f"s{i}" for i in range(5)]
     last_end = weekday_history(state, stations, weeks=4)
     # the others keep charging; s0 goes quiet
-    due = state[station_key("s0")].silent_due_s
+    assert np.isnan(state[station_key("s0")].silent_due_s)  # solved only when asked
+    due = silent_due(state[station_key("s0")], state[site_key("0001")])
     assert due > last_end
     fired_at = None
     for hour in range(1, 24 * 14):
@@ -163,7 +166,9 @@ def test_state_round_trips_through_bytes():
         assert again.to_bytes() == data, key
     station = state[station_key("s0")]
     assert len(station.to_bytes()) < 1024
-    assert StationHealth.from_bytes(station.to_bytes()).silent_due_s == station.silent_due_s
+    site = state[site_key("0001")]
+    assert silent_due(StationHealth.from_bytes(station.to_bytes()), site) == silent_due(
+        station, site)
     assert isinstance(state["healthsite:0001"], SiteHealth)
     assert isinstance(state["healthuser:u7"], UserPower)
 
@@ -175,3 +180,37 @@ def test_expected_sessions_and_time_to_expect_are_inverse():
     due = time_to_expect(rates, start, 5.0)
     assert expected_sessions(rates, start, due) == pytest.approx(5.0)
     assert expected_sessions(rates, start, MONDAY + 7 * DAY) == pytest.approx(4.0)
+
+
+def test_a_late_session_never_closes_an_alert_before_it_opened():
+    state: dict = {}
+    last_end = weekday_history(state, ["s0", "s1"], weeks=4)
+    for day in range(1, 15):
+        on_session(state, session("s1", last_end + day * DAY))
+    _, alerts = on_tick(state, last_end + 15 * DAY)
+    [alert] = opened(alerts, "silent")
+    # a session of s0 that ended before the alert opened arrives only now, out of order
+    _, events = on_session(state, session("s0", last_end + 2 * DAY))
+    [closed] = [e for e in events if e.kind == "silent"]
+    assert closed.status == "closed" and closed.at >= closed.opened_at == alert.opened_at
+
+
+def test_counts_kept_scaled_equal_counts_decayed_at_every_session():
+    """The scaled hour-of-week counts (one bin written per session) read back as the
+    counts decayed to the station's latest session end, over many half-lives."""
+    policy = HealthPolicy(half_life_days=7.0)
+    state: dict = {}
+    decayed = np.zeros(168)
+    last = None
+    for i in range(120):
+        connect = MONDAY + i * 1.7 * DAY + (i % 5) * HOUR
+        on_session(state, session("s", connect), policy=policy)
+        end = connect + 4 * HOUR
+        if last is not None:
+            decayed *= np.exp(-(end - last) / policy.tau_s)
+        decayed[int(((connect / HOUR) + 72) % 168)] += 1.0
+        last = end
+    station = state[station_key("s")]
+    got = station.hours.astype(float) * np.exp((station.ref_s - station.decay_s) / policy.tau_s)
+    assert got == pytest.approx(decayed, abs=2e-3 * decayed.max())
+    assert station.total_at_decay(policy.tau_s) == pytest.approx(decayed.sum(), rel=1e-9)
