@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from pipelines.contracts.dates import parse_dates
+from pipelines.contracts.dates import parse_dates, rfc1123_to_epoch
 from pipelines.stations.profiles import (
     PRIOR,
     SITE_WINDOW,
@@ -88,44 +88,18 @@ class SessionFacts(NamedTuple):
     duration: np.ndarray  # log10 connection hours
 
 
-_MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug",
-                                        "Sep", "Oct", "Nov", "Dec"), 1)}
-_MONTH_DAYS = {1: 31, 2: 29, 3: 31, 4: 30, 5: 31, 6: 30, 7: 31, 8: 31, 9: 30, 10: 31, 11: 30,
-               12: 31}
-
-
-def _days_from_civil(year: int, month: int, day: int) -> int:
-    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm)."""
-    year -= month <= 2
-    era = year // 400
-    year_of_era = year - era * 400
-    day_of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
-    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
-    return era * 146097 + day_of_era - 719468
-
-
 def _epoch(value: Any) -> float:
-    """Epoch seconds of an ACN date; RFC 1123 GMT by arithmetic (no pandas, no datetime:
-    this runs three times per session), anything else through `parse_dates`; NaN when
+    """Epoch seconds of an ACN date (RFC 1123 GMT by arithmetic: this runs three times per
+    session), of a parsed frame's Timestamp, or of anything `parse_dates` reads; NaN when
     unparseable."""
-    if type(value) is str and len(value) == 29 and value.endswith(" GMT"):
-        month = _MONTHS.get(value[8:11])
-        try:
-            day, hour, minute, second = (int(value[5:7]), int(value[17:19]),
-                                         int(value[20:22]), int(value[23:25]))
-            year = int(value[12:16])
-            leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
-            if month and 1 <= day <= _MONTH_DAYS[month] - (month == 2 and not leap) \
-                    and hour < 24 and minute < 60 and second < 60:
-                return float(_days_from_civil(year, month, day) * 86400
-                             + hour * 3600 + minute * 60 + second)
-        except ValueError:
-            pass
+    epoch = rfc1123_to_epoch(value)
+    if epoch is not None:
+        return epoch
     if value is pd.NaT:
         return math.nan
     if isinstance(value, datetime):  # a parsed frame's Timestamp
         return value.timestamp() if value.tzinfo else value.replace(tzinfo=UTC).timestamp()
-    if value is None or not isinstance(value, str):
+    if not isinstance(value, str):
         return math.nan
     parsed = parse_dates([value])[0]
     return math.nan if parsed is pd.NaT else parsed.timestamp()
