@@ -54,6 +54,9 @@ class HealthPolicy:
         silent_expected: alert once this many sessions were expected in the silent window,
             both from the station's own rates and from its share of its site's sessions.
         silent_min_sessions, silent_min_days: history needed before silence is judged.
+        silent_lull_ratio: no silent alert while the count expected from the station's own
+            rates exceeds this multiple of the count from its share of its site's sessions:
+            the whole site is quiet (a holiday, a lockdown), not this station.
         fail_kwh, fail_min_hours: a failed session: less energy over a longer connection.
         fail_k, fail_n: `failing` opens at `fail_k` failures among the last `fail_n` sessions
             and closes after `recover_ok` successes in a row.
@@ -71,6 +74,7 @@ class HealthPolicy:
     silent_expected: float = 5.0
     silent_min_sessions: int = 10
     silent_min_days: float = 14.0
+    silent_lull_ratio: float = 1.5
     fail_kwh: float = 0.1
     fail_min_hours: float = 1.0
     fail_k: int = 3
@@ -636,6 +640,8 @@ def on_tick(state: MutableMapping[str, object], now_s: float,
             if silent_due(station, site, policy) > now_s:
                 continue
         metrics = silence_metrics(station, site, now_s, policy)
+        if metrics["expected"] > policy.silent_lull_ratio * metrics["expected_from_site"]:
+            continue  # a lull of the whole site
         alerts.append(_open(station, "silent", now_s, _silence_evidence(metrics), metrics))
         state[key] = station
         if key not in changed[-1:]:
