@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 
 from keyed_state import PartitionState, PrefixCodec
-from pipelines.contracts.dates import parse_rfc1123
+from pipelines.contracts.dates import rfc1123_to_epoch
 from pipelines.contracts.sessions import Source
 from pipelines.contracts.station_alert import (
     InvalidStationAlert,
@@ -68,12 +68,9 @@ class StreamClock:
 
 def _event_seconds(record: dict) -> float | None:
     for name in ("disconnectTime", "doneChargingTime", "connectionTime"):
-        value = record.get(name)
-        if value:
-            try:
-                return parse_rfc1123(value).timestamp()
-            except (TypeError, ValueError):
-                continue
+        seconds = rfc1123_to_epoch(record.get(name))
+        if seconds is not None:
+            return seconds
     return None
 
 
