@@ -57,6 +57,12 @@ def check_compatible(model: Scorer, computed_columns: Sequence[str] | None) -> N
         )
 
 
+def served_stamp(model: Scorer) -> str:
+    """What the registry poll answers while `model` serves: its version, and the time of its
+    threshold's re-calibration when it has one (`pipelines.models.registry.champion_stamp`)."""
+    return str(getattr(model, "stamp", model.version))
+
+
 class ChampionWatcher:
     """Serves one model and swaps in a new champion between batches, loaded off the hot path.
 
@@ -151,7 +157,7 @@ class ChampionWatcher:
             log.warning("the champion alias is gone; still serving v%s",
                         pending.version if pending else "?")
             return
-        if pending is not None and str(version) == str(pending.version):
+        if pending is not None and str(version) == served_stamp(pending):
             return
         if version == self._rejected_version:
             return
@@ -169,8 +175,8 @@ class ChampionWatcher:
             log.exception("cannot load champion v%s; still serving the loaded model", version)
             self._on_error()
             return
-        log.info("loaded champion v%s in %.1fs; it scores from the next batch",
-                 model.version, time.monotonic() - t0)
+        log.info("loaded champion %s (threshold %.6g) in %.1fs; it scores from the next batch",
+                 served_stamp(model), model.threshold, time.monotonic() - t0)
         self._next = model
 
     def _watch(self) -> None:

@@ -45,7 +45,7 @@ def run_worker(settings: Settings, stop: threading.Event | None = None,
     metrics = WorkerMetrics()
     watcher = ChampionWatcher(
         load=lambda: registry.load_champion(settings),
-        poll_version=lambda: registry.champion_version(settings),
+        poll_version=lambda: registry.champion_stamp(settings),
         interval_s=settings.serve_model_poll_s, feature_columns=FEATURE_COLUMNS,
         on_swap=metrics.observe_model, on_error=metrics.model_reload_errors.inc,
         warmup=lambda model: warm_up(model, feature_matrix, settings.serve_explain_top_k))

@@ -17,16 +17,20 @@ class Registry:
         self.version = version
         self.down = False
         self.loads = 0
+        self.calibrated_at: str | None = None  # the registry's re-calibration stamp
         self.feature_columns = list(PowerScorer.feature_columns)
 
     def poll(self) -> str | None:
         if self.down:
             raise ConnectionError("registry unreachable")
+        if self.version is not None and self.calibrated_at:
+            return f"{self.version}@{self.calibrated_at}"
         return self.version
 
     def load(self) -> PowerScorer:
         self.loads += 1
         model = PowerScorer(version=self.version)
+        model.stamp = self.poll()
         model.feature_columns = self.feature_columns
         return model
 
@@ -87,3 +91,13 @@ def test_an_incompatible_new_champion_is_not_swapped_in_nor_reloaded_every_poll(
     w.check_now()
     w.check_now()
     assert w.current().version == "1" and reg.loads == 2
+
+
+def test_a_recalibrated_threshold_of_the_same_champion_is_reloaded_once():
+    reg = Registry("4")
+    w = watcher(reg)
+    w.start()
+    reg.calibrated_at = "2026-12-03T10:00:00+00:00"
+    w.check_now()
+    w.check_now()
+    assert reg.loads == 2 and w.current().stamp == "4@2026-12-03T10:00:00+00:00"
