@@ -114,7 +114,18 @@ def champion_summary(settings: Settings) -> dict | None:
                         else version.last_updated_timestamp / 1000),
         "decision_reason": tags.get("decision_reason"), "criterion": tags.get("criterion"),
         "metrics": {k: metrics[k] for k in sorted(metrics)[:16]},
+        "threshold": threshold_summary(tags, metrics.get("threshold")),
     }
+
+
+def threshold_summary(tags: dict, trained: float | None) -> dict:
+    """The threshold the workers serve: the trained one, or the one monitoring re-calibrated
+    from recent scores (docs/models.md, "Threshold re-calibration"), with its evidence."""
+    calibrated = registry.calibrated_threshold(tags)
+    return {"trained": trained, "served": trained if calibrated is None else calibrated,
+            "calibrated_at": tags.get(registry.CALIBRATED_AT) if calibrated is not None else None,
+            "window": tags.get(f"{registry.CALIBRATION_PREFIX}window"),
+            "reason": tags.get(f"{registry.CALIBRATION_PREFIX}reason")}
 
 
 class ChampionCache:

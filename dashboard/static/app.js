@@ -146,6 +146,12 @@ function drawCards(o) {
     for (const [k, v] of Object.entries(c.metrics || {}).slice(0, 8)) {
       metrics.append(el("span", {}, `${k} `, el("b", {}, num(v))));
     }
+    const t = c.threshold || {};
+    if (t.calibrated_at) {  // re-calibrated by monitoring from recent scores
+      metrics.append(el("span", {id: "champion-threshold"}, "threshold ", el("b", {}, num(t.served)),
+        ` re-calibrated ${ago(Date.parse(t.calibrated_at) / 1000)} from ${t.window || "?"} ` +
+        `scores (trained ${num(t.trained)})`));
+    }
   } else {
     $("champion-version").textContent = c.state === "loading" ? "loading…" : "no champion";
     $("champion-detail").textContent = c.detail || "";

@@ -59,17 +59,18 @@ def served(dash_settings):
 
 @pytest.fixture
 def alias_champion(dash_settings, tmp_path):
-    """A registry entry (run metrics and tags, no model) aliased `champion`: what the dashboard
-    reads of a champion."""
+    """A registry entry (run metrics and tags, no model) aliased `champion`, its threshold
+    re-calibrated by monitoring: what the dashboard reads of a champion."""
 
     def register() -> None:
-        from pipelines.models.registry import CHAMPION, mlflow_client
+        from pipelines.models.registry import CHAMPION, mlflow_client, record_calibration
 
         client = mlflow_client(dash_settings)
         experiment = client.create_experiment(f"dashboard-{dash_settings.model_name}",
                                               artifact_location=(tmp_path / "art").as_uri())
         run = client.create_run(experiment)
-        for name, value in {"pr_auc": 0.81, "recall_at_budget": 0.74, "roc_auc": 0.93}.items():
+        for name, value in {"pr_auc": 0.81, "recall_at_budget": 0.74, "roc_auc": 0.93,
+                            "threshold": 0.62}.items():
             client.log_metric(run.info.run_id, name, value)
         client.set_terminated(run.info.run_id)
         client.create_registered_model(dash_settings.model_name)
@@ -80,6 +81,8 @@ def alias_champion(dash_settings, tmp_path):
         client.set_registered_model_alias(dash_settings.model_name, CHAMPION, version.version)
         client.set_model_version_tag(dash_settings.model_name, version.version, "decision_reason",
                                      "first valid model: no champion yet")
+        record_calibration(dash_settings, version.version, 0.71,
+                           {"window": "5000", "reason": "2.4% of the window alerted"})
 
     return register
 

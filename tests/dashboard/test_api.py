@@ -60,4 +60,6 @@ def test_feed_overview_ack_and_champion(dash_settings, served, kit, alias_champi
         found = champion()
         assert found["version"] == "1" and found["metrics"]["pr_auc"] == 0.81
         assert found["decision_reason"] == "first valid model: no champion yet"
+        assert found["threshold"]["trained"] == 0.62 and found["threshold"]["served"] == 0.71
+        assert found["threshold"]["window"] == "5000" and found["threshold"]["calibrated_at"]
     store.close()

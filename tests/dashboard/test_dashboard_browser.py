@@ -102,6 +102,9 @@ def test_dashboard_shows_new_anomalies_live_and_acknowledges_alerts(
         expect(page.locator("#champion-version")).to_have_text(
             f"{dash_settings.model_name} v1", timeout=20_000)
         expect(page.locator("#champion-metrics")).to_contain_text("pr_auc 0.81")
+        expect(page.locator("#champion-threshold")).to_contain_text(
+            "threshold 0.710 re-calibrated")
+        expect(page.locator("#champion-threshold")).to_contain_text("(trained 0.620)")
         page.evaluate("window.__notReloaded = true")
 
         fresh = kit.score_message(station="CA-777", score=0.95,
