@@ -16,6 +16,11 @@ and splits, fixed detectors instead of the tuning grid, no registry or serving.
 4. Each detector is fitted on each version's columns (`--versions`; f1 =
    `F2_COLUMNS[:16]`, f2 = `F2_COLUMNS`, f3 = `FEATURE_COLUMNS`; `--try NAME=c1+c2`
    adds f2 plus any candidate context columns); threshold = 1 % of its training scores.
+   `--trim 0.03` also trims each one (`--trim-modes`): `all` = fit, drop the top 3 % of
+   the training rows by score, refit on the rest (`estimators.fit_trimmed`), threshold at
+   1 % of the refit's scores of all training rows; `kept` = the same refit, threshold at
+   1 % of the kept rows' scores; `cut` = one plain fit, threshold at 1 % of the training
+   rows below its top 3 %.
 5. Per scenario and detector: PR-AUC, precision@k (k = 1 % of scored rows), the
    false-alert rate on untouched real sessions, and per fault type the recall at
    the threshold and the ROC-AUC of that type against the untouched real sessions.
@@ -26,11 +31,13 @@ and splits, fixed detectors instead of the tuning grid, no registry or serving.
 
     .venv/bin/python benchmarks/feature_scales.py [--acn-dir ../shared/acn] [--seeds 1,2,3]
     .venv/bin/python benchmarks/feature_scales.py --cost 1000000   # speed and state size
+    .venv/bin/python benchmarks/feature_scales.py --tune-cost --trim 0,0.015  # training time
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 from pathlib import Path
 
@@ -108,13 +115,34 @@ def probes(scored: list, contexts: np.ndarray, kind: np.ndarray, dc: set[str], n
     return out
 
 
+def fits(trims: list[float], modes: list[str]) -> list[tuple[float, str]]:
+    """(trim, mode) per fit; an untrimmed fit has one mode."""
+    return [(0.0, "all")] * (0.0 in trims) + [(t, m) for t in trims if t > 0 for m in modes]
+
+
+def fit_label(version: str, trim: float, mode: str) -> str:
+    return version if trim == 0 else f"{version} {mode} {trim:.1%}"
+
+
+def fit_and_threshold(detector, X_train: np.ndarray, trim: float, mode: str) -> float:
+    """Fit `detector` as `mode` says (module docstring, step 4); its threshold."""
+    from pipelines.models.detection_metrics import calibrate_threshold
+    from pipelines.models.estimators import below_top, fit_trimmed
+
+    if mode == "cut":
+        scores = detector.fit(X_train).score_samples(X_train)
+        return calibrate_threshold(scores[below_top(scores, trim)], 0.01)
+    kept = fit_trimmed(detector, X_train, trim)
+    return calibrate_threshold(detector.score_samples(X_train[kept] if mode == "kept"
+                                                      else X_train), 0.01)
+
+
 def measure(train: list, scored: list, labels: dict, clean: bool, seed: int,
             versions: dict[str, list[str]], detectors: tuple, dc: set[str],
-            n_probes: int) -> dict:
+            n_probes: int, trims: tuple[tuple[float, str], ...] = ((0.0, "all"),)) -> dict:
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     from pipelines.data.anomalies import ANOMALY_TYPES, RULE_BREAKING_ANOMALIES
-    from pipelines.models.detection_metrics import calibrate_threshold
     from pipelines.models.estimators import make_detector
     from pipelines.stations.context import replay_context_array, session_facts
 
@@ -132,10 +160,9 @@ def measure(train: list, scored: list, labels: dict, clean: bool, seed: int,
     out = {}
     for version, columns in versions.items():
         X_train, X_scored = train_rows[columns].to_numpy(), scored_rows[columns].to_numpy()
-        for detector_kind, params in detectors:
+        for (detector_kind, params), (trim, mode) in itertools.product(detectors, trims):
             detector = make_detector(detector_kind, random_state=seed, **params)
-            detector.fit(X_train)
-            threshold = calibrate_threshold(detector.score_samples(X_train), 0.01)
+            threshold = fit_and_threshold(detector, X_train, trim, mode)
             scores = detector.score_samples(X_scored)
             alerts = scores >= threshold
             row = {"pr_auc": average_precision_score(is_fault, scores),
@@ -149,7 +176,7 @@ def measure(train: list, scored: list, labels: dict, clean: bool, seed: int,
                     row[f"auc {fault}"] = roc_auc_score(mask[both], scores[both])
             for name, rows in probe_rows.items():
                 row[name] = (detector.score_samples(rows[columns].to_numpy()) >= threshold).mean()
-            out[(detector_kind, version)] = row
+            out[(detector_kind, fit_label(version, trim, mode))] = row
     return out
 
 
@@ -247,6 +274,34 @@ def cost(records: list[dict], n_sessions: int) -> None:
           f"100,000 stations like these: {memory / stations * 1e5 / 1e6:.0f} MB |")
 
 
+def tune_cost(records: list[dict], trims: list[float], seed: int) -> None:
+    """Seconds of `tune` on the default grid (`TrainParams()`) per trim, on the time split's
+    training rows (planted faults that pass validation included) and scored rows."""
+    import time
+
+    from pipelines.data.anomalies import RULE_BREAKING_ANOMALIES
+    from pipelines.data.features import FEATURE_COLUMNS
+    from pipelines.models.candidates import EvalSplit
+    from pipelines.models.train_params import TrainParams
+    from pipelines.models.tuning import tune
+    from pipelines.stations.context import replay_context_array, session_facts
+
+    train, scored, labels = scenarios(records, 0.03, seed)["time split"]
+    train_kinds = np.array([labels.get(str(r["sessionID"]), "") for r in train], dtype=object)
+    contexts = replay_context_array(session_facts(train + scored))
+    X = all_columns(train + scored, contexts)[FEATURE_COLUMNS].to_numpy()
+    split = EvalSplit(X[:len(train)][~np.isin(train_kinds, list(RULE_BREAKING_ANOMALIES))],
+                      X[len(train):], np.array([labels.get(str(r["sessionID"]), "")
+                                                for r in scored], dtype=object))
+    for trim in trims:
+        params = TrainParams(trim=trim, seed=seed)
+        started = time.perf_counter()
+        result = tune(split, params.search_space(), params.tuning_config())
+        print(f"| trim {trim:.1%} | {len(result.results)} candidates, n_jobs {params.n_jobs} | "
+              f"{time.perf_counter() - started:.1f} s | chose {result.best.candidate.name}, "
+              f"PR-AUC {result.best.metrics['pr_auc']:.3f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--acn-dir", type=Path, default=ROOT.parent / "shared" / "acn")
@@ -262,6 +317,16 @@ def main() -> None:
                              "sessions (the exports copied with new station ids)")
     parser.add_argument("--clean-training", action="store_true",
                         help="drop every injected session from training (not only rule-breaking)")
+    parser.add_argument("--trim", default="0", metavar="Q,Q",
+                        help="also trim: this share of the top-scored training rows "
+                             "(0 = the plain fit)")
+    parser.add_argument("--trim-modes", default="all,kept,cut",
+                        help="trimmed fits: refit and threshold on all rows (all), refit and "
+                             "threshold on the kept rows (kept), or no refit and threshold "
+                             "below the top share (cut)")
+    parser.add_argument("--tune-cost", action="store_true",
+                        help="only time tuning on the default grid for each --trim (time split, "
+                             "first seed)")
     args = parser.parse_args()
 
     from pipelines.data.exports import load_exports
@@ -274,16 +339,22 @@ def main() -> None:
     if args.cost:
         cost(records, args.cost)
         return
+    if args.tune_cost:
+        tune_cost(records, [float(t) for t in args.trim.split(",")],
+                  int(args.seeds.split(",")[0]))
+        return
     versions = columns_of(args.versions.split(","),
                           {t.split("=")[0]: t.split("=")[1].split("+") for t in args.tries})
     dc = dc_stations(records)
+    trims = tuple(fits([float(t) for t in args.trim.split(",")],
+                       args.trim_modes.split(",")))
     seeds = [int(s) for s in args.seeds.split(",")]
     results: dict[str, list[dict]] = {}
     for seed in seeds:
         for name, (train, scored, labels) in scenarios(records, args.rate, seed).items():
             results.setdefault(name, []).append(
                 measure(train, scored, labels, args.clean_training, seed, versions, detectors,
-                        dc, args.probes))
+                        dc, args.probes, trims))
             print(f"seed {seed}: {name} done", flush=True)
     training = ("without any injected session" if args.clean_training
                 else "without the rule-breaking faults the suites quarantine")

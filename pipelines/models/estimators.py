@@ -225,6 +225,46 @@ def make_detector(kind: DetectorKind, **params: Any) -> Detector:
     raise ValueError(f"unknown detector kind {kind!r}; expected one of {DETECTOR_KINDS}")
 
 
+def fit_trimmed(detector: Detector, X: Any, trim: float) -> np.ndarray:
+    """Fit `detector` on the rows of `X` that a first fit does not rank in the top `trim`.
+
+    Training history is contaminated: faults that break no validation rule (meter
+    faults, over-deliveries, stuck sessions) stay in it, and a forest fitted on them
+    learns their region as normal, so it masks their kind. A first fit on every row
+    ranks them high; the refit on the rest sees fewer of them. Both fits use the
+    detector's seed, so the result is as deterministic as a plain `fit`.
+
+    Args:
+        detector: unfitted detector; fitted in place on the kept rows.
+        X: training rows.
+        trim: share of the highest-scoring rows left out of the refit, in [0, 0.5);
+            0 is a plain `fit` on every row.
+
+    Returns:
+        The kept rows as a boolean mask over `X`.
+    """
+    matrix = _as_matrix(X)
+    if int(trim * len(matrix)) == 0:
+        below_top(np.zeros(len(matrix)), trim)  # validates `trim`
+        detector.fit(matrix)
+        return np.ones(len(matrix), dtype=bool)
+    kept = below_top(detector.fit(matrix).score_samples(matrix), trim)
+    detector.fit(matrix[kept])
+    return kept
+
+
+def below_top(scores: np.ndarray, share: float) -> np.ndarray:
+    """Mask of the rows outside the highest-scoring `share` of `scores` (rounded down).
+
+    Ties at the cut are broken by row order (a stable sort), the same on every run.
+    """
+    if not 0 <= share < 0.5:
+        raise ValueError(f"trim must be in [0, 0.5), got {share}")
+    kept = np.ones(len(scores), dtype=bool)
+    kept[np.argsort(-np.asarray(scores), kind="stable")[:int(share * len(scores))]] = False
+    return kept
+
+
 def detector_state(detector: Detector) -> dict[str, Any]:
     """A fitted detector as plain data: its kind, hyperparameters and learned attributes.
 

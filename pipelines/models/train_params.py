@@ -10,6 +10,9 @@ from pydantic import BaseModel, Field
 from pipelines.models.candidates import SearchSpace
 from pipelines.models.tuning import TuningConfig
 
+# measured on the real exports (docs/benchmarks.md, "Training against contaminated history")
+TRIM_DEFAULT = 0.0
+
 
 class TrainParams(BaseModel):
     """Parameters of a training run (the Prefect UI shows them as a form)."""
@@ -29,6 +32,9 @@ class TrainParams(BaseModel):
                                         "extended")
     alert_budget: float = Field(0.01, gt=0, lt=0.5, description="Share of sessions that may "
                                 "alert; sets the stored threshold")
+    trim: float = Field(TRIM_DEFAULT, ge=0, lt=0.5, description="Share of the top-scored "
+                        "training sessions each forest is refitted without (faults that pass "
+                        "validation stay in the history and mask their kind); 0 = one fit")
     eval_fraction: float = Field(0.3, gt=0.05, lt=0.9, description="Latest share of sessions "
                                  "held out for evaluation")
     inject_rate: float = Field(0.03, ge=0, le=0.5, description="Without dataset labels: share "
@@ -56,4 +62,5 @@ class TrainParams(BaseModel):
     def tuning_config(self) -> TuningConfig:
         return TuningConfig(alert_budget=self.alert_budget, seed=self.seed, n_jobs=self.n_jobs,
                             tolerance=self.tolerance, em_draws=self.em_draws,
-                            em_uniform=self.em_uniform, min_probe_recall=self.min_probe_recall)
+                            em_uniform=self.em_uniform, min_probe_recall=self.min_probe_recall,
+                            trim=self.trim)

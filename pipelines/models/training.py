@@ -20,6 +20,7 @@ from pipelines.data.datasets import Dataset
 from pipelines.models import tracking
 from pipelines.models.anomaly_model import SessionAnomalyModel
 from pipelines.models.candidates import CandidateResult
+from pipelines.models.estimators import fit_trimmed
 from pipelines.models.promotion import PromotionDecision, promote_if_better
 from pipelines.models.tracking import LoggedTuning, candidates_table
 from pipelines.models.train_params import TrainParams
@@ -70,10 +71,10 @@ def tune_candidates(data: TrainingData, params: TrainParams,
 
 def build_model(data: TrainingData, tuning: TuningResult,
                 params: TrainParams) -> SessionAnomalyModel:
-    """Refit the chosen candidate (deterministic: same seed) and package it."""
+    """Refit the chosen candidate (deterministic: same seed, same trim) and package it."""
     best = tuning.best
     detector = best.candidate.build(params.seed, n_features=len(data.feature_columns))
-    detector.fit(data.split.X_train)
+    fit_trimmed(detector, data.split.X_train, params.trim)
     return SessionAnomalyModel(detector, best.threshold, data.feature_columns,
                                data.feature_version, data.split.X_train, params.alert_budget,
                                best.candidate.name, seed=params.seed)

@@ -1,7 +1,11 @@
 """Hyperparameter search for the detectors, on an honest criterion.
 
 Every candidate is fitted on the training split and evaluated on the held-out
-split; candidates run in parallel worker processes (joblib/loky).
+split; candidates run in parallel worker processes (joblib/loky). With
+`TuningConfig.trim > 0` each fit is a trimmed refit (`estimators.fit_trimmed`)
+and the threshold is set on the rows it kept: the training history holds faults
+that pass validation, and a forest fitted on them, with a threshold set on them,
+masks their kind (docs/models.md, "Training on a contaminated history").
 
 The selection rule is in `pipelines.models.selection` (documented there and in
 docs/models.md).
@@ -24,6 +28,7 @@ from pipelines.models.detection_metrics import (
     recall_by_type,
     uniform_box_sample,
 )
+from pipelines.models.estimators import fit_trimmed
 from pipelines.models.selection import Criterion, criterion_for, select_best
 
 
@@ -40,6 +45,8 @@ class TuningConfig:
         em_draws: feature subsamples averaged (0 disables EM/MV).
         em_uniform: uniform Monte Carlo points per draw.
         min_probe_recall: share of impossible-power probes a candidate must flag.
+        trim: share of the top-scored training rows each candidate is refitted without
+            (`pipelines.models.estimators.fit_trimmed`; 0 = one plain fit).
     """
 
     alert_budget: float = 0.01
@@ -50,6 +57,7 @@ class TuningConfig:
     em_draws: int = 5
     em_uniform: int = 10_000
     min_probe_recall: float = 0.9
+    trim: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.alert_budget < 1:
@@ -58,6 +66,8 @@ class TuningConfig:
             raise ValueError("n_jobs and em_features must be >= 1, em_draws >= 0")
         if not 0 <= self.min_probe_recall <= 1:
             raise ValueError(f"min_probe_recall must be in [0, 1], got {self.min_probe_recall}")
+        if not 0 <= self.trim < 0.5:
+            raise ValueError(f"trim must be in [0, 0.5), got {self.trim}")
 
 
 def evaluate_scores(scores: np.ndarray, split: EvalSplit, threshold: float,
@@ -71,21 +81,24 @@ def evaluate_scores(scores: np.ndarray, split: EvalSplit, threshold: float,
     return metrics
 
 
-def em_mv_scores(candidate: Candidate, split: EvalSplit, config: TuningConfig) -> dict[str, float]:
+def em_mv_scores(candidate: Candidate, split: EvalSplit, config: TuningConfig,
+                 kept: np.ndarray | None = None) -> dict[str, float]:
     """Goix's EM and MV, averaged over random feature subsets with the candidate refitted.
 
     Volumes are shares of the held-out data's bounding box. Every candidate
-    sees the same subsets and uniform points (same seed).
+    sees the same subsets and uniform points (same seed). The refits learn from the
+    training rows `kept` (a mask; None = all), the rows the candidate's own fit kept.
     """
     n_features = split.X_train.shape[1]
     if config.em_draws == 0:
         return {}
+    X_train = split.X_train if kept is None else split.X_train[kept]
     rng = np.random.default_rng(config.seed)
     k = min(config.em_features, n_features)
     ems, mvs = [], []
     for _ in range(config.em_draws if k < n_features else 1):
         cols = np.sort(rng.choice(n_features, size=k, replace=False))
-        detector = candidate.build(config.seed, n_features=k).fit(split.X_train[:, cols])
+        detector = candidate.build(config.seed, n_features=k).fit(X_train[:, cols])
         uniform, _volume = uniform_box_sample(split.X_eval[:, cols], config.em_uniform, rng)
         held_out = detector.score_samples(split.X_eval[:, cols])
         on_uniform = detector.score_samples(uniform)
@@ -96,21 +109,28 @@ def em_mv_scores(candidate: Candidate, split: EvalSplit, config: TuningConfig) -
 
 def evaluate_candidate(candidate: Candidate, split: EvalSplit,
                        config: TuningConfig) -> CandidateResult:
-    """Fit `candidate` on the training rows and compute every metric on the held-out rows."""
+    """Fit `candidate` on the training rows and compute every metric on the held-out rows.
+
+    The threshold lets a share `alert_budget` of the kept training rows alert: the budget
+    is one of ordinary sessions, and the trimmed rows, scored by a forest that no longer
+    learns them, would otherwise fill it.
+    """
     detector = candidate.build(config.seed, n_features=split.X_train.shape[1])
     started = time.perf_counter()
-    detector.fit(split.X_train)
+    kept = fit_trimmed(detector, split.X_train, config.trim)
     fit_seconds = time.perf_counter() - started
     started = time.perf_counter()
     eval_scores = detector.score_samples(split.X_eval)
     score_seconds = max(time.perf_counter() - started, 1e-9)
-    threshold = calibrate_threshold(detector.score_samples(split.X_train), config.alert_budget)
+    threshold = calibrate_threshold(detector.score_samples(split.X_train[kept]),
+                                    config.alert_budget)
     metrics: dict[str, float] = {"fit_seconds": fit_seconds,
-                                 "score_rows_per_s": len(split.X_eval) / score_seconds}
+                                 "score_rows_per_s": len(split.X_eval) / score_seconds,
+                                 "trimmed_rows": float((~kept).sum())}
     metrics.update(evaluate_scores(eval_scores, split, threshold, config.alert_budget))
     if split.X_probe is not None and len(split.X_probe):
         metrics["probe_recall"] = probe_recall(detector, split.X_probe, threshold)
-    metrics.update(em_mv_scores(candidate, split, config))
+    metrics.update(em_mv_scores(candidate, split, config, kept))
     return CandidateResult(candidate, metrics, threshold, eval_scores.astype(np.float64))
 
 
