@@ -11,7 +11,7 @@ from pipelines.models.candidates import SearchSpace
 from pipelines.models.tuning import TuningConfig
 
 # measured on the real exports (docs/benchmarks.md, "Training against contaminated history")
-TRIM_DEFAULT = 0.0
+TRIM_DEFAULT = 0.015
 
 
 class TrainParams(BaseModel):
