@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from typing import Protocol
 
 from keyed_state import PartitionState, PrefixCodec
 from pipelines.contracts.dates import rfc1123_to_epoch
@@ -38,6 +39,13 @@ TIMER_OFFSET = -1
 STATION_STATE_CODEC = PrefixCodec({
     "profile": Profile, "site": Profile, "user": Profile,
     "health": StationHealth, "healthsite": SiteHealth, "healthuser": UserPower})
+
+
+class DeadLetter(Protocol):
+    """What the tracker reads of a dead-lettered message (`serving.steps.base.InvalidMessage`)."""
+
+    key: bytes | None
+    source: Source
 
 
 class StreamClock:
@@ -118,6 +126,26 @@ class StationTracker:
                 self.clock.observe(source.partition, event_s)
         alerts.extend(self.tick_if_due())
         return contexts, self._messages(alerts)
+
+    def dead_lettered(self, messages: Sequence[DeadLetter]) -> list[tuple[str, bytes]]:
+        """Count each dead-lettered session of a known station as failed, and the station
+        alerts that raises. The Kafka key names the station; a key no session ever came
+        with is ignored, so junk cannot grow the state."""
+        alerts: list = []
+        for message in messages:
+            if not message.key:
+                continue
+            station_id = message.key.decode("utf-8", "replace")
+            key = station_health.station_key(station_id)
+            state = self._state_of(message.source.partition)
+            known = state.get(key)
+            if known is None or state.applied_offset(key) >= message.source.offset:
+                continue
+            _keys, raised = station_health.on_dead_letter(
+                state.view(message.source.offset), station_id, known.site_id,
+                self.clock.now(message.source.partition))
+            alerts.extend(raised)
+        return self._messages(alerts)
 
     def tick_if_due(self) -> list:
         """Check the owned stations for silence, at most once per `tick_s` of wall clock."""

@@ -35,6 +35,8 @@ class ContextStep(TransformStep):
         t0 = time.perf_counter()
         batch.contexts, batch.station_alerts = self._tracker.process(batch.records,
                                                                      batch.sources)
+        if batch.invalid:  # what Decode dead-lettered: a failed session of its station
+            batch.station_alerts += self._tracker.dead_lettered(batch.invalid)
 
         def delivered(error: str | None) -> None:
             batch.state_writes_pending -= 1

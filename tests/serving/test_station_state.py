@@ -153,3 +153,27 @@ def test_a_silent_station_is_alerted_with_no_message_arriving(serving_settings):
     assert silent[0].status == "open" and "no session" in silent[0].evidence
     last_seen = start + timedelta(days=27, hours=3)
     assert silent[0].opened_ts >= last_seen.timestamp()
+
+
+def test_dead_letters_of_a_known_station_make_it_failing_and_junk_keys_grow_no_state():
+    from pipelines.contracts.station_alert import parse_station_alert
+    from serving.steps.base import InvalidMessage
+
+    template = generate_sessions(1, seed=4)[0][0]
+    good = [{**template, "sessionID": f"ok-{i}", "stationID": "CA-DL"} for i in range(4)]
+    state = PartitionState(0)
+    tracker = StationTracker(lambda _p: state, lambda: [0], tick_s=float("inf"))
+    tracker.process(good, [Source("sessions", 0, i, 0) for i in range(4)])
+    before = len(state)
+
+    junk = [InvalidMessage(Source("sessions", 0, 10 + i, 0), b"{", f"junk-{i}".encode(),
+                           "not JSON", "decode") for i in range(50)]
+    assert tracker.dead_lettered(junk) == [] and len(state) == before
+
+    broken = [InvalidMessage(Source("sessions", 0, 100 + i, 0), b"{", b"CA-DL", "not JSON",
+                             "decode") for i in range(3)]
+    alerts = [parse_station_alert(body) for _key, body in tracker.dead_lettered(broken)]
+    assert [(a.station_id, a.kind, a.status) for a in alerts] == [("CA-DL", "failing", "open")]
+    counted = state.get("health:CA-DL").to_bytes()
+    assert tracker.dead_lettered(broken) == []  # redelivered after a crash
+    assert state.get("health:CA-DL").to_bytes() == counted  # not counted again
