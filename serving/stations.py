@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from keyed_state import PartitionState, PrefixCodec
-from pipelines.contracts.dates import rfc1123_to_epoch
+from pipelines.contracts.dates import date_to_epoch
 from pipelines.contracts.sessions import Source
 from pipelines.contracts.station_alert import (
     InvalidStationAlert,
@@ -76,7 +76,7 @@ class StreamClock:
 
 def _event_seconds(record: dict) -> float | None:
     for name in ("disconnectTime", "doneChargingTime", "connectionTime"):
-        seconds = rfc1123_to_epoch(record.get(name))
+        seconds = date_to_epoch(record.get(name))
         if seconds is not None:
             return seconds
     return None

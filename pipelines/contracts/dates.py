@@ -146,6 +146,24 @@ def format_date(ts: Any) -> str | None:
     return (ts.tz_convert("UTC") if ts.tzinfo else ts).strftime(RFC1123)
 
 
+def date_to_epoch(value: Any) -> float | None:
+    """Epoch seconds of a date as sessions carry it: RFC 1123 GMT (by arithmetic, the hot
+    path), ISO 8601 or another form `parse_dates` reads, or a datetime; None when absent or
+    unreadable. The one reader of session dates for the stations' state and detectors."""
+    seconds = rfc1123_to_epoch(value)
+    if seconds is not None or value is None or value is pd.NaT:
+        return seconds
+    if isinstance(value, datetime):  # a parsed frame's Timestamp
+        return value.timestamp() if value.tzinfo else value.replace(tzinfo=UTC).timestamp()
+    if not isinstance(value, str):
+        return None
+    try:
+        return iso_to_epoch(value)
+    except ValueError:
+        parsed = parse_dates([value])[0]
+        return None if parsed is pd.NaT else parsed.timestamp()
+
+
 def iso_to_epoch(value: Any) -> float:
     """Epoch seconds of an ISO 8601 string; a naive time is taken as UTC.
 

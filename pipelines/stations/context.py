@@ -28,13 +28,11 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Mapping, MutableMapping, Sequence
-from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import numpy as np
-import pandas as pd
 
-from pipelines.contracts.dates import parse_dates, rfc1123_to_epoch
+from pipelines.contracts.dates import date_to_epoch
 from pipelines.stations.profiles import (
     PRIOR,
     SITE_WINDOW,
@@ -89,20 +87,9 @@ class SessionFacts(NamedTuple):
 
 
 def _epoch(value: Any) -> float:
-    """Epoch seconds of an ACN date (RFC 1123 GMT by arithmetic: this runs three times per
-    session), of a parsed frame's Timestamp, or of anything `parse_dates` reads; NaN when
-    unparseable."""
-    epoch = rfc1123_to_epoch(value)
-    if epoch is not None:
-        return epoch
-    if value is pd.NaT:
-        return math.nan
-    if isinstance(value, datetime):  # a parsed frame's Timestamp
-        return value.timestamp() if value.tzinfo else value.replace(tzinfo=UTC).timestamp()
-    if not isinstance(value, str):
-        return math.nan
-    parsed = parse_dates([value])[0]
-    return math.nan if parsed is pd.NaT else parsed.timestamp()
+    """`date_to_epoch`, NaN when unreadable (the profiles' arithmetic carries NaN)."""
+    epoch = date_to_epoch(value)
+    return math.nan if epoch is None else epoch
 
 
 def _kwh(value: Any) -> float:

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipelines.contracts.dates import (
+    date_to_epoch,
     format_rfc1123,
     is_rfc1123,
     iso_to_epoch,
@@ -57,3 +58,15 @@ def test_rfc1123_to_epoch_agrees_with_datetime(when):
                                   "Wed, 02 Foo 2019 14:55:53 GMT", "", None, 17.0])
 def test_rfc1123_to_epoch_refuses_what_is_not_a_calendar_date(text):
     assert rfc1123_to_epoch(text) is None
+
+
+@pytest.mark.parametrize("value", ["Wed, 02 Jan 2019 14:55:53 GMT", "2019-01-02T14:55:53+00:00",
+                                   "2019-01-02T14:55:53", datetime(2019, 1, 2, 14, 55, 53),
+                                   pd.Timestamp("2019-01-02 14:55:53", tz="UTC")])
+def test_date_to_epoch_reads_every_form_a_session_date_comes_in(value):
+    assert date_to_epoch(value) == parse_rfc1123("Wed, 02 Jan 2019 14:55:53 GMT").timestamp()
+
+
+@pytest.mark.parametrize("value", [None, pd.NaT, "not a date", 17.0, ["x"]])
+def test_date_to_epoch_is_none_for_what_is_not_a_date(value):
+    assert date_to_epoch(value) is None
