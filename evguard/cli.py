@@ -9,7 +9,18 @@ from __future__ import annotations
 
 import typer
 
-from evguard.commands import data, evaluate, models, monitoring, platform, services, serving
+from evguard.commands import (
+    data,
+    evaluate,
+    models,
+    monitoring,
+    ocpp,
+    platform,
+    services,
+    serving,
+    simulate,
+    telemetry,
+)
 
 app = typer.Typer(
     name="evguard",
@@ -19,7 +30,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(services.app, name="services")
-for commands in (data, models, serving, monitoring, platform, evaluate):
+for commands in (data, models, serving, ocpp, telemetry, simulate, monitoring, platform, evaluate):
     commands.register(app)
 
 

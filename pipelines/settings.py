@@ -143,6 +143,49 @@ class Settings(BaseSettings):
         4.0, description="The new threshold alerts on budget x/÷ at most this of the training "
                          "reference scores")
 
+    # live charger telemetry over OCPP (gateway/, telemetry/, fleet/; docs/telemetry.md)
+    topic_telemetry: str = Field(
+        "ev-charger-telemetry", description="Topic of normalised OCPP telemetry events, keyed "
+                                            "by charge point id")
+    topic_telemetry_dlq: str = Field(
+        "ev-charger-telemetry.dlq", description="Dead-letter topic for bad telemetry events")
+    topic_telemetry_state: str = Field(
+        "ev-charger-telemetry.connector-state",
+        description="Compacted changelog of the telemetry processor's per-connector state")
+    telemetry_group: str = Field("evguard-telemetry",
+                                 description="Kafka consumer group of telemetry processors")
+    telemetry_instance_id: str = Field(
+        "", description="Static group membership id of a telemetry processor; empty = dynamic")
+    telemetry_status_interval_s: float = Field(
+        5.0, description="Least time between two status snapshots of one charging connector")
+    telemetry_timezone: str = Field(
+        "America/Los_Angeles", description="timezone written into sessions handed to scoring")
+    ocpp_host: str = Field("127.0.0.1", description="Address the OCPP gateway listens on")
+    ocpp_port: int = Field(9000, description="WebSocket port of the OCPP gateway")
+    ocpp_mode: str = Field("standalone", description="standalone: be the CSMS; proxy: forward "
+                                                     "to ocpp_upstream_url and mirror to Kafka")
+    ocpp_upstream_url: str = Field(
+        "", description="The operator's CSMS (ws:// or wss://) in proxy mode; the charge "
+                        "point id is appended to it")
+    ocpp_charge_points: Path = Field(
+        Path(""), description="JSON registry of known charge points (site, hashed password); "
+                              "empty = <state_dir>/charge_points.json")
+    ocpp_allow_unknown: bool = Field(
+        False, description="Accept charge points missing from the registry (no password)")
+    ocpp_tls_cert: Path = Field(Path(""), description="PEM certificate: serve wss:// "
+                                                      "(security profile 2); empty = ws://")
+    ocpp_tls_key: Path = Field(Path(""), description="PEM private key of ocpp_tls_cert")
+    ocpp_max_frame_bytes: int = Field(65536, description="Largest OCPP frame accepted")
+    ocpp_max_messages_per_s: float = Field(
+        50.0, description="Per-connection message rate above which frames are refused")
+    ocpp_heartbeat_s: int = Field(300, description="Heartbeat interval the gateway asks for")
+    ocpp_spool_max_bytes: int = Field(
+        256 * 1024 * 1024, description="Proxy mode: disk spool for Kafka outages, at most this")
+    ocpp_metrics_port: int = Field(9102, description="Port of the gateway's /metrics and "
+                                                     "/healthz")
+    telemetry_metrics_port: int = Field(9103, description="Port of the telemetry processor's "
+                                                          "/metrics and /healthz")
+
     @property
     def state_path(self) -> Path:
         return self.state_dir.resolve()

@@ -1,0 +1,9 @@
+"""`evguard ocpp`: placeholder until its issue-13 part lands."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Nothing yet."""
