@@ -1,4 +1,4 @@
-"""The connector status (contract §9): what one connector is doing now, for the live view.
+"""The connector status (contract §5c): what one connector is doing now, for the live view.
 
 The telemetry processor publishes one snapshot per connector when its state changes
 and at most every few seconds while it charges, routed `connector.<siteID>.status` on
@@ -76,7 +76,7 @@ def _number(value: Any) -> float | None:
 
 
 def connector_status_body(message: ConnectorStatusMessage) -> dict:
-    """The JSON object of one snapshot (contract §9)."""
+    """The JSON object of one snapshot (contract §5c)."""
     return {
         "schema": SCHEMA,
         "chargePointId": message.charge_point_id,

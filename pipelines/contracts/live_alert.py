@@ -1,4 +1,4 @@
-"""The live alert (contract §8): a fault seen in a charger's telemetry while the car is plugged in.
+"""The live alert (contract §5b): a fault seen in a charger's telemetry while the car is plugged in.
 
 The telemetry processor's detectors open an episode for one connector and close it when
 the condition clears or the transaction ends. Each transition is one message on the same
@@ -100,7 +100,7 @@ def _finite_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def live_alert_body(message: LiveAlertMessage) -> dict:
-    """The JSON object of one event (contract §8)."""
+    """The JSON object of one event (contract §5b)."""
     return {
         "schema": SCHEMA,
         "alert_id": message.alert_id,

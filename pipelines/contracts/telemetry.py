@@ -1,4 +1,4 @@
-"""The telemetry event (contract §7): one thing a charger said over OCPP, in one schema.
+"""The telemetry event (contract §1a): one thing a charger said over OCPP, in one schema.
 
 The OCPP gateway turns every frame a charge point sends (1.6J or 2.0.1) into zero or
 more events on Kafka `ev-charger-telemetry`, keyed by the charge point's id, so that
@@ -129,7 +129,7 @@ def _finite(values: Mapping[str, Any]) -> dict[str, float]:
 
 
 def telemetry_body(event: TelemetryEvent) -> dict:
-    """The JSON object of one event (contract §7)."""
+    """The JSON object of one event (contract §1a)."""
     return {
         "schema": SCHEMA,
         "event_id": event.event_id,
