@@ -54,13 +54,15 @@ def dead_letter_producer_config(bootstrap: str) -> dict:
 
 
 def ensure_topics(settings: Settings, timeout: float = 20.0) -> None:
-    """Create the sessions topic and its dead-letter topic if they are missing.
+    """Create the sessions and telemetry topics and their dead-letter topics if missing.
 
     Raises:
         KafkaUnavailable: a topic could not be created, or did not appear in time.
     """
     admin = AdminClient({"bootstrap.servers": settings.kafka_servers})
-    wanted = {settings.topic_sessions: settings.topic_partitions, settings.topic_dlq: 1}
+    wanted = {settings.topic_sessions: settings.topic_partitions, settings.topic_dlq: 1,
+              settings.topic_telemetry: settings.topic_partitions,
+              settings.topic_telemetry_dlq: 1}
 
     def missing() -> list[str]:
         try:
