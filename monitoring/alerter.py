@@ -1,8 +1,8 @@
 """The alerting consumer: one explained email per station per cooldown, none lost.
 
 Queue `settings.alerts_queue` (default `alerts`) is bound to `score.*.anomaly`
-(anomalous sessions, contract §5) and `station.*.*` (station alert events, §5a).
-For each anomaly:
+(anomalous sessions, contract §5), `station.*.*` (station alert events, §5a) and
+`live.*.*` (live alert events, §5b). For each anomaly:
 
 1. a poison message goes to `alerts.dlq` (and the store), then is acked;
 2. an alert already recorded for (sessionID, model version) is a redelivery:
@@ -24,6 +24,15 @@ For each station alert event (one notice per (alert_id, status) in the store):
   otherwise (the opening was suppressed, dead-lettered or never seen) it is
   `recorded` without email: a recovery of something nobody was told about is noise.
 
+For each live alert event (its episode is one row of `live_alerts`, which this
+consumer writes too, so the email never waits for the monitoring consumer):
+
+- an open event is emailed once per episode, with the delay since its first telltale
+  sample arrived; the delivery time goes to `live_alerts.emailed_ts`. A new episode of
+  the same connector and kind within `alert_cooldown_s` of the last emailed one is
+  `suppressed`: stored and shown, not emailed;
+- a closed event is not emailed (the dashboard shows it).
+
 Delivery (SMTP retries, dead letter, webhook) is the same as for sessions.
 """
 
@@ -39,6 +48,7 @@ from email.message import EmailMessage
 from sqlalchemy.exc import OperationalError
 
 from monitoring.rabbit import TRANSIENT_ERRORS, QueueConsumer
+from pipelines.contracts.live_alert import InvalidLiveAlert, LiveAlertMessage, parse_live_alert
 from pipelines.contracts.score_result import InvalidScoreResult, parse_score_result
 from pipelines.contracts.station_alert import (
     InvalidStationAlert,
@@ -50,8 +60,12 @@ from pipelines.scores.alerting import (
     SeverityPolicy,
     alert_subject,
     compose_email,
+    compose_live_email,
     compose_station_email,
     in_cooldown,
+    live_alert_subject,
+    live_cooldown_key,
+    live_webhook_payload,
     severity,
     station_alert_subject,
     station_webhook_payload,
@@ -65,8 +79,9 @@ log = logging.getLogger(__name__)
 
 FINISHED = ("sent", "suppressed", "dead_lettered")
 NOTICE_FINISHED = (*FINISHED, "recorded")
-BINDINGS = ("score.*.anomaly", "station.*.*")
+BINDINGS = ("score.*.anomaly", "station.*.*", "live.*.*")
 STATION_PREFIX = "station."
+LIVE_PREFIX = "live."
 
 
 def smtp_config(settings: Settings) -> SmtpConfig:
@@ -82,6 +97,10 @@ def dashboard_url(settings: Settings) -> str:
 
 def stations_url(settings: Settings) -> str:
     return f"{dashboard_url(settings)}stations"
+
+
+def live_url(settings: Settings) -> str:
+    return f"{dashboard_url(settings)}live"
 
 
 class AlertConsumer:
@@ -105,6 +124,8 @@ class AlertConsumer:
         (the message must then stay unacked)."""
         if routing_key.startswith(STATION_PREFIX):
             return self.handle_station(body, routing_key, stop)
+        if routing_key.startswith(LIVE_PREFIX):
+            return self.handle_live(body, routing_key, stop)
         return self.handle_session(body, routing_key, stop)
 
     def _poison(self, body: bytes, error: str, routing_key: str) -> str:
@@ -180,6 +201,45 @@ class AlertConsumer:
                 else "pending"
         opening = self.store.get_station_notice(event.alert_id, "open")
         return "pending" if opening is not None and opening["state"] == "sent" else "recorded"
+
+    def handle_live(self, body: bytes, routing_key: str, stop: threading.Event) -> str | None:
+        """A live alert event: an opening emailed once per episode, unless its connector
+        had the same fault emailed within the cooldown; a closing is only stored."""
+        try:
+            event = parse_live_alert(body)
+        except InvalidLiveAlert as exc:
+            return self._poison(body, str(exc), routing_key)
+        self.store.save_live_alerts([event], now=self.clock())  # idempotent: the row must exist
+        if not event.is_open:
+            return "live_closed"
+        episode = self.store.get_live_alert(event.alert_id)
+        if episode["email_state"] in FINISHED:
+            return "live_redelivered"
+        if episode["email_state"] is None:
+            state = self._live_email_state(event)
+            if not self.store.claim_live_email(event.alert_id, state, live_alert_subject(event)):
+                return "live_redelivered"  # another consumer judged it meanwhile
+            if state == "suppressed":
+                return "live_suppressed"
+            episode = self.store.get_live_alert(event.alert_id)
+        message = compose_live_email(event, self.settings.alert_sender,
+                                     self.settings.alert_recipients, live_url(self.settings),
+                                     now=self.clock(), closed_ts=episode["closed_ts"])
+        outcome = self._deliver(
+            message, episode["email_attempts"],
+            lambda **values: self.store.update_live_email(event.alert_id, **values),
+            body, routing_key, stop)
+        if outcome != "sent":
+            return outcome
+        self.store.update_live_email(event.alert_id, webhook_state=self._webhook(
+            live_webhook_payload(event, live_url(self.settings), self.clock())))
+        return "live_emailed"
+
+    def _live_email_state(self, event: LiveAlertMessage) -> str:
+        """`pending` (to email) or `suppressed` (its connector flaps with this fault)."""
+        last = self.store.last_live_email_ts(*live_cooldown_key(event))
+        return "suppressed" if in_cooldown(last, self.clock(), self.settings.alert_cooldown_s) \
+            else "pending"
 
     def _deliver(self, message: EmailMessage, attempts: int, record: Callable[..., None],
                  body: bytes, routing_key: str, stop: threading.Event) -> str | None:

@@ -1,11 +1,13 @@
 """The monitoring consumer: store every score and station alert, then judge each window.
 
 Queue `settings.monitoring_queue` (default `monitoring`) is bound to `score.#`
-(score results, contract §5) and `station.#` (station alert events, §5a).
+(score results, contract §5), `station.#` (station alert events, §5a), `live.#`
+(live alert events, §5b) and `connector.#` (connector snapshots, §5c).
 Messages are stored in micro-batches, one transaction per table, and acked (all
 at once) only after the commits; a redelivery stores nothing twice because the
 store ignores a second (sessionID, model version) and a second (alert_id,
-status). Poison messages go to `monitoring.dlq` with their error, and a readable
+status), and keeps a connector's snapshot only when it is newer than the stored
+one. Poison messages go to `monitoring.dlq` with their error, and a readable
 copy to the store.
 
 Every window (`settings.monitor_window_s`) the consumer aggregates the stored
@@ -24,6 +26,12 @@ from dataclasses import dataclass, field
 from sqlalchemy.exc import OperationalError
 
 from monitoring.rabbit import TRANSIENT_ERRORS, QueueConsumer
+from pipelines.contracts.connector_status import (
+    ConnectorStatusMessage,
+    InvalidConnectorStatus,
+    parse_connector_status,
+)
+from pipelines.contracts.live_alert import InvalidLiveAlert, LiveAlertMessage, parse_live_alert
 from pipelines.contracts.score_result import InvalidScoreResult, ScoreResult, parse_score_result
 from pipelines.contracts.station_alert import (
     InvalidStationAlert,
@@ -42,8 +50,11 @@ log = logging.getLogger(__name__)
 ReferenceSource = Callable[[], "dict[str, list[float]] | None"]
 RetrainLauncher = Callable[[str], "str | None"]  # reason -> flow run id
 
-BINDINGS = ("score.#", "station.#")
+BINDINGS = ("score.#", "station.#", "live.#", "connector.#")
 STATION_PREFIX = "station."
+LIVE_PREFIX = "live."
+CONNECTOR_PREFIX = "connector."
+POISON = (InvalidScoreResult, InvalidStationAlert, InvalidLiveAlert, InvalidConnectorStatus)
 
 
 @dataclass
@@ -55,6 +66,10 @@ class DrainStats:
     batches: int = 0
     station_alerts: int = 0
     station_duplicates: int = 0
+    live_alerts: int = 0
+    live_duplicates: int = 0
+    connector_snapshots: int = 0  # applied
+    connector_stale: int = 0  # redelivered, or older than the stored one: not applied
 
 
 @dataclass
@@ -62,6 +77,8 @@ class _Pending:
     tags: list[int] = field(default_factory=list)
     results: list[ScoreResult] = field(default_factory=list)
     station_alerts: list[StationAlertMessage] = field(default_factory=list)
+    live_alerts: list[LiveAlertMessage] = field(default_factory=list)
+    snapshots: list[ConnectorStatusMessage] = field(default_factory=list)
     poison: list[tuple[str, bytes, str]] = field(default_factory=list)  # error, body, key
     since: float = 0.0
 
@@ -145,9 +162,13 @@ class MonitoringConsumer:
         try:
             if key.startswith(STATION_PREFIX):
                 pending.station_alerts.append(parse_station_alert(body))
+            elif key.startswith(LIVE_PREFIX):
+                pending.live_alerts.append(parse_live_alert(body))
+            elif key.startswith(CONNECTOR_PREFIX):
+                pending.snapshots.append(parse_connector_status(body))
             else:
                 pending.results.append(parse_score_result(body))
-        except (InvalidScoreResult, InvalidStationAlert) as exc:
+        except POISON as exc:
             pending.poison.append((str(exc), body, key))
 
     def _flush(self, pending: _Pending) -> None:
@@ -155,6 +176,8 @@ class MonitoringConsumer:
             return
         new = self.store.save_scores(pending.results, now=self.clock())  # commit first
         new_station = self.store.save_station_alerts(pending.station_alerts, now=self.clock())
+        new_live = self.store.save_live_alerts(pending.live_alerts, now=self.clock())
+        applied = self.store.save_connector_statuses(pending.snapshots, now=self.clock())
         for error, body, key in pending.poison:
             self.rabbit.dead_letter(body, error, key)
         self.store.record_dead_letters(self.settings.monitoring_queue,
@@ -164,6 +187,10 @@ class MonitoringConsumer:
         self.stats.duplicates += len(pending.results) - new
         self.stats.station_alerts += new_station
         self.stats.station_duplicates += len(pending.station_alerts) - new_station
+        self.stats.live_alerts += new_live
+        self.stats.live_duplicates += len(pending.live_alerts) - new_live
+        self.stats.connector_snapshots += applied
+        self.stats.connector_stale += len(pending.snapshots) - applied
         self.stats.dead_lettered += len(pending.poison)
         self.stats.batches += 1
         if pending.poison:

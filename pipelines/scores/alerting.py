@@ -1,7 +1,8 @@
 """What an alert says and whether to send it (pure): severity, cooldown, email, webhook.
 
-Two kinds of alert: an anomalous session (a score result, contract §5) and a station
-alert event (a station that went silent, keeps failing or delivers less, §5a).
+Three kinds of alert: an anomalous session (a score result, contract §5), a station
+alert event (a station that went silent, keeps failing or delivers less, §5a) and a live
+alert (a fault in a charger's telemetry while the car is plugged in, §5b).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from email.utils import make_msgid
 from typing import Literal
 
 from pipelines.contracts.dates import readable_utc
+from pipelines.contracts.live_alert import LiveAlertMessage
 from pipelines.contracts.score_result import ScoreResult
 from pipelines.contracts.station_alert import StationAlertMessage
 from pipelines.data.features import readable_explanation
@@ -197,6 +199,101 @@ def compose_station_email(event: StationAlertMessage, sender: str, recipients: l
 def station_webhook_payload(event: StationAlertMessage, dashboard_url: str) -> dict:
     """Slack-compatible JSON of a station alert event, like `webhook_payload`."""
     text = f"{station_alert_subject(event)}: {event.evidence}; alert {event.alert_id}"
+    return {"text": text,
+            "blocks": [{"type": "section", "text": {"type": "mrkdwn",
+                                                    "text": f"{text}\n<{dashboard_url}|dashboard>"}}]}
+
+
+# ---- live alerts -----------------------------------------------------------------
+LIVE_KIND_MEANING = {
+    "no_current": "its relay is closed but no current flows",
+    "overcurrent": "it draws more current than it is offered",
+    "meter_frozen": "its energy register stopped while power flows",
+    "meter_backwards": "its energy register runs backwards",
+    "overtemperature": "it is overheating",
+    "faulted": "the connector reported a fault",
+    "silent": "the charger went silent during a transaction",
+    "never_unplugged": "the car stays plugged in long after charging ended",
+}
+
+
+def live_cooldown_key(event: LiveAlertMessage) -> tuple[str, int, str]:
+    """What a live alert's cooldown is kept per: (charge point, connector, kind)."""
+    return event.charge_point_id, event.connector_id, event.kind
+
+
+def live_alert_subject(event: LiveAlertMessage) -> str:
+    """Names the fault, the connector and its site."""
+    return (f"[evguard] LIVE {event.kind.upper().replace('_', ' ')} on {event.connector} "
+            f"(site {event.site_id or '-'})")
+
+
+def readable_delay(seconds: float) -> str:
+    """A delay as people read it: `1.4 s`, `3 min 20 s`, `2.5 h`."""
+    if seconds < 0:
+        return f"-{readable_delay(-seconds)}"
+    if seconds < 90:
+        return f"{seconds:.1f} s"
+    if seconds < 5400:
+        return f"{int(seconds // 60)} min {int(seconds % 60)} s"
+    return _duration(seconds)
+
+
+def live_alert_body(event: LiveAlertMessage, now: float, dashboard_url: str,
+                    closed_ts: float | None = None) -> str:
+    """Plain-text body of an open live alert: what, where, since when (charger time), the
+    evidence, and how long after its first telltale sample arrived this is sent.
+
+    Args:
+        now: the time the email is composed (the delay runs from `first_received_ts` to it).
+        closed_ts: the charger time the episode closed, if that is already known.
+    """
+    transaction = f", transaction {event.transaction_id}" if event.transaction_id else ""
+    processor = f" by processor {event.processor}" if event.processor else ""
+    delay = readable_delay(now - event.first_received_ts)
+    summary = (f"evguard caught a live fault on charger {event.charge_point_id}, connector "
+               f"{event.connector_id} at site {event.site_id or '-'}{transaction}: "
+               f"{event.kind.replace('_', ' ')}, {LIVE_KIND_MEANING.get(event.kind, event.kind)}.")
+    since = _when(event.first_sample_ts)
+    times = [f"  since            {since} (charger time of the first telltale sample)",
+             f"  detected         {_when(event.at_ts)} (charger time){processor}"]
+    if closed_ts is not None:
+        times.append(f"  closed           {_when(closed_ts)} (charger time: it cleared "
+                     f"before this email)")
+    times.append(f"  sample arrived   {_when(event.first_received_ts)}; this email {delay} later")
+    return "\n".join([
+        summary, "", f"  {event.evidence}", "", *times,
+        "",
+        "Figures",
+        *(_metric_lines(event.metrics) or ["  (none in the alert)"]),
+        "",
+        (f"Alert {event.alert_id}. It is not emailed again while it stays open, nor is a new "
+         "episode of the same connector and fault during the cooldown; both are listed on the "
+         "dashboard."),
+        f"Dashboard: {dashboard_url}",
+    ])
+
+
+def compose_live_email(event: LiveAlertMessage, sender: str, recipients: list[str],
+                       dashboard_url: str, now: float,
+                       closed_ts: float | None = None) -> EmailMessage:
+    """The email of an open live alert (see `live_alert_body`)."""
+    msg = EmailMessage()
+    msg["Subject"] = live_alert_subject(event)
+    msg["From"] = sender
+    msg["To"] = ", ".join(recipients)
+    msg["Message-ID"] = make_msgid(domain="evguard")
+    msg["X-Evguard-Live-Alert"] = event.alert_id
+    msg["X-Evguard-Live-Kind"] = event.kind
+    msg.set_content(live_alert_body(event, now, dashboard_url, closed_ts))
+    return msg
+
+
+def live_webhook_payload(event: LiveAlertMessage, dashboard_url: str, now: float) -> dict:
+    """Slack-compatible JSON of an open live alert, like `webhook_payload`."""
+    text = (f"{live_alert_subject(event)}: {event.evidence}; since "
+            f"{_when(event.first_sample_ts)}; {readable_delay(now - event.first_received_ts)} "
+            f"after the first telltale sample arrived; alert {event.alert_id}")
     return {"text": text,
             "blocks": [{"type": "section", "text": {"type": "mrkdwn",
                                                     "text": f"{text}\n<{dashboard_url}|dashboard>"}}]}

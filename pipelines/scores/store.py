@@ -1,11 +1,12 @@
-"""The monitoring store: every score, alert, station alert, dead letter, window report and
-retraining.
+"""The monitoring store: every score, alert, station alert, live alert, connector snapshot,
+dead letter, window report and retraining.
 
 SQLAlchemy Core on SQLite (default, under the state dir) or PostgreSQL (by URL).
 Times are epoch seconds (UTC) in float columns, so windows and per-minute
 buckets are plain arithmetic on every database. Writes of scores and alerts are
 idempotent on (session_id, model_version); station alert events and their email
-notices on (alert_id, status).
+notices on (alert_id, status); live alert events on (alert_id, status), kept as one row
+per episode. A connector snapshot replaces the stored one only when it is newer.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
+from pipelines.contracts.connector_status import ConnectorStatusMessage
+from pipelines.contracts.live_alert import LiveAlertMessage
 from pipelines.contracts.score_result import ScoreResult
 from pipelines.contracts.station_alert import StationAlertMessage
 
@@ -144,6 +147,65 @@ station_notices = Table(
     Index("ix_station_notices_station_kind", "station_id", "kind", "state"),
 )
 
+# one row per live alert episode (contract §5b): its open and its closed event, and its email
+live_alerts = Table(
+    "live_alerts", metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("alert_id", String(300), nullable=False),
+    Column("charge_point_id", String(128), nullable=False),
+    Column("connector_id", Integer, nullable=False),
+    Column("transaction_id", String(64)),
+    Column("site_id", String(32), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("status", String(8), nullable=False),  # open | closed: the newest event seen
+    Column("first_sample_ts", Float, nullable=False),  # charger time of the first telltale
+    Column("first_received_ts", Float, nullable=False),  # gateway time it arrived
+    Column("opened_ts", Float),  # charger time of the open event (null until it is seen)
+    Column("closed_ts", Float),
+    Column("evidence", Text, nullable=False),  # the open event's (the closed one's until then)
+    Column("metrics", JSON, nullable=False),
+    Column("closed_evidence", Text),
+    Column("closed_metrics", JSON),
+    Column("detected_ts", Float),  # processor clock when it emitted the open event
+    Column("closed_detected_ts", Float),
+    Column("processor", String(128), nullable=False),
+    Column("open_stored_ts", Float),  # null = the open event is not stored (yet)
+    Column("closed_stored_ts", Float),
+    Column("email_state", String(16)),  # NOTICE_STATES, null = not judged by alerting yet
+    Column("email_attempts", Integer, nullable=False, default=0),
+    Column("email_error", Text),
+    Column("email_subject", Text),
+    Column("emailed_ts", Float),  # when the email was delivered
+    Column("webhook_state", String(16)),
+    UniqueConstraint("alert_id", name="uq_live_alerts_alert"),
+    Index("ix_live_alerts_connector_kind", "charge_point_id", "connector_id", "kind",
+          "first_sample_ts"),
+    Index("ix_live_alerts_status", "status"),
+)
+
+# the newest snapshot of each connector (contract §5c), for the live view
+connectors = Table(
+    "connectors", metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("charge_point_id", String(128), nullable=False),
+    Column("connector_id", Integer, nullable=False),
+    Column("site_id", String(32), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("transaction_id", String(64)),
+    Column("power_w", Float),
+    Column("energy_wh", Float),
+    Column("current_a", Float),
+    Column("current_offered_a", Float),
+    Column("temperature_c", Float),
+    Column("error_code", String(64), nullable=False),
+    Column("last_sample_ts", Float, nullable=False),
+    Column("updated_ts", Float, nullable=False),
+    Column("open_alerts", JSON, nullable=False),
+    Column("processor", String(128), nullable=False),
+    Column("stored_ts", Float, nullable=False),
+    UniqueConstraint("charge_point_id", "connector_id", name="uq_connectors_connector"),
+)
+
 dead_letters = Table(
     "dead_letters", metadata,
     Column("id", _Id, primary_key=True, autoincrement=True),
@@ -194,11 +256,16 @@ def connect(url: str) -> Engine:
     return engine
 
 
-def _insert_ignoring_duplicates(engine: Engine, table: Table, index: list[str]):
+def _upsert(engine: Engine, table: Table):
+    """The dialect's INSERT, which has `on_conflict_do_nothing` and `on_conflict_do_update`."""
     dialect = {"sqlite": sqlite, "postgresql": postgresql}.get(engine.dialect.name)
     if dialect is None:
         raise ValueError(f"monitoring store supports sqlite and postgresql, not {engine.dialect.name}")
-    return dialect.insert(table).on_conflict_do_nothing(index_elements=index)
+    return dialect.insert(table)
+
+
+def _insert_ignoring_duplicates(engine: Engine, table: Table, index: list[str]):
+    return _upsert(engine, table).on_conflict_do_nothing(index_elements=index)
 
 
 class MonitoringStore:
@@ -336,6 +403,87 @@ class MonitoringStore:
         with self.engine.connect() as conn:
             return conn.execute(query).scalar_one_or_none()
 
+    # ---- live alerts ------------------------------------------------------
+    def save_live_alerts(self, events: Sequence[LiveAlertMessage], now: float | None = None) -> int:
+        """Store live alert events in one transaction, one row per episode. A second
+        (alert_id, status) changes nothing; a closed event seen before its open event makes
+        the row, and the open event fills in its part later. Returns how many were new."""
+        if not events:
+            return 0
+        stored = time.time() if now is None else now
+        new = 0
+        with self.engine.begin() as conn:
+            for event in events:  # one by one: an open and a closed event may share a batch
+                new += conn.execute(_live_alert_upsert(self.engine, event, stored)).first() \
+                    is not None
+        return new
+
+    def get_live_alert(self, alert_id: str) -> dict | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(live_alerts).where(live_alerts.c.alert_id == alert_id)).first()
+        return dict(row._mapping) if row else None
+
+    def open_live_alerts(self) -> list[dict]:
+        """The open episodes, newest first (see `open_live_alert_rows`)."""
+        return open_live_alert_rows(self.engine)
+
+    def claim_live_email(self, alert_id: str, state: str, subject: str,
+                         now: float | None = None) -> bool:
+        """Record the alerting decision of an episode (`pending`, `suppressed`...) once.
+        Returns False when it was already decided (by a redelivery or another consumer)."""
+        query = (update(live_alerts)
+                 .where(live_alerts.c.alert_id == alert_id, live_alerts.c.email_state.is_(None))
+                 .values(email_state=state, email_subject=subject, email_attempts=0))
+        with self.engine.begin() as conn:
+            return conn.execute(query).rowcount == 1
+
+    def update_live_email(self, alert_id: str, **values: Any) -> None:
+        """Update the email of an episode. Takes the delivery loop's names: `state`,
+        `attempts`, `last_error`, `delivered_ts`, `webhook_state`."""
+        names = {"state": "email_state", "attempts": "email_attempts",
+                 "last_error": "email_error", "delivered_ts": "emailed_ts"}
+        columns = {names.get(key, key): value for key, value in values.items()}
+        with self.engine.begin() as conn:
+            conn.execute(update(live_alerts).where(live_alerts.c.alert_id == alert_id)
+                         .values(**columns))
+
+    def last_live_email_ts(self, charge_point_id: str, connector_id: int,
+                           kind: str) -> float | None:
+        """When the newest emailed live alert of this connector and kind was delivered."""
+        query = select(func.max(live_alerts.c.emailed_ts)).where(
+            live_alerts.c.charge_point_id == charge_point_id,
+            live_alerts.c.connector_id == connector_id, live_alerts.c.kind == kind,
+            live_alerts.c.email_state == "sent")
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar_one_or_none()
+
+    # ---- connector snapshots ----------------------------------------------
+    def save_connector_statuses(self, snapshots: Sequence[ConnectorStatusMessage],
+                                now: float | None = None) -> int:
+        """Keep the newest snapshot per connector, in one transaction: a snapshot replaces
+        the stored one only when its `updated_ts` is later, so a redelivered or late one
+        changes nothing. Returns how many snapshots were applied."""
+        newest = newest_snapshots(snapshots)
+        if not newest:
+            return 0
+        stored = time.time() if now is None else now
+        stmt = _upsert(self.engine, connectors)
+        replaced = {c.name: stmt.excluded[c.name] for c in connectors.columns if c.name != "id"}
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["charge_point_id", "connector_id"], set_=replaced,
+            where=connectors.c.updated_ts < stmt.excluded.updated_ts)
+        with self.engine.begin() as conn:
+            applied = conn.execute(stmt.returning(connectors.c.id),
+                                   [connector_row(s, stored) for s in newest]).all()
+        return len(applied)
+
+    def connector_rows(self) -> list[dict]:
+        """Every connector's newest snapshot, by charge point and connector."""
+        query = select(connectors).order_by(connectors.c.charge_point_id,
+                                            connectors.c.connector_id)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
     # ---- dead letters, window reports, retraining ----------------------
     def record_dead_letters(self, queue: str, letters: Iterable[tuple[str, bytes]]) -> None:
         """Keep a readable copy of poison messages: (error, body) pairs."""
@@ -407,3 +555,76 @@ def open_station_alert_rows(engine: Engine, station_ids: Sequence[str] | None = 
         query = query.where(episode.c.station_id.in_(list(station_ids)))
     with engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def live_alert_row(event: LiveAlertMessage, stored_ts: float) -> dict:
+    """The `live_alerts` row of an episode as far as this one event tells it (pure)."""
+    row = {"alert_id": event.alert_id, "charge_point_id": event.charge_point_id,
+           "connector_id": event.connector_id, "transaction_id": event.transaction_id,
+           "site_id": event.site_id, "kind": event.kind, "status": event.status,
+           "first_sample_ts": event.first_sample_ts,
+           "first_received_ts": event.first_received_ts, "evidence": event.evidence,
+           "processor": event.processor, "email_attempts": 0}
+    if event.is_open:
+        return {**row, "opened_ts": event.at_ts, "metrics": dict(event.metrics),
+                "detected_ts": event.detected_ts, "open_stored_ts": stored_ts}
+    return {**row, "metrics": {}, "closed_ts": event.at_ts, "closed_evidence": event.evidence,
+            "closed_metrics": dict(event.metrics), "closed_detected_ts": event.detected_ts,
+            "closed_stored_ts": stored_ts}
+
+
+OPEN_PART = ("transaction_id", "opened_ts", "evidence", "metrics", "detected_ts", "processor",
+             "open_stored_ts")
+CLOSED_PART = ("status", "closed_ts", "closed_evidence", "closed_metrics", "closed_detected_ts",
+               "closed_stored_ts")
+
+
+def _live_alert_upsert(engine: Engine, event: LiveAlertMessage, stored_ts: float):
+    """Insert the episode, or add this event's part to it if that part is not there yet.
+    RETURNING gives a row only when something was written."""
+    stmt = _upsert(engine, live_alerts).values(live_alert_row(event, stored_ts))
+    part, marker = ((OPEN_PART, live_alerts.c.open_stored_ts) if event.is_open
+                    else (CLOSED_PART, live_alerts.c.closed_stored_ts))
+    return stmt.on_conflict_do_update(
+        index_elements=["alert_id"], set_={name: stmt.excluded[name] for name in part},
+        where=marker.is_(None)).returning(live_alerts.c.id)
+
+
+def open_live_alert_rows(engine: Engine) -> list[dict]:
+    """The open live alert episodes, newest first: no closed event, and no newer episode of
+    the same connector and kind (which means its close was lost)."""
+    episode = live_alerts.alias("episode")
+    newer = live_alerts.alias("newer")
+    query = (select(episode)
+             .where(episode.c.status == "open",
+                    ~exists().where(and_(newer.c.charge_point_id == episode.c.charge_point_id,
+                                         newer.c.connector_id == episode.c.connector_id,
+                                         newer.c.kind == episode.c.kind,
+                                         newer.c.first_sample_ts > episode.c.first_sample_ts)))
+             .order_by(episode.c.first_sample_ts.desc(), episode.c.id.desc()))
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def newest_snapshots(snapshots: Iterable[ConnectorStatusMessage]) -> list[ConnectorStatusMessage]:
+    """The newest snapshot (by `updated_ts`) of each connector among these, in first-seen
+    order (pure). One statement may not touch a row twice, so a batch is reduced first."""
+    newest: dict[tuple[str, int], ConnectorStatusMessage] = {}
+    for snapshot in snapshots:
+        key = (snapshot.charge_point_id, snapshot.connector_id)
+        if key not in newest or snapshot.updated_ts > newest[key].updated_ts:
+            newest[key] = snapshot
+    return list(newest.values())
+
+
+def connector_row(snapshot: ConnectorStatusMessage, stored_ts: float) -> dict:
+    """The `connectors` row of one snapshot (pure)."""
+    return {"charge_point_id": snapshot.charge_point_id, "connector_id": snapshot.connector_id,
+            "site_id": snapshot.site_id, "state": snapshot.state,
+            "transaction_id": snapshot.transaction_id, "power_w": snapshot.power_w,
+            "energy_wh": snapshot.energy_wh, "current_a": snapshot.current_a,
+            "current_offered_a": snapshot.current_offered_a,
+            "temperature_c": snapshot.temperature_c, "error_code": snapshot.error_code,
+            "last_sample_ts": snapshot.last_sample_ts, "updated_ts": snapshot.updated_ts,
+            "open_alerts": list(snapshot.open_alerts), "processor": snapshot.processor,
+            "stored_ts": stored_ts}
