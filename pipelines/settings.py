@@ -158,6 +158,9 @@ class Settings(BaseSettings):
         "", description="Static group membership id of a telemetry processor; empty = dynamic")
     telemetry_status_interval_s: float = Field(
         5.0, description="Least time between two status snapshots of one charging connector")
+    live_offline_after_s: float = Field(
+        120.0, description="The live view marks a connector in a transaction Offline when its "
+                           "last sample is older than this")
     telemetry_timezone: str = Field(
         "America/Los_Angeles", description="timezone written into sessions handed to scoring")
     ocpp_host: str = Field("127.0.0.1", description="Address the OCPP gateway listens on")
