@@ -259,7 +259,8 @@ class KafkaMirror:
         rescued = [self._direct[s] for s in sorted(self._direct)]
         written = self.spool.rescue(rescued)
         self.stats.spooled += written
-        self.stats.dropped["spool_full"] += len(rescued) - written
+        if len(rescued) > written:
+            self.stats.dropped["spool_full"] += len(rescued) - written
         if rescued:
             log.info("mirror: %d events Kafka had not acknowledged were spooled at shutdown",
                      written)
@@ -267,7 +268,7 @@ class KafkaMirror:
         self._spool_in_flight = 0
         self.spool.close()
         self._snapshot()
-        self._producer.flush(0)
+        self._producer.close()  # nothing left in it: returns at once
 
 
 class MirrorCollector:
