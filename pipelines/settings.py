@@ -170,6 +170,9 @@ class Settings(BaseSettings):
     ocpp_upstream_url: str = Field(
         "", description="The operator's CSMS (ws:// or wss://) in proxy mode; the charge "
                         "point id is appended to it")
+    ocpp_upstream_forward_auth: bool = Field(
+        False, description="Proxy mode: pass each charger's HTTP Basic credentials on to the "
+                           "upstream CSMS (its own security profile 1)")
     ocpp_charge_points: Path = Field(
         Path(""), description="JSON registry of known charge points (site, hashed password); "
                               "empty = <state_dir>/charge_points.json")
