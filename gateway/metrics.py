@@ -1,0 +1,112 @@
+"""Prometheus metrics of the gateway and its HTTP endpoint (`/metrics`, `/healthz`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+log = logging.getLogger("evguard.gateway.metrics")
+
+# fine below 50 ms, where the acknowledgement objective (p99 <= 50 ms) sits
+ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05,
+               0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class GatewayMetrics:
+    """Every metric of one gateway, in its own registry (so tests can run several).
+
+    The proxy mode registers its own metrics (spool) in `registry` too.
+    """
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        p = "evguard_gateway"
+        self.connections = Gauge(f"{p}_connections", "Charge points connected now",
+                                 ["version"], registry=r)
+        self.connects = Counter(f"{p}_connects", "Accepted WebSocket connections",
+                                ["version"], registry=r)
+        self.refused = Counter(f"{p}_refused", "Refused connection attempts", ["reason"],
+                               registry=r)
+        self.frames = Counter(f"{p}_frames", "OCPP frames received, by action (CALLs) or "
+                              "message type", ["direction", "action"], registry=r)
+        self.call_errors = Counter(f"{p}_call_errors", "CALLERRORs sent, by error code",
+                                   ["code"], registry=r)
+        self.unparseable = Counter(f"{p}_unparseable_frames", "Frames without a readable "
+                                   "message id (logged, not answered in 1.6)", registry=r)
+        self.rate_limited = Counter(f"{p}_rate_limited", "CALLs refused by the per-connection "
+                                    "rate limit", registry=r)
+        self.events = Counter(f"{p}_events", "Telemetry events acknowledged by Kafka",
+                              ["kind"], registry=r)
+        self.produce_failures = Counter(f"{p}_kafka_produce_failures", "Telemetry events "
+                                        "Kafka did not acknowledge in time or refused",
+                                        registry=r)
+        self.ack_seconds = Histogram(f"{p}_ack_seconds", "A CALL's arrival to its CALLRESULT "
+                                     "sent (Kafka acknowledged its events)",
+                                     buckets=ACK_BUCKETS, registry=r)
+        self.handler_errors = Counter(f"{p}_handler_errors", "Connections ended by an "
+                                      "unexpected error in a mode handler", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsServer:
+    """`/metrics` (Prometheus text) and `/healthz` (JSON) on a daemon thread."""
+
+    def __init__(self, metrics: GatewayMetrics, health: Callable[[], tuple[bool, dict]],
+                 host: str, port: int) -> None:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.startswith("/metrics"):
+                    self._send(200, CONTENT_TYPE_LATEST, outer.metrics.render())
+                elif self.path.startswith("/healthz"):
+                    ok, detail = outer.health()
+                    self._send(200 if ok else 503, "application/json",
+                               json.dumps(detail).encode())
+                else:
+                    self._send(404, "text/plain", b"try /metrics or /healthz\n")
+
+            def _send(self, code: int, content_type: str, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.metrics = metrics
+        self.health = health
+        try:
+            self._server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:  # a second gateway on this host must still start
+            self._server = ThreadingHTTPServer((host, 0), Handler)
+            log.warning("metrics port %s:%d is taken (%s); serving /metrics on port %d instead",
+                        host, port, exc.strerror, self._server.server_address[1])
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        name="gateway-metrics-http", daemon=True)
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
