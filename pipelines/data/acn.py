@@ -1,4 +1,5 @@
-"""ACN-Data API client: paging, both `where` syntaxes, retries, incremental state, page cache.
+"""ACN-Data API client: paging, both `where` syntaxes, retries, incremental state, page cache,
+and the sessions' time series (`sessions/{site}/ts`).
 
 `GET {api}/sessions/{site}` with HTTP Basic auth (the token as username, empty
 password). Responses are Eve-shaped: `_items`, `_meta` and `_links.next.href`,
@@ -22,6 +23,7 @@ import httpx
 from pipelines.contracts.dates import format_rfc1123, parse_rfc1123
 from pipelines.retry import RetryPolicy
 from pipelines.settings import Settings
+from pipelines.telemetry.charging import ChargingTrace, parse_acn_trace
 
 log = logging.getLogger(__name__)
 
@@ -247,3 +249,64 @@ def download_sessions(client: AcnClient, raw_dir: Path, site: str,
         state.advance(site, max(times))
     log.info("downloaded %d %s sessions in [%s, %s)", len(sessions), site, start, end)
     return sessions
+
+
+def timeseries_pages(client: AcnClient, site: str, start: datetime, end: datetime
+                     ) -> Iterator[tuple[str, dict]]:
+    """Yield `(url, page)` for every page of `sessions/{site}/ts` in `[start, end)`: the
+    sessions with their `chargingCurrent` and `pilotSignal` (amperes, every 3-10 s)."""
+    url = f"{client.base_url}sessions/{site}/ts"
+    styles: list[Literal["python", "mongo"]] = (
+        ["python", "mongo"] if client.where_style == "auto" else [client.where_style])
+    for i, style in enumerate(styles):
+        params = {"where": where_clause(style, start, end), "sort": "connectionTime",
+                  "max_results": client.page_size, "page": 1}
+        try:
+            page = client.get_json(url, params)
+        except AcnError as exc:
+            if exc.status in (400, 422) and i + 1 < len(styles):
+                continue
+            raise
+        client.where_style = style
+        break
+    current = str(httpx.URL(url, params=params))
+    while True:
+        yield current, page
+        href = ((page.get("_links") or {}).get("next") or {}).get("href")
+        if not href or not page.get("_items"):
+            return
+        current = str(httpx.URL(client.base_url).join(href))
+        page = client.get_json(current)
+
+
+def download_traces(client: AcnClient, site: str, start: datetime, end: datetime
+                    ) -> tuple[list[dict], dict[str, ChargingTrace]]:
+    """One site's sessions in `[start, end)` with their recorded current and pilot.
+
+    Args:
+        client: an open `AcnClient`.
+        site: one of `ACN_SITES`.
+        start: lower bound on connectionTime, inclusive.
+        end: upper bound, exclusive.
+
+    Returns:
+        `(sessions, traces)`: the session dicts without their time series, and
+        sessionID -> `ChargingTrace` for each session that has one.
+
+    Raises:
+        ValueError: an unknown site, or a time series of the wrong shape.
+    """
+    if site not in ACN_SITES:
+        raise ValueError(f"unknown ACN site {site!r}; choose from {ACN_SITES}")
+    sessions: list[dict] = []
+    traces: dict[str, ChargingTrace] = {}
+    for _url, page in timeseries_pages(client, site, start, end):
+        for item in page.get("_items") or []:
+            trace = parse_acn_trace(item)
+            if trace is not None:
+                traces[trace.session_id] = trace
+            sessions.append({k: v for k, v in item.items()
+                             if k not in ("chargingCurrent", "pilotSignal")})
+    log.info("downloaded %d %s sessions (%d with a trace) in [%s, %s)", len(sessions), site,
+             len(traces), start, end)
+    return sessions, traces

@@ -3,6 +3,8 @@
 It implements HTTP Basic auth (token as username), the `where` filter on
 connectionTime in the syntaxes it is told to accept, `sort`, `max_results`/`page`
 paging with relative `_links.next` hrefs, and failures injected per request.
+`sessions/{site}/ts` serves the same sessions with their time series: `chargingCurrent
+{timestamps, current}` and `pilotSignal {timestamps, pilot}` (RFC 1123 times, amperes).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Self
 from urllib.parse import parse_qs, urlencode, urlparse
 
 RFC1123 = "%a, %d %b %Y %H:%M:%S GMT"
+_NO_TRACE = {"chargingCurrent": {"timestamps": [], "current": []},
+             "pilotSignal": {"timestamps": [], "pilot": []}}
 PYTHON_WHERE = re.compile(
     r'^connectionTime (>=|>) "([^"]+)" and connectionTime < "([^"]+)"$')
 
@@ -28,11 +32,14 @@ def _when(text: str) -> datetime:
 
 class LocalAcnServer:
     """Serve `sessions[site]` on 127.0.0.1; `failures` is a list consumed one per request:
-    an HTTP status to return, or "timeout" to stall longer than the client waits."""
+    an HTTP status to return, or "timeout" to stall longer than the client waits.
+    `traces` maps a sessionID to its `{"chargingCurrent": ..., "pilotSignal": ...}`."""
 
     def __init__(self, sessions: dict[str, list[dict]], token: str = "secret-token",
-                 accept: tuple[str, ...] = ("python", "mongo"), stall_s: float = 1.0):
+                 accept: tuple[str, ...] = ("python", "mongo"), stall_s: float = 1.0,
+                 traces: dict[str, dict] | None = None):
         self.sessions, self.token, self.accept, self.stall_s = sessions, token, accept, stall_s
+        self.traces = traces or {}
         self.failures: list[int | str] = []
         self.requests: list[dict] = []
         server = self
@@ -97,7 +104,7 @@ class LocalAcnServer:
         expected = "Basic " + base64.b64encode(f"{self.token}:".encode()).decode()
         if auth != expected:
             return self._reply(handler, 401, {"_error": {"code": 401, "message": "auth"}})
-        match = re.fullmatch(r"/api/v1/sessions/(\w+)", url.path)
+        match = re.fullmatch(r"/api/v1/sessions/(\w+)(/ts)?", url.path)
         if not match or match.group(1) not in self.sessions:
             return self._reply(handler, 404, {"_error": "not found"})
         bounds = self._parse_where(query.get("where", ""))
@@ -110,11 +117,14 @@ class LocalAcnServer:
         if query.get("sort") == "connectionTime":
             rows.sort(key=lambda s: _when(s["connectionTime"]))
         size, page = int(query.get("max_results", 25)), int(query.get("page", 1))
+        if match.group(2):
+            rows = [{**row, **self.traces.get(row["sessionID"], _NO_TRACE)} for row in rows]
         body = {"_items": rows[(page - 1) * size: page * size],
                 "_meta": {"page": page, "max_results": size, "total": len(rows)},
                 "_links": {}}
         if page * size < len(rows):
             next_query = {**query, "page": page + 1}
             body["_links"]["next"] = {
-                "href": f"sessions/{match.group(1)}?{urlencode(next_query)}", "title": "next"}
+                "href": f"sessions/{match.group(1)}{match.group(2) or ''}?"
+                        f"{urlencode(next_query)}", "title": "next"}
         self._reply(handler, 200, body)
