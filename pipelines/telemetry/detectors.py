@@ -1,0 +1,803 @@
+"""Live detectors: faults seen in one connector's telemetry while the car is plugged in (pure).
+
+Each connector has one small `ConnectorState` under the key `<chargePoint>:<connector>` in
+the `MutableMapping` the caller passes in (a dict in tests and benchmarks, the processor's
+keyed state in production; `CONNECTOR_STATE_CODEC` gives its changelog bytes, about 450
+bytes). `on_event` applies one `TelemetryEvent`, in Kafka order, and returns the live alert
+events it opens or closes and, at a transaction's end, the `TransactionSummary` to hand off.
+`on_tick` is the timer: a charger that went silent sends nothing, so silence (and a car left
+plugged in by a quiet charger) is found on the stream clock, not on a message.
+
+The kinds (`pipelines.contracts.live_alert.KINDS`), all per connector and, except `faulted`,
+only inside a transaction:
+- **no_current**: Charging, offered more than `min_offered_a` (or no offer reported), yet
+  current ~0 on `samples` samples in a row, after a sudden drop or with no current at all;
+  a taper to zero, SuspendedEV and an offer under 6 A are not faults.
+- **overcurrent**: current above the offered limit (the larger of this and the previous
+  sample's, since a car follows a lowered pilot a moment late) by more than
+  IEC 61851-1's tolerance, max(2 A, 10 %), on `samples` samples; without an offer, above
+  the connector's own learned high quantile of current.
+- **meter_frozen**: the energy register stands still while power flows, until the energy
+  that should have been counted exceeds the register's own resolution (learned: its
+  smallest step).
+- **meter_backwards**: the register decreases.
+- **overtemperature**: temperature above `max_temperature_c` on `samples` samples.
+- **faulted**: a Faulted status, with its error code.
+- **silent**: nothing from the connector for `silent_factor` x its own learned sample
+  interval (timer), or a `disconnected` event mid-transaction.
+- **never_unplugged**: plugged in `idle_hours` after it last drew power, or
+  `max_connected_hours` in all.
+
+An episode opens once and closes when its condition clears or the transaction ends. A
+redelivered event (its `event_id` among the connector's last 16, a meter sample not newer
+than the last one, or a transaction already ended) changes nothing; the processor also
+skips events whose offset the keyed state already applied.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+from collections.abc import Iterable, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from pipelines.contracts.connector_status import ConnectorStatusMessage
+from pipelines.contracts.live_alert import KINDS, LiveAlertMessage, live_alert_id
+from pipelines.contracts.telemetry import STATUSES, TelemetryEvent
+from pipelines.telemetry.handoff import TransactionSummary
+
+NAN = math.nan
+(NO_CURRENT, OVERCURRENT, METER_FROZEN, METER_BACKWARDS, OVERTEMPERATURE, FAULTED, SILENT,
+ NEVER_UNPLUGGED) = range(len(KINDS))
+# the kinds a transaction's end closes (a Faulted status outlives it)
+_TX_BOUND = tuple(i for i in range(len(KINDS)) if i != FAULTED)
+RECENT_IDS = 16  # event ids remembered per connector for de-duplication
+MAX_CONNECTORS = 64  # connectors a charger record tracks (bits of a uint64)
+
+
+@dataclass(frozen=True)
+class LivePolicy:
+    """Thresholds of the live detectors; see the module docstring for what each catches.
+
+    Args:
+        samples: consecutive telltale samples before no_current, overcurrent, meter_frozen
+            and overtemperature open.
+        zero_current_a, active_power_w: below both, a connector draws nothing.
+        min_offered_a: no_current needs a larger offer (IEC 61851: 6 A is the least pilot).
+        start_grace_s: zero current this soon after the transaction start is the car waking.
+        abrupt_fraction: no_current needs the last current drawn to be at least this share
+            of what was offered then (of the session's peak without an offer): a taper ends
+            lower; a connector that never drew counts too.
+        overcurrent_min_a, overcurrent_ratio: allowed excess over the limit, the larger.
+        learn_min_samples: charging samples before a learned current limit is used.
+        quantile: the learned "maximum" current and power (a high quantile, not the max).
+        frozen_power_w: power above which the register must advance.
+        frozen_min_wh, frozen_resolution_factor: meter_frozen needs the expected energy to
+            exceed both this and this many register steps.
+        frozen_unknown_wh: the expected energy needed while the register's step is unknown.
+        backwards_tolerance_wh: a smaller decrease is rounding.
+        max_temperature_c, temperature_hysteresis_c: open above, close below limit - this.
+        silent_factor, silent_min_s: silent after this many own sample intervals, at least.
+        interval_alpha: weight of a new gap in the learned sample interval.
+        idle_hours: never_unplugged this long after the connector last drew power.
+        max_connected_hours: never_unplugged this long after the transaction started.
+    """
+
+    samples: int = 2
+    zero_current_a: float = 0.5
+    active_power_w: float = 100.0
+    min_offered_a: float = 6.0
+    start_grace_s: float = 60.0
+    abrupt_fraction: float = 0.5
+    overcurrent_min_a: float = 2.0
+    overcurrent_ratio: float = 0.10
+    learn_min_samples: int = 30
+    quantile: float = 0.98
+    frozen_power_w: float = 500.0
+    frozen_min_wh: float = 20.0
+    frozen_resolution_factor: float = 2.5
+    frozen_unknown_wh: float = 250.0
+    backwards_tolerance_wh: float = 1.0
+    max_temperature_c: float = 65.0
+    temperature_hysteresis_c: float = 5.0
+    silent_factor: float = 4.0
+    silent_min_s: float = 2.0
+    interval_alpha: float = 0.2
+    idle_hours: float = 20.0
+    max_connected_hours: float = 48.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.samples <= 1000:
+            raise ValueError("samples must be in [1, 1000]")
+        if not 0 < self.quantile < 1 or not 0 < self.interval_alpha <= 1:
+            raise ValueError("quantile must be in (0, 1) and interval_alpha in (0, 1]")
+        if min(self.zero_current_a, self.silent_factor, self.idle_hours,
+               self.max_connected_hours, self.frozen_min_wh) <= 0:
+            raise ValueError("zero_current_a, silent_factor, idle_hours, max_connected_hours "
+                             "and frozen_min_wh must be > 0")
+        if self.idle_hours > self.max_connected_hours:
+            raise ValueError("idle_hours must not exceed max_connected_hours")
+
+
+DEFAULT_POLICY = LivePolicy()
+
+
+@dataclass(frozen=True)
+class LiveAlert:
+    """One event of a live alert episode; `message()` makes the contract's body of it."""
+
+    kind: str
+    status: str  # open | closed
+    charge_point_id: str
+    connector_id: int
+    transaction_id: str | None
+    site_id: str
+    first_sample_ts: float
+    first_received_ts: float
+    at_ts: float
+    evidence: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def alert_id(self) -> str:
+        return live_alert_id(self.charge_point_id, self.connector_id, self.kind,
+                             self.first_sample_ts)
+
+    def message(self, detected_ts: float, processor: str = "") -> LiveAlertMessage:
+        return LiveAlertMessage(
+            self.alert_id, self.charge_point_id, self.connector_id, self.transaction_id,
+            self.site_id, self.kind, self.status, self.first_sample_ts,
+            self.first_received_ts, self.at_ts, self.evidence[:1000], detected_ts,
+            self.metrics, processor)
+
+
+# ---- the state ------------------------------------------------------------------------
+_STATUS_CODE = {name: i + 1 for i, name in enumerate(STATUSES)}  # 0 = none seen
+_DOUBLES = ("last_ts", "last_rx", "meter_ts", "meter_rx", "status_ts", "interval_s",
+            "tx_start_ts", "tx_start_rx", "tx_start_wh", "energy_wh", "power_w", "current_a",
+            "offered_a", "temperature_c", "active_ts", "peak_current_a",
+            "drawn_ratio", "frozen_wh", "resolution_wh", "q_current_a", "q_power_w",
+            "kwh_requested", "minutes_available", "departure_ts")
+_N = len(KINDS)
+_HEAD = struct.Struct(f"<BBBBBBBBQII{_N}H{RECENT_IDS}I{_N * 2}d{len(_DOUBLES)}d")
+
+
+@dataclass(slots=True, eq=False)
+class ConnectorState:
+    """What the detectors know of one connector; `to_bytes` is its changelog record.
+
+    Times are epoch seconds: `*_ts` the charger's clock, `*_rx` the gateway's. NaN = not
+    seen. `streaks[k]` counts telltale samples of kind k in a row; `first_ts[k]` and
+    `first_rx[k]` date the first of them (and name the episode while it is open). The
+    record of connector 0 (the whole charger) also lists its connectors in
+    `connectors_seen`, so a `disconnected` event reaches every one of them.
+    """
+
+    charge_point_id: str
+    connector_id: int
+    site_id: str = ""
+    transaction_id: str = ""  # "" = no transaction
+    status: str = ""  # "" = none seen
+    error_code: str = ""
+    user_id: str = ""
+    open_bits: int = 0
+    connectors_seen: int = 0
+    charging_samples: int = 0
+    last_ended_tx: int = 0  # crc32 of the last ended transaction id
+    recent_at: int = 0
+    streaks: list[int] = field(default_factory=lambda: [0] * _N)
+    recent: list[int] = field(default_factory=lambda: [0] * RECENT_IDS)
+    first_ts: list[float] = field(default_factory=lambda: [0.0] * _N)
+    first_rx: list[float] = field(default_factory=lambda: [0.0] * _N)
+    last_ts: float = NAN
+    last_rx: float = NAN
+    meter_ts: float = NAN
+    meter_rx: float = NAN
+    status_ts: float = NAN
+    interval_s: float = NAN
+    tx_start_ts: float = NAN
+    tx_start_rx: float = NAN
+    tx_start_wh: float = NAN
+    energy_wh: float = NAN
+    power_w: float = NAN
+    current_a: float = NAN
+    offered_a: float = NAN
+    temperature_c: float = NAN
+    active_ts: float = NAN
+    peak_current_a: float = 0.0
+    drawn_ratio: float = 0.0  # current / offer (or / peak) at the last sample that drew
+    frozen_wh: float = 0.0
+    resolution_wh: float = math.inf
+    q_current_a: float = 0.0
+    q_power_w: float = 0.0
+    kwh_requested: float = NAN
+    minutes_available: float = NAN
+    departure_ts: float = NAN
+
+    def is_open(self, kind: int) -> bool:
+        return bool(self.open_bits >> kind & 1)
+
+    @property
+    def open_kinds(self) -> tuple[str, ...]:
+        return tuple(KINDS[k] for k in range(_N) if self.open_bits >> k & 1)
+
+    def to_bytes(self) -> bytes:
+        texts = [t.encode()[:255] for t in (self.charge_point_id, self.site_id,
+                                            self.transaction_id, self.error_code, self.user_id)]
+        head = _HEAD.pack(
+            *(len(t) for t in texts), _STATUS_CODE.get(self.status, 0), self.open_bits,
+            min(self.connector_id, 255), self.connectors_seen, self.charging_samples,
+            self.last_ended_tx, *(min(s, 65535) for s in self.streaks), *self.recent,
+            *self.first_ts, *self.first_rx, *(getattr(self, name) for name in _DOUBLES))
+        return head + b"".join(texts) + bytes((self.recent_at,))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ConnectorState:
+        values = _HEAD.unpack_from(data)
+        lengths, status, open_bits, connector = values[:5], values[5], values[6], values[7]
+        at = _HEAD.size
+        texts = []
+        for n in lengths:
+            texts.append(data[at:at + n].decode())
+            at += n
+        state = cls(texts[0], connector, texts[1], texts[2],
+                    STATUSES[status - 1] if status else "", texts[3], texts[4], open_bits,
+                    values[8], values[9], values[10], data[at])
+        i = 11
+        state.streaks = list(values[i:i + _N])
+        i += _N
+        state.recent = list(values[i:i + RECENT_IDS])
+        i += RECENT_IDS
+        state.first_ts = list(values[i:i + _N])
+        state.first_rx = list(values[i + _N:i + 2 * _N])
+        i += 2 * _N
+        for name, value in zip(_DOUBLES, values[i:]):
+            setattr(state, name, value)
+        return state
+
+
+class ConnectorStateCodec:
+    """A `keyed_state.Codec`: every key of the telemetry state holds a `ConnectorState`."""
+
+    def encode(self, key: str, value: object) -> bytes:
+        return value.to_bytes()
+
+    def decode(self, key: str, data: bytes) -> object:
+        return ConnectorState.from_bytes(data)
+
+
+CONNECTOR_STATE_CODEC = ConnectorStateCodec()
+
+
+def connector_key(charge_point_id: str, connector_id: int) -> str:
+    """`<chargePoint>:<connector>`, the state key (and nothing else is stored)."""
+    return f"{charge_point_id}:{connector_id}"
+
+
+def _crc(text: str) -> int:
+    return zlib.crc32(text.encode())
+
+
+# ---- results ----------------------------------------------------------------------------
+class EventResult(NamedTuple):
+    """What one event did.
+
+    Attributes:
+        applied: False for a redelivered event (nothing changed).
+        alerts: live alert events opened or closed.
+        changed: keys whose connector changed state (status, transaction, alerts): the
+            processor publishes their status at once.
+        summary: the finished transaction to hand off, at its end.
+    """
+
+    applied: bool
+    alerts: list[LiveAlert]
+    changed: tuple[str, ...]
+    summary: TransactionSummary | None = None
+
+
+DUPLICATE = EventResult(False, [], ())
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _alert(conn: ConnectorState, kind: int, status: str, at_ts: float, evidence: str,
+           metrics: dict[str, float]) -> LiveAlert:
+    first = conn.first_ts[kind]
+    return LiveAlert(KINDS[kind], status, conn.charge_point_id, conn.connector_id,
+                     conn.transaction_id or None, conn.site_id, first, conn.first_rx[kind],
+                     max(at_ts, first), evidence, metrics)
+
+
+def _open(conn: ConnectorState, kind: int, at_ts: float, evidence: str,
+          metrics: dict[str, float]) -> LiveAlert:
+    conn.open_bits |= 1 << kind
+    return _alert(conn, kind, "open", at_ts, evidence, metrics)
+
+
+def _close(conn: ConnectorState, kind: int, at_ts: float, evidence: str,
+           metrics: dict[str, float] | None = None) -> LiveAlert:
+    conn.open_bits &= ~(1 << kind)
+    conn.streaks[kind] = 0
+    return _alert(conn, kind, "closed", at_ts, evidence, metrics or {})
+
+
+def _telltale(conn: ConnectorState, kind: int, ts: float, rx: float) -> int:
+    """Count one more telltale sample of `kind`; the first of a run dates the episode."""
+    if conn.streaks[kind] == 0 and not conn.open_bits >> kind & 1:
+        conn.first_ts[kind] = ts
+        conn.first_rx[kind] = rx
+    conn.streaks[kind] += 1
+    return conn.streaks[kind]
+
+
+def _quantile_step(q: float, x: float, p: float, n: int) -> float:
+    """One step of a streaming quantile estimate (moves by a few % of its own size)."""
+    if n == 0:
+        return x
+    step = max(abs(q) * 0.02, 0.05)
+    return q + step * p if x > q else q - step * (1.0 - p)
+
+
+# ---- transactions ------------------------------------------------------------------------
+def _number(details: Mapping, *names: str) -> float:
+    for name in names:
+        value = details.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and math.isfinite(value):
+            return float(value)
+    return NAN
+
+
+def _start_transaction(conn: ConnectorState, tx: str, event: TelemetryEvent, ts: float,
+                       rx: float, alerts: list[LiveAlert]) -> None:
+    if conn.transaction_id:  # the last one ended without telling: its episodes end here
+        _close_transaction_alerts(conn, ts, f"transaction {conn.transaction_id} replaced by {tx}",
+                                  alerts)
+    details = event.details
+    conn.transaction_id = tx
+    conn.tx_start_ts, conn.tx_start_rx = ts, rx
+    conn.tx_start_wh = event.measurands.get("energy_wh", NAN)
+    conn.active_ts = NAN
+    conn.peak_current_a = conn.drawn_ratio = conn.frozen_wh = 0.0
+    for kind in _TX_BOUND:
+        conn.streaks[kind] = 0
+    conn.kwh_requested = _number(details, "kWhRequested", "energy_requested_kwh")
+    if math.isnan(conn.kwh_requested):
+        wh = _number(details, "energy_requested_wh")
+        conn.kwh_requested = wh / 1000.0
+    conn.minutes_available = _number(details, "minutesAvailable")
+    conn.departure_ts = _number(details, "departure_ts", "requestedDeparture")
+    user = details.get("userID") or details.get("id_token_hash") or details.get("idTokenHash")
+    conn.user_id = str(user)[:32] if user else ""
+
+
+def _close_transaction_alerts(conn: ConnectorState, ts: float, why: str,
+                              alerts: list[LiveAlert]) -> None:
+    for kind in _TX_BOUND:
+        if conn.open_bits >> kind & 1:
+            alerts.append(_close(conn, kind, ts, why))
+        conn.streaks[kind] = 0
+
+
+def _end_transaction(conn: ConnectorState, event: TelemetryEvent, ts: float,
+                     alerts: list[LiveAlert]) -> TransactionSummary | None:
+    tx = conn.transaction_id
+    end_wh = event.measurands.get("energy_wh", conn.energy_wh)
+    summary = TransactionSummary(
+        conn.charge_point_id, conn.connector_id, tx, conn.site_id, conn.tx_start_ts, ts,
+        conn.active_ts, conn.tx_start_wh, end_wh, conn.kwh_requested, conn.minutes_available,
+        conn.departure_ts, conn.user_id, str(event.details.get("stop_reason", ""))[:64])
+    _close_transaction_alerts(conn, ts, f"transaction {tx} ended", alerts)
+    conn.last_ended_tx = _crc(tx)
+    conn.transaction_id = ""
+    if not math.isnan(end_wh):
+        conn.energy_wh = end_wh
+    conn.frozen_wh = 0.0
+    return summary
+
+
+# ---- meter samples -------------------------------------------------------------------------
+def _offered(m: Mapping[str, float]) -> float:
+    offered = m.get("current_offered_a")
+    if offered is not None:
+        return offered
+    power, voltage = m.get("power_offered_w"), m.get("voltage_v")
+    if power is not None and voltage:
+        return power / voltage
+    return NAN
+
+
+def _on_meter(conn: ConnectorState, m: Mapping[str, float], ts: float, rx: float,
+              policy: LivePolicy, alerts: list[LiveAlert]) -> None:
+    current = m.get("current_a", NAN)
+    power = m.get("power_w", NAN)
+    voltage = m.get("voltage_v", NAN)
+    if math.isnan(power) and not math.isnan(current) and voltage > 0:
+        power = current * voltage
+    offered = _offered(m)
+    energy = m.get("energy_wh", NAN)
+    temperature = m.get("temperature_c", NAN)
+    dt = ts - conn.meter_ts  # NaN on the first sample
+    gap = rx - conn.meter_rx
+    if gap > 0:  # the connector's own sample interval, on the gateway's clock
+        interval = conn.interval_s
+        if math.isnan(interval):
+            conn.interval_s = gap
+        elif gap < 5 * interval:
+            conn.interval_s = interval + policy.interval_alpha * (gap - interval)
+    drawing = current >= policy.zero_current_a or power >= policy.active_power_w
+    if drawing:
+        conn.active_ts = ts
+    _no_current(conn, current, power, offered, ts, rx, policy, alerts)
+    over = _overcurrent(conn, current, offered, ts, rx, policy, alerts)
+    if not math.isnan(energy) and dt > 0:
+        _register(conn, energy, power, dt, ts, rx, policy, alerts)
+    if not math.isnan(temperature):
+        _temperature(conn, temperature, ts, rx, policy, alerts)
+    if drawing and not over:  # learn the connector's usual maximum from healthy samples
+        n = conn.charging_samples
+        if not math.isnan(current):
+            conn.q_current_a = _quantile_step(conn.q_current_a, current, policy.quantile, n)
+            conn.peak_current_a = max(conn.peak_current_a, current)
+            conn.drawn_ratio = current / (offered if offered > 0 else conn.peak_current_a)
+        if not math.isnan(power):
+            conn.q_power_w = _quantile_step(conn.q_power_w, power, policy.quantile, n)
+        conn.charging_samples = n + 1
+    conn.meter_ts, conn.meter_rx = ts, rx
+    if not math.isnan(energy):
+        conn.energy_wh = energy
+    conn.power_w, conn.current_a = power, current
+    conn.offered_a = offered
+    if not math.isnan(temperature):
+        conn.temperature_c = temperature
+
+
+def _no_current(conn: ConnectorState, current: float, power: float, offered: float,
+                ts: float, rx: float, policy: LivePolicy, alerts: list[LiveAlert]) -> None:
+    status = conn.status
+    if math.isnan(offered):  # 1.6 chargers may not report Current.Offered
+        offer_ok = status == "Charging"
+    else:
+        offer_ok = offered >= policy.min_offered_a and status in ("Charging", "Occupied", "")
+    telltale = (offer_ok and current < policy.zero_current_a
+                and not power >= policy.active_power_w
+                and ts - conn.tx_start_ts >= policy.start_grace_s
+                and (conn.drawn_ratio >= policy.abrupt_fraction
+                     or conn.peak_current_a < policy.zero_current_a))
+    is_open = conn.open_bits & 1
+    if telltale:
+        if _telltale(conn, NO_CURRENT, ts, rx) >= policy.samples and not is_open:
+            seconds = ts - conn.first_ts[NO_CURRENT]
+            offer = (f"offered {offered:.0f} A" if not math.isnan(offered)
+                     else "no offered limit reported")
+            where = status or "in a transaction"
+            alerts.append(_open(conn, NO_CURRENT, ts, (
+                f"current {current:.1f} A for {_duration(seconds)} while {where}, {offer}"),
+                {"current_a": current, "current_offered_a": offered, "seconds": seconds,
+                 "peak_current_a": conn.peak_current_a}))
+        return
+    conn.streaks[NO_CURRENT] = 0
+    if is_open:
+        why = (f"current back to {current:.1f} A" if current >= policy.zero_current_a
+               else f"no longer drawing by design ({status or 'no status'}, offered "
+                    f"{offered:.0f} A)")
+        alerts.append(_close(conn, NO_CURRENT, ts, why, {"current_a": current}))
+
+
+def _overcurrent(conn: ConnectorState, current: float, offered: float, ts: float, rx: float,
+                 policy: LivePolicy, alerts: list[LiveAlert]) -> bool:
+    if math.isnan(current):
+        return False
+    if not math.isnan(offered):
+        previous = conn.offered_a  # the car may follow a lowered offer one sample late
+        limit = offered if math.isnan(previous) else max(offered, previous)
+        source = "offered"
+    elif conn.charging_samples >= policy.learn_min_samples and conn.q_current_a > 0:
+        limit, source = conn.q_current_a, "usual maximum"
+    else:
+        return False
+    margin = max(policy.overcurrent_min_a, policy.overcurrent_ratio * limit)
+    is_open = conn.open_bits >> OVERCURRENT & 1
+    if current > limit + margin:
+        if _telltale(conn, OVERCURRENT, ts, rx) >= policy.samples and not is_open:
+            seconds = ts - conn.first_ts[OVERCURRENT]
+            alerts.append(_open(conn, OVERCURRENT, ts, (
+                f"current {current:.1f} A for {_duration(seconds)}, above the {source} "
+                f"{limit:.0f} A by {current - limit:.1f} A (tolerance {margin:.1f} A)"),
+                {"current_a": current, "limit_a": limit, "seconds": seconds}))
+        return True
+    conn.streaks[OVERCURRENT] = 0
+    if is_open:
+        alerts.append(_close(conn, OVERCURRENT, ts, f"current back to {current:.1f} A "
+                             f"(limit {limit:.0f} A)", {"current_a": current}))
+    return False
+
+
+def _register(conn: ConnectorState, energy: float, power: float, dt: float, ts: float,
+              rx: float, policy: LivePolicy, alerts: list[LiveAlert]) -> None:
+    last = conn.energy_wh
+    if math.isnan(last):
+        return
+    step = energy - last
+    if step < -policy.backwards_tolerance_wh:
+        if not conn.open_bits >> METER_BACKWARDS & 1:
+            _telltale(conn, METER_BACKWARDS, ts, rx)
+            alerts.append(_open(conn, METER_BACKWARDS, ts, (
+                f"energy register went back {-step:.0f} Wh, from {last / 1000:.3f} to "
+                f"{energy / 1000:.3f} kWh"), {"energy_wh": energy, "previous_wh": last,
+                                               "step_wh": step}))
+        conn.frozen_wh = 0.0
+        conn.streaks[METER_FROZEN] = 0
+        return
+    if step > 1e-3:
+        conn.resolution_wh = min(conn.resolution_wh, step)
+        conn.frozen_wh = 0.0
+        conn.streaks[METER_FROZEN] = 0
+        if conn.open_bits >> METER_FROZEN & 1:
+            alerts.append(_close(conn, METER_FROZEN, ts, f"energy register advances again "
+                                 f"(+{step:.0f} Wh)", {"step_wh": step}))
+        return
+    previous_power = conn.power_w
+    flowing = power if math.isnan(previous_power) else 0.5 * (power + previous_power)
+    if not flowing >= policy.frozen_power_w:  # no power, no expectation (NaN included)
+        if not conn.open_bits >> METER_FROZEN & 1:
+            conn.frozen_wh = 0.0
+            conn.streaks[METER_FROZEN] = 0
+        return
+    conn.frozen_wh += flowing * dt / 3600.0
+    streak = _telltale(conn, METER_FROZEN, ts, rx)
+    resolution = conn.resolution_wh
+    needed = (max(policy.frozen_min_wh, policy.frozen_resolution_factor * resolution)
+              if math.isfinite(resolution) else policy.frozen_unknown_wh)
+    if streak >= policy.samples and conn.frozen_wh >= needed \
+            and not conn.open_bits >> METER_FROZEN & 1:
+        seconds = ts - conn.first_ts[METER_FROZEN]
+        alerts.append(_open(conn, METER_FROZEN, ts, (
+            f"energy register stuck at {energy / 1000:.3f} kWh for {_duration(seconds)} while "
+            f"drawing {flowing / 1000:.1f} kW ({conn.frozen_wh:.0f} Wh not counted)"),
+            {"energy_wh": energy, "power_w": flowing, "uncounted_wh": conn.frozen_wh,
+             "seconds": seconds}))
+
+
+def _temperature(conn: ConnectorState, temperature: float, ts: float, rx: float,
+                 policy: LivePolicy, alerts: list[LiveAlert]) -> None:
+    limit = policy.max_temperature_c
+    is_open = conn.open_bits >> OVERTEMPERATURE & 1
+    if temperature > limit:
+        if _telltale(conn, OVERTEMPERATURE, ts, rx) >= policy.samples and not is_open:
+            seconds = ts - conn.first_ts[OVERTEMPERATURE]
+            alerts.append(_open(conn, OVERTEMPERATURE, ts, (
+                f"temperature {temperature:.1f} °C for {_duration(seconds)}, above the "
+                f"{limit:.0f} °C limit"), {"temperature_c": temperature, "limit_c": limit,
+                                           "seconds": seconds}))
+        return
+    conn.streaks[OVERTEMPERATURE] = 0
+    if is_open and temperature < limit - policy.temperature_hysteresis_c:
+        alerts.append(_close(conn, OVERTEMPERATURE, ts, f"temperature down to "
+                             f"{temperature:.1f} °C", {"temperature_c": temperature}))
+
+
+def _unplugged(conn: ConnectorState, ts: float, rx: float, policy: LivePolicy,
+               alerts: list[LiveAlert]) -> None:
+    """never_unplugged: checked on every event of a transaction and by the timer."""
+    if conn.open_bits >> NEVER_UNPLUGGED & 1 or not conn.transaction_id:
+        return
+    connected_h = (ts - conn.tx_start_ts) / 3600.0
+    idle_h = (ts - conn.active_ts) / 3600.0 if not math.isnan(conn.active_ts) else connected_h
+    drawing = conn.current_a >= policy.zero_current_a or conn.power_w >= policy.active_power_w
+    if connected_h > policy.max_connected_hours:
+        why = (f"plugged in for {connected_h:.1f} h, longer than the "
+               f"{policy.max_connected_hours:g} h any plausible session takes")
+    elif idle_h > policy.idle_hours and not drawing:
+        why = (f"still plugged in {idle_h:.1f} h after it last drew power "
+               f"(connected {connected_h:.1f} h)")
+    else:
+        return
+    _telltale(conn, NEVER_UNPLUGGED, ts, rx)
+    alerts.append(_open(conn, NEVER_UNPLUGGED, ts, why, {"connected_hours": connected_h,
+                                                          "idle_hours": idle_h}))
+
+
+# ---- events ------------------------------------------------------------------------------
+def _on_status(conn: ConnectorState, event: TelemetryEvent, ts: float, rx: float,
+               alerts: list[LiveAlert]) -> bool:
+    if ts < conn.status_ts:  # an older status, queued by the charger: newer facts stand
+        return False
+    new, old, old_error = event.status or "", conn.status, conn.error_code
+    conn.status, conn.error_code, conn.status_ts = new, event.error_code, ts
+    if new == "Faulted":
+        if not conn.open_bits >> FAULTED & 1:
+            _telltale(conn, FAULTED, ts, rx)
+            info = event.details.get("info") or event.details.get("vendorErrorCode") or ""
+            alerts.append(_open(conn, FAULTED, ts, (
+                f"connector Faulted, error code {event.error_code or 'none given'}"
+                + (f" ({str(info)[:200]})" if info else "")),
+                {"connector_id": float(conn.connector_id)}))
+    elif conn.open_bits >> FAULTED & 1:
+        alerts.append(_close(conn, FAULTED, ts, f"connector {new} again after "
+                             f"{_duration(ts - conn.first_ts[FAULTED])}"))
+    if conn.open_bits & 1 and new != "Charging":
+        alerts.append(_close(conn, NO_CURRENT, ts, f"connector {new}: not charging by design"))
+    return new != old or event.error_code != old_error
+
+
+def _charger_record(state: MutableMapping[str, object], event: TelemetryEvent) -> None:
+    """Note a new connector in its charger's record (connector 0)."""
+    key = connector_key(event.charge_point_id, 0)
+    charger = state.get(key)
+    if charger is None:
+        charger = ConnectorState(event.charge_point_id, 0, event.site_id)
+    bit = 1 << min(event.connector_id, MAX_CONNECTORS - 1)
+    if not charger.connectors_seen & bit:
+        charger.connectors_seen |= bit
+        state[key] = charger
+
+
+def _on_disconnected(state: MutableMapping[str, object], event: TelemetryEvent, ts: float,
+                     rx: float, alerts: list[LiveAlert]) -> tuple[str, ...]:
+    charger = state.get(connector_key(event.charge_point_id, 0))
+    seen = charger.connectors_seen if charger is not None else 0
+    ids = {i for i in range(MAX_CONNECTORS) if seen >> i & 1} | {event.connector_id}
+    changed = []
+    for connector in sorted(ids):
+        key = connector_key(event.charge_point_id, connector)
+        conn = state.get(key)
+        if conn is None or not conn.transaction_id or conn.open_bits >> SILENT & 1:
+            continue
+        _telltale(conn, SILENT, ts, rx)
+        quiet = rx - conn.last_rx
+        alerts.append(_open(conn, SILENT, ts, (
+            f"charger disconnected mid-transaction {conn.transaction_id} (last message "
+            f"{'unknown' if math.isnan(quiet) else _duration(quiet)} before)"),
+            {"seconds_quiet": quiet}))
+        state[key] = conn
+        changed.append(key)
+    return tuple(changed)
+
+
+def on_event(state: MutableMapping[str, object], event: TelemetryEvent,
+             policy: LivePolicy = DEFAULT_POLICY) -> EventResult:
+    """Apply one telemetry event to its connector's state, in Kafka order.
+
+    Args:
+        state: the keyed state; `<chargePoint>:<connector>` (and `<chargePoint>:0`, the
+            charger's record) are read and written.
+        event: the event.
+        policy: the thresholds.
+
+    Returns:
+        What it did; `DUPLICATE` (nothing) for a redelivered event.
+    """
+    key = connector_key(event.charge_point_id, event.connector_id)
+    conn = state.get(key)
+    if conn is None:
+        conn = ConnectorState(event.charge_point_id, event.connector_id, event.site_id)
+        if event.connector_id:
+            _charger_record(state, event)
+    digest = _crc(event.event_id)
+    if digest in conn.recent:
+        return DUPLICATE
+    conn.recent[conn.recent_at] = digest
+    conn.recent_at = (conn.recent_at + 1) % RECENT_IDS
+    kind = event.kind
+    ts, rx = event.event_ts, event.received_ts
+    tx = event.transaction_id
+    alerts: list[LiveAlert] = []
+    changed: tuple[str, ...] = ()
+    summary = None
+    if event.site_id:
+        conn.site_id = event.site_id
+    if conn.open_bits >> SILENT & 1 and kind != "disconnected":
+        alerts.append(_close(conn, SILENT, ts, f"messages again after "
+                             f"{_duration(rx - conn.first_rx[SILENT])}"))
+        changed = (key,)
+    charging_state = event.details.get("chargingState") if event.details else None
+    if charging_state in _STATUS_CODE and kind != "status" and charging_state != conn.status:
+        conn.status = charging_state  # 2.0.1 says it in TransactionEvent, not in a status
+        changed = (key,)
+    if kind == "meter":
+        if tx and tx != conn.transaction_id:
+            if _crc(tx) == conn.last_ended_tx:  # a late sample of a finished transaction
+                tx = None
+            else:  # a transaction whose start was missed: it starts here
+                _start_transaction(conn, tx, event, ts, rx, alerts)
+                changed = (key,)
+        if tx and not ts <= conn.meter_ts:
+            _on_meter(conn, event.measurands, ts, rx, policy, alerts)
+            _unplugged(conn, ts, rx, policy, alerts)
+        elif not tx:  # outside a transaction only the readings are kept, for the live view
+            conn.energy_wh = event.measurands.get("energy_wh", conn.energy_wh)
+            conn.temperature_c = event.measurands.get("temperature_c", conn.temperature_c)
+    elif kind == "status":
+        if _on_status(conn, event, ts, rx, alerts):
+            changed = (key,)
+        _unplugged(conn, ts, rx, policy, alerts)
+    elif kind == "transaction_started":
+        if tx and tx != conn.transaction_id and _crc(tx) != conn.last_ended_tx:
+            _start_transaction(conn, tx, event, ts, rx, alerts)
+            changed = (key,)
+    elif kind == "transaction_ended":
+        if conn.transaction_id and (not tx or tx == conn.transaction_id):
+            summary = _end_transaction(conn, event, ts, alerts)
+            changed = (key,)
+    elif kind == "disconnected":
+        changed = _on_disconnected(state, event, ts, rx, alerts)
+    if alerts and key not in changed:
+        changed = (*changed, key)
+    if not ts <= conn.last_ts:
+        conn.last_ts = ts
+    conn.last_rx = rx
+    state[key] = conn
+    return EventResult(True, alerts, changed, summary)
+
+
+def silence_limit(conn: ConnectorState, policy: LivePolicy = DEFAULT_POLICY) -> float:
+    """Seconds without a message after which the connector is silent (inf: interval unknown)."""
+    if math.isnan(conn.interval_s):
+        return math.inf
+    return max(policy.silent_min_s, policy.silent_factor * conn.interval_s)
+
+
+def on_tick(state: Mapping[str, object], now_rx: float, policy: LivePolicy = DEFAULT_POLICY,
+            keys: Iterable[str] | None = None) -> list[tuple[str, list[LiveAlert]]]:
+    """The timer: open `silent` and `never_unplugged` on connectors that say nothing.
+
+    Args:
+        state: the keyed state (read; the connectors found are changed in place).
+        now_rx: the stream clock on the gateway's time scale (epoch s).
+        policy: the thresholds.
+        keys: the connectors to check (default every one in `state`).
+
+    Returns:
+        `(key, alerts)` of each connector changed: the caller writes those keys back.
+    """
+    out = []
+    items = state.items() if keys is None else ((k, state.get(k)) for k in keys)
+    for key, conn in items:
+        if type(conn) is not ConnectorState or not conn.transaction_id:
+            continue
+        quiet = now_rx - conn.last_rx
+        alerts: list[LiveAlert] = []
+        if not conn.open_bits >> SILENT & 1 and quiet > silence_limit(conn, policy):
+            interval = conn.interval_s
+            conn.first_ts[SILENT] = conn.last_ts + interval
+            conn.first_rx[SILENT] = conn.last_rx + interval
+            conn.streaks[SILENT] = 1
+            alerts.append(_open(conn, SILENT, conn.last_ts + quiet, (
+                f"no message for {_duration(quiet)} in transaction {conn.transaction_id} "
+                f"(it reports every {interval:.0f} s)"),
+                {"seconds_quiet": quiet, "interval_s": interval}))
+        if not conn.open_bits >> NEVER_UNPLUGGED & 1:
+            _unplugged(conn, conn.last_ts + max(quiet, 0.0), now_rx, policy, alerts)
+        if alerts:
+            out.append((key, alerts))
+    return out
+
+
+def connector_status(conn: ConnectorState, updated_ts: float,
+                     processor: str = "") -> ConnectorStatusMessage:
+    """The live view's snapshot of one connector (contract §5c)."""
+    if conn.open_bits >> SILENT & 1:
+        state = "Offline"
+    elif conn.status:
+        state = conn.status
+    else:
+        state = "Occupied" if conn.transaction_id else "Available"
+    in_tx = bool(conn.transaction_id)
+    energy = conn.energy_wh - conn.tx_start_wh if in_tx else 0.0
+    return ConnectorStatusMessage(
+        conn.charge_point_id, conn.connector_id, conn.site_id, state,
+        conn.transaction_id or None, conn.power_w if in_tx else 0.0,
+        None if math.isnan(energy) else energy, conn.current_a if in_tx else None,
+        conn.offered_a, conn.temperature_c, conn.error_code[:64],
+        updated_ts if math.isnan(conn.last_rx) else conn.last_rx, updated_ts,
+        conn.open_kinds, processor)
