@@ -11,6 +11,7 @@ from pipelines.contracts.live_alert import KINDS, parse_live_alert
 from pipelines.contracts.live_alert import encode_live_alert as encode_alert
 from pipelines.telemetry.detectors import (
     CONNECTOR_STATE_CODEC,
+    DEFAULT_POLICY,
     DUPLICATE,
     ConnectorState,
     LivePolicy,
@@ -22,7 +23,7 @@ from pipelines.telemetry.detectors import (
 from tests.telemetry.kit import T0, event, level2, status, transaction
 
 
-def run(events, state=None, policy=LivePolicy()):
+def run(events, state=None, policy=DEFAULT_POLICY):
     state = {} if state is None else state
     alerts, summaries = [], []
     for e in events:
@@ -150,7 +151,7 @@ def test_faulted_carries_the_error_code_and_closes_when_available():
 
 def test_silent_fires_on_the_timer_after_k_own_intervals_and_closes_on_the_next_message():
     events = transaction(lambda i: (30.0, 32.0, "Charging"), samples=10, end=False)
-    state, alerts, _ = run(events)
+    state, _alerts, _ = run(events)
     last_rx = events[-1].received_ts
     assert on_tick(state, last_rx + 35) == []  # 4 x 10 s not yet passed
     [(key, [alert])] = on_tick(state, last_rx + 45)

@@ -18,9 +18,9 @@ ZONE = "America/Los_Angeles"
 
 
 def summary(**changes) -> TransactionSummary:
-    fields = dict(charge_point_id="CP-7", connector_id=2, transaction_id="1187",
-                  site_id="caltech", start_ts=T0, end_ts=T0 + 4 * 3600, done_ts=T0 + 3 * 3600,
-                  start_wh=5000.0, end_wh=17345.0)
+    fields = {"charge_point_id": "CP-7", "connector_id": 2, "transaction_id": "1187",
+              "site_id": "caltech", "start_ts": T0, "end_ts": T0 + 4 * 3600,
+              "done_ts": T0 + 3 * 3600, "start_wh": 5000.0, "end_wh": 17345.0}
     return TransactionSummary(**{**fields, **changes})
 
 
