@@ -6,7 +6,9 @@ polls `/api/feed?after_id=N` every 1.5 s for new scored sessions and
 worker. `POST /api/alerts/{id}/ack` acknowledges an alert. `GET /stations` is the
 station view, which polls `/api/stations` every 10 s: each station's health from
 its open station alerts, its last session, sessions observed against expected,
-and its recent power.
+and its recent power. `GET /live` is the live view of the connectors, which polls
+`/api/live` every 2 s: each connector's newest snapshot from the telemetry
+processor and the live alerts; the page ages the last samples itself every second.
 """
 
 from __future__ import annotations
@@ -62,6 +64,10 @@ def create_app(settings: Settings, champion_refresh_s: float = 30.0) -> FastAPI:
     def stations_page() -> FileResponse:
         return FileResponse(STATIC / "stations.html", headers={"Cache-Control": "no-store"})
 
+    @app.get("/live", include_in_schema=False)
+    def live_page() -> FileResponse:
+        return FileResponse(STATIC / "live.html", headers={"Cache-Control": "no-store"})
+
     @app.get("/healthz")
     def healthz() -> dict:
         return {"ok": True}
@@ -91,6 +97,12 @@ def create_app(settings: Settings, champion_refresh_s: float = 30.0) -> FastAPI:
     def station_view(limit: int = Query(500, ge=1, le=5000),
                      spark: int = Query(20, ge=2, le=100)) -> dict:
         return queries.station_view(store.engine, time.time(), limit=limit, spark_sessions=spark)
+
+    @app.get("/api/live")
+    def live_view(limit: int = Query(1000, ge=1, le=10_000),
+                  alerts: int = Query(100, ge=1, le=1000)) -> dict:
+        return queries.live_view(store.engine, time.time(), settings.live_offline_after_s,
+                                 limit=limit, alert_limit=alerts)
 
     @app.post("/api/alerts/{alert_id}/ack")
     def acknowledge(alert_id: int) -> dict:

@@ -13,7 +13,10 @@ from pipelines.contracts.station_alert import KINDS
 from pipelines.data.features import readable_explanation
 from pipelines.scores.store import (
     alerts,
+    connectors,
     dead_letters,
+    live_alerts,
+    open_live_alert_rows,
     open_station_alert_rows,
     scores,
     station_notices,
@@ -257,3 +260,113 @@ def station_view(engine: Engine, now: float, limit: int = 500, spark_sessions: i
         health[row["health"]] += 1
     return {"now": now, "as_of": as_of, "recent_days": RECENT_DAYS, "history_days": HISTORY_DAYS,
             "total": len(ordered), "health": health, "stations": shown}
+
+
+# ---- the live view ------------------------------------------------------------------
+# a connector in one of these states is expected to send samples every few seconds
+ACTIVE_STATES = ("Charging", "SuspendedEV", "SuspendedEVSE")
+
+
+def is_offline(state: str | None, transaction_id: str | None, age_s: float | None,
+               offline_after_s: float) -> bool:
+    """Offline: the processor says so, or a connector in a transaction has sent nothing for
+    longer than `offline_after_s` (pure). An idle connector sends nothing for hours, so its
+    age alone says nothing."""
+    if state == "Offline":
+        return True
+    active = transaction_id is not None or state in ACTIVE_STATES
+    return active and age_s is not None and age_s > offline_after_s
+
+
+def _connector_rank(row: dict) -> tuple:
+    """Alerting first, then offline, then in a transaction, then idle."""
+    busy = row["transaction_id"] is not None or row["state"] in ACTIVE_STATES
+    alerting = row["open_alerts"] or row["reported_alerts"]
+    return (not alerting, not row["offline"], not busy, row["charge_point_id"],
+            row["connector_id"])
+
+
+def _alert_item(row: dict, is_open: bool) -> dict:
+    received = row["first_received_ts"]
+
+    def since_arrival(ts: float | None) -> float | None:
+        return None if ts is None else ts - received
+
+    status = "open" if is_open else ("closed" if row["status"] == "closed" else "superseded")
+    return {"alert_id": row["alert_id"], "connector": f"{row['charge_point_id']}/{row['connector_id']}",
+            "charge_point_id": row["charge_point_id"], "connector_id": row["connector_id"],
+            "site_id": row["site_id"], "kind": row["kind"], "status": status,
+            "transaction_id": row["transaction_id"], "first_sample_ts": row["first_sample_ts"],
+            "first_received_ts": received, "opened_ts": row["opened_ts"],
+            "closed_ts": row["closed_ts"], "evidence": row["evidence"],
+            "closed_evidence": row["closed_evidence"], "metrics": row["metrics"],
+            "detected_ts": row["detected_ts"], "email_state": row["email_state"],
+            "emailed_ts": row["emailed_ts"],
+            "detection_delay_s": since_arrival(row["detected_ts"]),
+            "email_delay_s": since_arrival(row["emailed_ts"])}
+
+
+def live_alert_list(engine: Engine, limit: int = 100) -> list[dict]:
+    """Every open live alert (newest first), then the newest of the others, `limit` in all
+    (never fewer than the open ones). An episode left open by a lost close event, with a
+    newer episode of the same connector and fault, is `superseded`."""
+    open_rows = open_live_alert_rows(engine)
+    open_ids = {r["alert_id"] for r in open_rows}
+    recent = (select(live_alerts).order_by(live_alerts.c.first_sample_ts.desc(),
+                                           live_alerts.c.id.desc()).limit(limit))
+    with engine.connect() as conn:
+        others = [dict(r._mapping) for r in conn.execute(recent)
+                  if r.alert_id not in open_ids]
+    items = [_alert_item(r, True) for r in open_rows]
+    return items + [_alert_item(r, False) for r in others[:max(0, limit - len(items))]]
+
+
+def live_view(engine: Engine, now: float, offline_after_s: float, limit: int = 1000,
+              alert_limit: int = 100) -> dict:
+    """Every connector's newest snapshot (state, power, energy this session, when its last
+    sample arrived, whether it is offline, its open live alerts) and the live alerts.
+    Alerting connectors first, then offline ones, then those in a transaction; at most
+    `limit` connectors, with counts over all of them."""
+    alerts = live_alert_list(engine, alert_limit)
+    by_connector: dict[tuple[str, int], list[dict]] = {}
+    for alert in alerts:
+        if alert["status"] == "open":
+            by_connector.setdefault((alert["charge_point_id"], alert["connector_id"]), []).append(
+                {key: alert[key] for key in ("alert_id", "kind", "evidence", "first_sample_ts")})
+    with engine.connect() as conn:
+        snapshots = [dict(r._mapping) for r in conn.execute(select(connectors))]
+    rows = []
+    for snap in snapshots:
+        age = now - snap["last_sample_ts"]
+        rows.append({
+            "connector": f"{snap['charge_point_id']}/{snap['connector_id']}",
+            **{key: snap[key] for key in (
+                "charge_point_id", "connector_id", "site_id", "state", "transaction_id",
+                "power_w", "energy_wh", "current_a", "current_offered_a", "temperature_c",
+                "error_code", "last_sample_ts", "updated_ts")},
+            "age_s": age,
+            "offline": is_offline(snap["state"], snap["transaction_id"], age, offline_after_s),
+            "reported_alerts": snap["open_alerts"],
+            "open_alerts": by_connector.pop((snap["charge_point_id"], snap["connector_id"]), [])})
+    for (charge_point, connector), found in by_connector.items():  # alerted, no snapshot yet
+        alert = next(a for a in alerts if a["alert_id"] == found[0]["alert_id"])
+        rows.append({"connector": f"{charge_point}/{connector}", "charge_point_id": charge_point,
+                     "connector_id": connector, "site_id": alert["site_id"], "state": None,
+                     "transaction_id": alert["transaction_id"], "power_w": None,
+                     "energy_wh": None, "current_a": None, "current_offered_a": None,
+                     "temperature_c": None, "error_code": "", "last_sample_ts": None,
+                     "updated_ts": None, "age_s": None, "offline": False,
+                     "reported_alerts": [], "open_alerts": found})
+    rows.sort(key=_connector_rank)
+    states: dict[str, int] = {}
+    for row in rows:
+        states[row["state"] or "unknown"] = states.get(row["state"] or "unknown", 0) + 1
+    live_power = [r["power_w"] for r in rows if r["power_w"] is not None and not r["offline"]]
+    return {"now": now, "offline_after_s": offline_after_s, "total": len(rows),
+            "counts": {"connectors": len(rows), "states": states,
+                       "offline": sum(r["offline"] for r in rows),
+                       "in_transaction": sum(r["transaction_id"] is not None for r in rows),
+                       "alerting": sum(bool(r["open_alerts"]) for r in rows),
+                       "open_alerts": sum(a["status"] == "open" for a in alerts),
+                       "power_w": sum(live_power)},
+            "connectors": rows[:limit], "alerts": alerts}

@@ -1,4 +1,5 @@
-// evguard dashboard: helpers shared by the live page (app.js) and the station view (stations.js).
+// evguard dashboard: helpers shared by the sessions page (app.js), the station view
+// (stations.js) and the live connector view (live.js).
 "use strict";
 
 function el(tag, attrs, ...children) {
