@@ -1,0 +1,161 @@
+"""Telemetry events to Kafka, awaited from asyncio: a CALL is answered only once Kafka
+acknowledged every event it carried.
+
+One idempotent producer (acks=all) per gateway. A daemon thread polls it; its delivery
+callbacks settle an asyncio future on the gateway's loop, one per batch of events.
+`message.timeout.ms` is the acknowledgement timeout: an event Kafka does not take in time
+fails, the CALL gets CALLERROR InternalError, and the charger sends it again (OCPP chargers
+queue transaction messages). Kafka may still have stored the first copy; the consumer
+de-duplicates on `event_id`, which the retry repeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+
+from confluent_kafka import KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from pipelines.contracts.telemetry import TelemetryEvent, encode_telemetry
+from pipelines.settings import Settings
+
+log = logging.getLogger("evguard.gateway.kafka")
+
+
+class DeliveryFailed(ConnectionError):
+    """Kafka did not acknowledge an event in time, or refused it."""
+
+
+def producer_config(settings: Settings, ack_timeout_s: float) -> dict:
+    return {"bootstrap.servers": settings.kafka_servers, "acks": "all",
+            "enable.idempotence": True, "linger.ms": 2,
+            "message.timeout.ms": max(1000, int(ack_timeout_s * 1000)),
+            "client.id": f"evguard-gateway-{os.getpid()}", "log_level": 2}
+
+
+def ensure_topic(settings: Settings, topic: str, timeout_s: float = 20.0) -> None:
+    """Create the telemetry topic (`settings.topic_partitions` partitions) if it is missing.
+
+    Raises:
+        ConnectionError: the broker does not answer, or the topic could not be made.
+    """
+    admin = AdminClient({"bootstrap.servers": settings.kafka_servers, "log_level": 2})
+    try:
+        if topic in admin.list_topics(timeout=timeout_s).topics:
+            return
+    except KafkaException as exc:
+        raise ConnectionError(f"Kafka does not answer at {settings.kafka_servers}: "
+                              f"{exc.args[0].str()}") from None
+    future = admin.create_topics([NewTopic(topic, settings.topic_partitions, 1)])[topic]
+    try:
+        future.result(timeout=timeout_s)
+    except Exception as exc:  # a second gateway may have made it meanwhile
+        if "TOPIC_ALREADY_EXISTS" not in str(exc):
+            raise ConnectionError(f"cannot create topic {topic}: {exc}") from exc
+
+
+class _Batch:
+    """Counts the acknowledgements of one batch; settles its future on the loop."""
+
+    __slots__ = ("error", "future", "loop", "remaining")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.remaining = size
+        self.error: str | None = None
+
+    def delivered(self, err, _message) -> None:  # on the poll thread
+        if err is not None and self.error is None:
+            self.error = str(err)
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.loop.call_soon_threadsafe(self._settle)
+
+    def _settle(self) -> None:
+        if self.future.done():
+            return
+        if self.error is None:
+            self.future.set_result(None)
+        else:
+            self.future.set_exception(DeliveryFailed(self.error))
+
+
+class KafkaSink:
+    """Produces telemetry events and tells when Kafka has them.
+
+    Args:
+        settings: Kafka address.
+        topic: the telemetry topic.
+        ack_timeout_s: how long an event may wait for Kafka's acknowledgement.
+    """
+
+    def __init__(self, settings: Settings, topic: str, ack_timeout_s: float = 10.0) -> None:
+        self.topic = topic
+        self.ack_timeout_s = ack_timeout_s
+        self._producer = Producer(producer_config(settings, ack_timeout_s))
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="gateway-kafka-poll",
+                                        daemon=True)
+        self.last_ack = 0.0  # monotonic time of the last acknowledged batch
+        self.last_failure = 0.0
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stopping.is_set():
+            self._producer.poll(0.05)
+
+    def send(self, events: list[TelemetryEvent]) -> asyncio.Future[None]:
+        """Produce `events` in order (each under its charge point's key); the future is done
+        when Kafka acknowledged them all, or fails with DeliveryFailed. Call on the loop."""
+        batch = _Batch(asyncio.get_running_loop(), len(events))
+        if not events:
+            batch.future.set_result(None)
+            return batch.future
+        try:
+            for event in events:
+                self._producer.produce(self.topic, encode_telemetry(event), event.key,
+                                       on_delivery=batch.delivered)
+        except (BufferError, KafkaException) as exc:  # local queue full: Kafka is far behind
+            # the events queued before still get callbacks; they find the future done
+            batch.error = f"cannot queue for Kafka: {exc}"
+            batch.future.set_exception(DeliveryFailed(batch.error))
+        # a batch given up on by `deliver` still settles later: nobody reads its outcome
+        batch.future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return batch.future
+
+    async def deliver(self, events: list[TelemetryEvent]) -> None:
+        """Produce `events` and wait for Kafka's acknowledgement.
+
+        Raises:
+            DeliveryFailed: not acknowledged within `ack_timeout_s`, or refused.
+        """
+        future = self.send(events)
+        try:
+            await asyncio.wait_for(asyncio.shield(future), self.ack_timeout_s)
+        except TimeoutError:
+            self.last_failure = time.monotonic()
+            raise DeliveryFailed(f"Kafka did not acknowledge within {self.ack_timeout_s:g}s") \
+                from None
+        except DeliveryFailed:
+            self.last_failure = time.monotonic()
+            raise
+        self.last_ack = time.monotonic()
+
+    def healthy(self) -> bool:
+        """False while the latest delivery failed (Kafka down or refusing)."""
+        return self.last_failure <= self.last_ack or time.monotonic() - self.last_failure > 60
+
+    def close(self, timeout_s: float = 10.0) -> int:
+        """Flush what is queued, stop polling. Returns the events Kafka did not take."""
+        self._stopping.set()  # callbacks run on one thread at a time: the poller, then flush
+        self._thread.join(timeout=5)
+        remaining = self._producer.flush(timeout_s)
+        if remaining:
+            log.warning("%d telemetry events were not acknowledged by Kafka at shutdown",
+                        remaining)
+        return remaining

@@ -1,0 +1,210 @@
+"""Standalone mode: the gateway is the CSMS. It answers each CALL as the specification
+requires, but only after Kafka acknowledged the CALL's telemetry events.
+
+Per connection, frames are handled one at a time, in order (a charger waits for each
+answer anyway, and its events must reach Kafka in order). A slow Kafka therefore holds
+back only the chargers whose events wait, never the loop: every connection is its own
+task and waiting is `await`.
+
+What each frame gets back:
+- a valid CALL the CSMS handles: its CALLRESULT, once its events are stored; CALLERROR
+  InternalError when Kafka did not acknowledge in time (the charger retries);
+- another action chargers send: an empty CALLRESULT where the schema allows one (DataTransfer:
+  UnknownVendorId); an action only the CSMS sends: NotSupported; an unknown one:
+  NotImplemented;
+- a malformed or schema-invalid CALL: the CALLERROR `parse_frame` names;
+- a frame without a readable id: counted and logged; 2.0.1 gets RpcFrameworkError with id
+  "-1", 1.6 nothing;
+- over the rate limit (`ocpp_max_messages_per_s`, bursts of twice that): CALLERROR
+  GenericError, and the frame is not processed. The connection stays open: a charger
+  catching up after an outage is bursty, and OCPP has it retry on CALLERROR.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from gateway.kafka_sink import DeliveryFailed, KafkaSink
+from gateway.metrics import GatewayMetrics
+from gateway.registry import ChargePointInfo
+from gateway.server import RateLimit
+from gateway.transaction_ids import TransactionIds
+from pipelines.settings import Settings
+from pipelines.telemetry.ocpp_frames import (
+    Call,
+    CallResult,
+    ConnectionState,
+    FrameError,
+    connection_event,
+    encode_call_error,
+    encode_call_result,
+    normalise,
+    parse_frame,
+)
+from pipelines.telemetry.ocpp_schemas import CHARGER_ACTIONS, known_actions, schema_violation
+
+log = logging.getLogger("evguard.gateway.standalone")
+
+
+def iso_now(now: float) -> str:
+    return datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+class CsmsAnswers:
+    """What the CSMS answers to each CALL a charger sends (pure but for the id source)."""
+
+    def __init__(self, heartbeat_s: int, transaction_ids: Callable[[], int]) -> None:
+        self.heartbeat_s = heartbeat_s
+        self.transaction_ids = transaction_ids
+
+    def answer(self, call: Call, version: str, now: float) -> dict:
+        """The CALLRESULT payload.
+
+        Raises:
+            FrameError: NotSupported for an action a charger does not send, or has no
+                answer here.
+        """
+        action, payload = call.action, call.payload
+        accepted = {"status": "Accepted"}
+        if action == "BootNotification":
+            return {"status": "Accepted", "currentTime": iso_now(now),
+                    "interval": self.heartbeat_s}
+        if action == "Heartbeat":
+            return {"currentTime": iso_now(now)}
+        if action == "Authorize":
+            return {"idTagInfo": accepted} if version == "1.6" else {"idTokenInfo": accepted}
+        if action == "StartTransaction":
+            return {"transactionId": self.transaction_ids(), "idTagInfo": accepted}
+        if action == "StopTransaction":
+            return {"idTagInfo": accepted} if "idTag" in payload else {}
+        if action == "TransactionEvent":  # idTokenInfo is required when an idToken came
+            return {"idTokenInfo": accepted} if "idToken" in payload else {}
+        if action == "DataTransfer":
+            return {"status": "UnknownVendorId"}
+        if action in CHARGER_ACTIONS[version] and action in known_actions(version) \
+                and schema_violation(version, action, {}, response=True) is None:
+            return {}  # notifications whose answer is empty (StatusNotification, ...)
+        raise FrameError("NotSupported", f"{action} is not supported by this CSMS",
+                         call.message_id)
+
+
+class Standalone:
+    """The standalone mode handler (`gateway.server.ModeHandler`).
+
+    Args:
+        settings: heartbeat interval, rate limit.
+        sink: where the events go; it is closed by `aclose`.
+        metrics: the gateway's metrics.
+        transaction_ids: the source of 1.6 transaction ids.
+        gateway_name: stamped on every event.
+        clock: epoch seconds (tests may pass their own).
+    """
+
+    def __init__(self, settings: Settings, sink: KafkaSink, metrics: GatewayMetrics,
+                 transaction_ids: TransactionIds, gateway_name: str = "",
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.metrics = metrics
+        self.answers = CsmsAnswers(settings.ocpp_heartbeat_s, transaction_ids.next)
+        self.gateway_name = gateway_name or f"{socket.gethostname()}:{settings.ocpp_port}"
+        self.clock = clock
+
+    async def __call__(self, connection: ServerConnection, charge_point: ChargePointInfo,
+                       version: str) -> None:
+        state = ConnectionState(charge_point.id, version, site_id=charge_point.site,
+                                gateway=self.gateway_name, connection_id=uuid.uuid4().hex[:12])
+        limit = RateLimit(self.settings.ocpp_max_messages_per_s,
+                          burst=2 * self.settings.ocpp_max_messages_per_s)
+        self._store_later(connection_event(state, "connected", self.clock()))
+        log.info("%s connected (OCPP %s, site %r)", charge_point.id, version, charge_point.site)
+        reason = ""
+        try:
+            async for text in connection:
+                reply = await self.handle_frame(text, state, limit)
+                if reply is not None:
+                    await connection.send(reply)
+        except ConnectionClosed as closed:
+            reason = str(closed)
+        finally:
+            reason = reason or str(connection.close_reason or "closed")
+            self._store_later(connection_event(state, "disconnected", self.clock(), reason))
+            log.info("%s disconnected: %s", charge_point.id, reason)
+
+    def _store_later(self, event) -> None:
+        """Connect and disconnect events are not answers to anything: produce, don't wait."""
+        future = self.sink.send([event])
+        future.add_done_callback(
+            lambda f: f.cancelled() or f.exception() is None
+            or self.metrics.produce_failures.inc())
+
+    def _error(self, message_id: str, code: str, description: str) -> str:
+        self.metrics.call_errors.labels(code).inc()
+        return encode_call_error(message_id, code, description)
+
+    async def handle_frame(self, text: str | bytes, state: ConnectionState,
+                           limit: RateLimit) -> str | None:
+        """The answer to one frame of the charger, or None (see the module doc)."""
+        started, received = time.monotonic(), self.clock()
+        version = state.version
+        try:
+            frame = parse_frame(text, version)
+        except FrameError as error:
+            self.metrics.frames.labels("charger", "invalid").inc()
+            if error.message_id is None:
+                self.metrics.unparseable.inc()
+                log.warning("%s sent an unreadable frame (%s): %.200r", state.charge_point_id,
+                            error.description, text)
+            reply = error.call_error(version)
+            if reply is not None:
+                self.metrics.call_errors.labels(error.code).inc()
+            return reply
+        if not isinstance(frame, Call):
+            # the standalone CSMS sends no CALLs, so there is nothing to match a result to
+            self.metrics.frames.labels("charger", "unsolicited_result").inc()
+            return None
+        self.metrics.frames.labels("charger", frame.action).inc()
+        if not limit.allow():
+            self.metrics.rate_limited.inc()
+            return self._error(frame.message_id, "GenericError",
+                               f"over {self.settings.ocpp_max_messages_per_s:g} messages/s: "
+                               "send again later")
+        events = normalise(frame, text, "charger", state, received)
+        try:
+            payload = self.answers.answer(frame, version, received)
+        except FrameError as error:
+            state.take_call("charger", frame.message_id)
+            return self._error(frame.message_id, error.code, error.description)
+        reply = encode_call_result(frame.message_id, payload)
+        events += normalise(CallResult(frame.message_id, payload), reply, "csms", state,
+                            received)
+        try:
+            await self.sink.deliver(events)
+        except DeliveryFailed as exc:
+            self.metrics.produce_failures.inc(len(events))
+            log.warning("%s %s %s not stored, answered InternalError: %s",
+                        state.charge_point_id, frame.action, frame.message_id, exc)
+            return self._error(frame.message_id, "InternalError",
+                               "telemetry could not be stored; send again")
+        for event in events:
+            self.metrics.events.labels(event.kind).inc()
+        self.metrics.ack_seconds.observe(time.monotonic() - started)
+        return reply
+
+    def health(self) -> tuple[bool, dict]:
+        ok = self.sink.healthy()
+        return ok, {"mode": "standalone", "kafka": "ok" if ok else "failing"}
+
+    async def aclose(self) -> None:
+        """Flush the events still queued for Kafka (blocking, so in a thread)."""
+        await asyncio.to_thread(self.sink.close)
