@@ -18,17 +18,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from gateway.kafka_sink import KafkaSink, ensure_topic
 from gateway.metrics import GatewayMetrics, MetricsServer
 from gateway.registry import Registry
 from gateway.server import GatewayServer, ModeHandler
-from gateway.standalone import Standalone
-from gateway.transaction_ids import TransactionIds
+from gateway.standalone import ACK_TIMEOUT_S, StandaloneCsms
 from pipelines.settings import Settings
 
 log = logging.getLogger("evguard.gateway")
 
-ACK_TIMEOUT_S = 10.0  # a charger's own call timeout is typically 30-60 s
 LOOP_STUCK_S = 10.0
 
 
@@ -44,16 +41,13 @@ class Mode:
 
 def standalone_mode(settings: Settings, metrics: GatewayMetrics, gateway_name: str = "",
                     ack_timeout_s: float = ACK_TIMEOUT_S) -> Mode:
-    """The standalone CSMS, its Kafka producer started and the telemetry topic made.
+    """The standalone CSMS as a `Mode`.
 
     Raises:
         ConnectionError: Kafka does not answer.
     """
-    ensure_topic(settings, settings.topic_telemetry)
-    sink = KafkaSink(settings, settings.topic_telemetry, ack_timeout_s)
-    ids = TransactionIds(settings.state_path / "ocpp_transaction_ids")
-    handler = Standalone(settings, sink, metrics, ids, gateway_name=gateway_name)
-    return Mode("standalone", handler, handler.health, handler.aclose)
+    csms = StandaloneCsms.from_settings(settings, metrics, gateway_name, ack_timeout_s)
+    return Mode("standalone", csms.handle, csms.health, csms.aclose)
 
 
 async def _beat(clock: list[float]) -> None:

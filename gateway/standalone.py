@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from gateway.kafka_sink import DeliveryFailed, KafkaSink
+from gateway.kafka_sink import DeliveryFailed, KafkaSink, ensure_topic
 from gateway.metrics import GatewayMetrics
 from gateway.registry import ChargePointInfo
 from gateway.server import RateLimit
@@ -53,6 +53,8 @@ from pipelines.telemetry.ocpp_frames import (
 from pipelines.telemetry.ocpp_schemas import CHARGER_ACTIONS, known_actions, schema_violation
 
 log = logging.getLogger("evguard.gateway.standalone")
+
+ACK_TIMEOUT_S = 10.0  # a charger's own call timeout is typically 30-60 s
 
 
 def iso_now(now: float) -> str:
@@ -98,8 +100,13 @@ class CsmsAnswers:
                          call.message_id)
 
 
-class Standalone:
-    """The standalone mode handler (`gateway.server.ModeHandler`).
+class StandaloneCsms:
+    """The standalone mode: `handle` is its `gateway.server.ModeHandler`.
+
+        csms = StandaloneCsms.from_settings(settings, metrics)
+        server = GatewayServer(settings, csms.handle, registry, metrics)
+        ...
+        csms.close()   # flush Kafka
 
     Args:
         settings: heartbeat interval, rate limit.
@@ -120,8 +127,24 @@ class Standalone:
         self.gateway_name = gateway_name or f"{socket.gethostname()}:{settings.ocpp_port}"
         self.clock = clock
 
-    async def __call__(self, connection: ServerConnection, charge_point: ChargePointInfo,
-                       version: str) -> None:
+    @classmethod
+    def from_settings(cls, settings: Settings, metrics: GatewayMetrics | None = None,
+                      gateway_name: str = "", ack_timeout_s: float = ACK_TIMEOUT_S,
+                      ) -> StandaloneCsms:
+        """Make the telemetry topic if missing, start the Kafka producer, and reserve
+        transaction ids under the state dir.
+
+        Raises:
+            ConnectionError: Kafka does not answer.
+        """
+        ensure_topic(settings, settings.topic_telemetry)
+        sink = KafkaSink(settings, settings.topic_telemetry, ack_timeout_s)
+        ids = TransactionIds(settings.state_path / "ocpp_transaction_ids")
+        return cls(settings, sink, metrics or GatewayMetrics(), ids, gateway_name)
+
+    async def handle(self, connection: ServerConnection, charge_point: ChargePointInfo,
+                     version: str) -> None:
+        """Serve one charger until its socket closes."""
         state = ConnectionState(charge_point.id, version, site_id=charge_point.site,
                                 gateway=self.gateway_name, connection_id=uuid.uuid4().hex[:12])
         limit = RateLimit(self.settings.ocpp_max_messages_per_s,
@@ -205,6 +228,9 @@ class Standalone:
         ok = self.sink.healthy()
         return ok, {"mode": "standalone", "kafka": "ok" if ok else "failing"}
 
+    def close(self) -> None:
+        """Flush the events still queued for Kafka (blocking)."""
+        self.sink.close()
+
     async def aclose(self) -> None:
-        """Flush the events still queued for Kafka (blocking, so in a thread)."""
-        await asyncio.to_thread(self.sink.close)
+        await asyncio.to_thread(self.close)

@@ -10,7 +10,8 @@ location. They become one dict of SI numbers:
   phase current (offered current is per phase, so the two compare); voltage is the mean of
   the phase-to-neutral voltages, or of the phase-to-phase ones when there are no others.
   The neutral's current is left out.
-- temperature: the hottest location; state of charge: the EV's.
+- temperature (1.6 only: 2.0.1 has no Temperature measurand): the hottest location; state
+  of charge: the EV's.
 """
 
 from __future__ import annotations
