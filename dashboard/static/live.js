@@ -131,7 +131,8 @@ function drawCards(d) {
   $("in-transaction").textContent = int(counts.in_transaction);
   $("power-total").textContent = (counts.power_w / 1000).toFixed(1);
   $("open-alerts").textContent = int(counts.open_alerts);
-  $("alerting-connectors").textContent = int(counts.alerting);
+  $("alerting-connectors").textContent =
+    `on ${int(counts.alerting)} connector${counts.alerting === 1 ? "" : "s"}`;
   $("offline-rule").textContent =
     `in a transaction and no sample for ${duration(d.offline_after_s)}, or reported offline`;
   $("connectors-hint").textContent = `${d.connectors.length} of ${d.total} shown · ` +
