@@ -423,6 +423,16 @@ class MonitoringStore:
             row = conn.execute(select(live_alerts).where(live_alerts.c.alert_id == alert_id)).first()
         return dict(row._mapping) if row else None
 
+    def live_alert_rows(self, since_ts: float | None = None) -> list[dict]:
+        """Every episode (whose first telltale sample is at or after `since_ts`), oldest first:
+        what the demo and the benchmarks read the delays from (`emailed_ts` or `detected_ts`
+        minus `first_received_ts`)."""
+        query = select(live_alerts).order_by(live_alerts.c.first_sample_ts, live_alerts.c.id)
+        if since_ts is not None:
+            query = query.where(live_alerts.c.first_sample_ts >= since_ts)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
     def open_live_alerts(self) -> list[dict]:
         """The open episodes, newest first (see `open_live_alert_rows`)."""
         return open_live_alert_rows(self.engine)

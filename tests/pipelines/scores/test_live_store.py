@@ -106,6 +106,10 @@ def test_the_email_decision_is_taken_once_and_the_cooldown_reads_the_last_delive
     assert store.last_live_email_ts("CP-1", 1, "no_current") == T0 + 21.5
     assert store.last_live_email_ts("CP-1", 2, "no_current") is None
     assert store.last_live_email_ts("CP-1", 1, "overcurrent") is None
+    delays = [(r["alert_id"], r["emailed_ts"] and r["emailed_ts"] - r["first_received_ts"])
+              for r in store.live_alert_rows()]
+    assert delays == [(first.alert_id, pytest.approx(21.3)), (second.alert_id, None)]
+    assert [r["alert_id"] for r in store.live_alert_rows(since_ts=T0 + 1)] == [second.alert_id]
 
 
 def test_a_connector_keeps_its_newest_snapshot(store):
