@@ -8,6 +8,7 @@ a byte-recording tap, so the test sees exactly what the upstream received and se
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import time
 import uuid
@@ -26,7 +27,7 @@ from websockets.exceptions import ConnectionClosed
 from evguard.services.process import free_port
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import OcppProxy
-from gateway.registry import Registry
+from gateway.registry import Registry, add_charger, registry_path
 from gateway.run import standalone_mode
 from gateway.server import GatewayServer
 from pipelines.contracts.telemetry import parse_telemetry
@@ -53,7 +54,7 @@ def new_topic(settings: Settings) -> str:
 async def standalone_gateway(settings: Settings, port: int) -> AsyncIterator[None]:
     metrics = GatewayMetrics()
     mode = standalone_mode(settings, metrics)
-    registry = Registry(settings.state_path / "charge_points.json", allow_unknown=True)
+    registry = Registry(registry_path(settings), allow_unknown=settings.ocpp_allow_unknown)
     try:
         async with GatewayServer(settings, mode.handler, registry, metrics).serve(
                 "127.0.0.1", port):
@@ -199,6 +200,7 @@ async def run_charger(url: str, run: ChargerRun, meters: int = 4,
 # ---- the proxy under test --------------------------------------------------------------
 def gateway_settings(base: Settings, state_dir: Path, **update) -> Settings:
     return base.model_copy(update={"state_dir": state_dir, "ocpp_allow_unknown": True,
+                                   "ocpp_charge_points": state_dir / "charge_points.json",
                                    **update})
 
 
@@ -207,7 +209,7 @@ async def proxy_gateway(settings: Settings, port: int, **mirror_options):
     proxy = OcppProxy.from_settings(settings, mirror_options=mirror_options)
     metrics = GatewayMetrics()
     proxy.register_metrics(metrics.registry)
-    registry = Registry(settings.state_path / "charge_points.json", allow_unknown=True)
+    registry = Registry(registry_path(settings), allow_unknown=settings.ocpp_allow_unknown)
     server = GatewayServer(settings, proxy.handle, registry, metrics)
     try:
         async with server.serve("127.0.0.1", port):
@@ -349,3 +351,98 @@ def test_nothing_is_lost_when_kafka_restarts_under_the_proxy(kafka_settings, tmp
         assert not missing, f"{len(missing)} of {len(published)} lost, first {missing[:3]}"
         meters = [e for e in events_of(messages, run.charge_point_id) if e.kind == "meter"]
         assert len({e.event_id for e in meters}) == run.meter_calls == 150
+
+
+def test_basic_credentials_reach_the_upstream_only_when_configured(kafka_settings, tmp_path):
+    """Security profile 1 at the operator's CSMS: it sees the charger's own password when
+    `ocpp_upstream_forward_auth` is on, and refuses the charger when it is off."""
+    charger, password = f"CP-auth-{uuid.uuid4().hex[:6]}", "s3cret-pass"
+    upstream_topic = new_topic(kafka_settings)
+    upstream_port, forwarding_port, plain_port = free_port(), free_port(), free_port()
+    upstream_settings = gateway_settings(kafka_settings, tmp_path / "upstream",
+                                         topic_telemetry=upstream_topic,
+                                         ocpp_allow_unknown=False)
+    add_charger(registry_path(upstream_settings), charger, "site-a", password)
+    proxies = {}
+    for name, port, forward in (("forwarding", forwarding_port, True),
+                                ("plain", plain_port, False)):
+        proxies[name] = gateway_settings(
+            kafka_settings, tmp_path / name, topic_telemetry=upstream_topic,
+            ocpp_upstream_url=f"ws://127.0.0.1:{upstream_port}",
+            ocpp_upstream_forward_auth=forward, ocpp_allow_unknown=False)
+        add_charger(registry_path(proxies[name]), charger, "site-a", password)
+    authorization = "Basic " + base64.b64encode(f"{charger}:{password}".encode()).decode()
+
+    async def boot(port: int):
+        async with connect(f"ws://127.0.0.1:{port}/{charger}", subprotocols=["ocpp1.6"],
+                           additional_headers={"Authorization": authorization}) as ws:
+            cp = v16.ChargePoint(charger, ws, response_timeout=10)
+            listener = asyncio.create_task(cp.start())
+            try:
+                return await cp.call(v16.call.BootNotification(
+                    charge_point_model="EVG-1", charge_point_vendor="evguard-tests"))
+            finally:
+                listener.cancel()
+
+    async def scenario():
+        async with standalone_gateway(upstream_settings, upstream_port), \
+                proxy_gateway(proxies["forwarding"], forwarding_port) as (forwarding, _m1), \
+                proxy_gateway(proxies["plain"], plain_port) as (plain, _m2):
+            accepted = await asyncio.wait_for(boot(forwarding_port), 15)
+            async with connect(f"ws://127.0.0.1:{plain_port}/{charger}",
+                               subprotocols=["ocpp1.6"],
+                               additional_headers={"Authorization": authorization}) as ws:
+                with pytest.raises(ConnectionClosed) as refused:
+                    await asyncio.wait_for(ws.recv(), 15)
+            return accepted, refused.value, forwarding.stats, plain.stats
+
+    try:
+        accepted, refused, forwarding, plain = asyncio.run(scenario())
+    finally:
+        delete_topics(kafka_settings, [upstream_topic])
+    assert accepted.status == "Accepted" and forwarding.relayed == 1
+    assert refused.rcvd.code == 1014 and "HTTP 401" in refused.rcvd.reason
+    assert plain.upstream_failures["refused"] == 1 and plain.relayed == 0
+
+
+def test_close_codes_and_binary_messages_pass_through(kafka_settings, tmp_path):
+    """Either side's close reaches the other with its code and reason; a binary message
+    (not OCPP-J, so not mirrored) is forwarded as the same bytes."""
+    upstream_port, proxy_port = free_port(), free_port()
+    settings = gateway_settings(kafka_settings, tmp_path / "proxy",
+                                ocpp_upstream_url=f"ws://127.0.0.1:{upstream_port}")
+    seen: dict[str, list] = {}
+
+    async def upstream(connection: ServerConnection) -> None:
+        charger = connection.request.path.rsplit("/", 1)[-1]
+        received = seen.setdefault(charger, [])
+        with contextlib.suppress(ConnectionClosed):
+            async for message in connection:
+                received.append(message)
+                if message == '[2,"bye","Heartbeat",{}]':
+                    await connection.close(4001, "bye from the CSMS")
+        close = connection.protocol.close_rcvd
+        received.append((close.code, close.reason) if close else None)
+
+    async def scenario():
+        async with serve(upstream, "127.0.0.1", upstream_port, subprotocols=["ocpp1.6"]), \
+                proxy_gateway(settings, proxy_port) as (proxy, _m):
+            url = f"ws://127.0.0.1:{proxy_port}"
+            async with connect(f"{url}/CP-leaves", subprotocols=["ocpp1.6"]) as ws:
+                await ws.send(b"\x00\x01binary\xff")
+                await ws.send('[2,"1","Heartbeat",{}]')
+                await ws.close(4002, "charger done")
+            async with connect(f"{url}/CP-dismissed", subprotocols=["ocpp1.6"]) as ws:
+                await ws.send('[2,"bye","Heartbeat",{}]')
+                with pytest.raises(ConnectionClosed) as dismissed:
+                    await asyncio.wait_for(ws.recv(), 10)
+            deadline = time.monotonic() + 10
+            while proxy.stats.connections and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            return dismissed.value, proxy.stats
+
+    dismissed, stats = asyncio.run(scenario())
+    assert seen["CP-leaves"] == [b"\x00\x01binary\xff", '[2,"1","Heartbeat",{}]',
+                                 (4002, "charger done")]
+    assert dismissed.rcvd.code == 4001 and dismissed.rcvd.reason == "bye from the CSMS"
+    assert stats.unmirrored == 1 and stats.relayed == 2
