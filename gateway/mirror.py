@@ -19,7 +19,8 @@ when it restarts, which fails an idempotent producer for good; a retry may dupli
 an event instead, and consumers de-duplicate on `event_id`.
 
 What can be lost: events dropped when the spool is full (the newest, counted), when the
-in-memory queue is full (the thread is stuck, counted), and on a crash of the process
+in-memory queue is full (the thread is stuck, counted), when the disk refuses a write or a
+segment turns out corrupt (counted), and on a crash of the process
 (not a clean stop) while Kafka is down, the at most `in_flight_events` direct sends not
 yet acknowledged. `close` puts those into the spool, in front of the events spooled
 after them.
@@ -140,8 +141,9 @@ class KafkaMirror:
 
     @property
     def healthy(self) -> bool:
-        """Kafka keeps up: nothing waits in the spool and no send is stalled."""
-        return self.stats.spool_events == 0 and not self._stalled(time.monotonic())
+        """The thread runs and Kafka keeps up: nothing waits in the spool, no send stalls."""
+        return (self._thread is not None and self._thread.is_alive()
+                and self.stats.spool_events == 0 and not self._stalled(time.monotonic()))
 
     # ---- the thread ----------------------------------------------------------------
     def _run(self) -> None:
@@ -179,7 +181,16 @@ class KafkaMirror:
             self._to_spool(key, value)
 
     def _to_spool(self, key: bytes, value: bytes) -> None:
-        if self.spool.append(key, value):
+        try:
+            written = self.spool.append(key, value)
+        except OSError as exc:
+            self.stats.dropped["spool_error"] += 1
+            if self.stats.dropped["spool_error"] in (1, 10, 100) or \
+                    self.stats.dropped["spool_error"] % 1000 == 0:
+                log.error("mirror: the spool cannot write (%s); %d events dropped so far", exc,
+                          self.stats.dropped["spool_error"])
+            return
+        if written:
             self.stats.spooled += 1
         else:
             self.stats.dropped["spool_full"] += 1
@@ -247,6 +258,8 @@ class KafkaMirror:
         stats = self.stats
         stats.queued, stats.in_flight = len(self._queue), self._in_flight()
         stats.spool_bytes, stats.spool_events = self.spool.bytes, self.spool.events
+        if self.spool.lost:
+            stats.dropped["spool_corrupt"] = self.spool.lost
 
     def _shut_down(self) -> None:
         self._route_queued()
@@ -257,7 +270,12 @@ class KafkaMirror:
             self._producer.purge(in_queue=True, in_flight=True)
             self._producer.poll(0)
         rescued = [self._direct[s] for s in sorted(self._direct)]
-        written = self.spool.rescue(rescued)
+        try:
+            written = self.spool.rescue(rescued)
+        except OSError as exc:
+            log.error("mirror: cannot spool the %d unacknowledged events at shutdown: %s",
+                      len(rescued), exc)
+            written = 0
         self.stats.spooled += written
         if len(rescued) > written:
             self.stats.dropped["spool_full"] += len(rescued) - written
@@ -300,6 +318,7 @@ class MirrorCollector:
             yield CounterMetricFamily(name, text, value=value)
         dropped = CounterMetricFamily("evguard_ocpp_mirror_dropped_events",
                                       "Mirrored events dropped, by reason", labels=["reason"])
-        for reason in ("spool_full", "queue_full", "rejected", "closed"):
+        for reason in ("spool_full", "queue_full", "rejected", "closed", "spool_error",
+                       "spool_corrupt"):
             dropped.add_metric([reason], s.dropped[reason])
         yield dropped

@@ -26,6 +26,7 @@ Not thread-safe: one thread (the mirror's) owns a spool.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
@@ -41,10 +42,6 @@ KEY_LENGTH = struct.Struct("<H")
 SEGMENT_BYTES = 4 * 1024 * 1024
 SUFFIX = ".seg"
 READ_CHUNK = 256 * 1024
-
-
-class SpoolCorrupt(ValueError):
-    """A segment holds a record that fails its checksum before its end (not a torn tail)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +121,7 @@ class Spool:
         self._writing: _Segment | None = None
         self._dirty = False
         self._run_first: int | None = None  # first segment of the current spooling run
+        self.lost = 0  # events in segments found corrupt (see `_quarantine`)
         self._recover()
         last = max(self._order, default=-2)
         self._next_id = last + 2 - (last % 2)  # even, above everything on disk
@@ -146,7 +144,11 @@ class Spool:
 
     # ---- writing -------------------------------------------------------------------
     def append(self, key: bytes, value: bytes) -> bool:
-        """Add one event at the end. False (nothing written) when the spool is full."""
+        """Add one event at the end. False (nothing written) when the spool is full.
+
+        Raises:
+            OSError: the disk refused the write (full, read-only); nothing was added.
+        """
         record = encode_record(key, value)
         if self.bytes + len(record) > self.max_bytes:
             return False
@@ -156,7 +158,12 @@ class Spool:
         segment = self._writable(len(record))
         if self._run_first is None:
             self._run_first = segment.id
-        os.write(self._fd, record)
+        try:
+            if os.write(self._fd, record) != len(record):
+                raise OSError(f"short write to {segment.path}")
+        except OSError:
+            os.ftruncate(self._fd, segment.size)  # no torn record before the next one
+            raise
         segment.size += len(record)
         segment.written += 1
         self._dirty = True
@@ -219,8 +226,8 @@ class Spool:
                     data = _read_at(segment.path, segment.read_offset, HEADER.size + length)
                     records, used = decode_records(data)
                 if not records:
-                    raise SpoolCorrupt(f"{segment.path}: unreadable record at byte "
-                                       f"{segment.read_offset}")
+                    self._quarantine(segment)
+                    break
                 taken = records[:limit - len(out)]
                 if len(taken) < len(records):
                     used = sum(HEADER.size + KEY_LENGTH.size + len(k) + len(v) for k, v in taken)
@@ -278,6 +285,20 @@ class Spool:
         for segment in list(self._segments.values()):
             if segment.sealed and segment.acked == segment.written == segment.read:
                 self._delete(segment)
+
+    def _quarantine(self, segment: _Segment) -> None:
+        """A record that fails its checksum inside a segment (the disk, not a crash): the
+        segment's unread events are lost; the file is kept as `.corrupt` for a person."""
+        lost = segment.written - segment.read
+        self.lost += lost
+        log.error("spool: %s is corrupt at byte %d; its %d unread events are lost, the file "
+                  "is kept as .corrupt", segment.path, segment.read_offset, lost)
+        if segment is self._writing:
+            self._seal()
+        self._segments.pop(segment.id, None)
+        self._order = sorted(self._segments)
+        with contextlib.suppress(OSError):
+            segment.path.rename(segment.path.with_suffix(".corrupt"))
 
     def _delete(self, segment: _Segment) -> None:
         self._segments.pop(segment.id, None)

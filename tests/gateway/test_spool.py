@@ -128,3 +128,31 @@ def test_rescue_with_nothing_unread_appends_at_the_end(tmp_path):
 def test_bad_bounds_are_refused(tmp_path):
     with pytest.raises(ValueError, match="max_bytes"):
         Spool(tmp_path, max_bytes=0)
+
+
+def test_a_segment_corrupt_in_the_middle_is_set_aside_and_its_events_counted_lost(tmp_path):
+    record = len(encode_record(*events(1)[0]))
+    spool = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=4 * record)
+    for k, v in events(8):
+        spool.append(k, v)
+    spool.close()
+    _first, second = segment_files(tmp_path)
+    data = bytearray(second.read_bytes())
+    data[record + 12] ^= 0xFF  # the second record's payload: its checksum fails
+    second.write_bytes(bytes(data))
+
+    again = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=4 * record)
+    got = read_all(again)
+    # a torn tail is cut on open: the second segment keeps its first record only
+    assert [e.value for e in got] == [v for _k, v in events(5)]
+    assert again.lost == 0
+
+    third = Spool(tmp_path / "other", max_bytes=1 << 20, segment_bytes=4 * record)
+    for k, v in events(4):
+        third.append(k, v)
+    (path,) = segment_files(tmp_path / "other")
+    data = bytearray(path.read_bytes())
+    data[12] ^= 0xFF  # corrupted while the spool is open: found when read
+    path.write_bytes(bytes(data))
+    assert third.read(10) == [] and third.lost == 4
+    assert path.with_suffix(".corrupt").exists() and third.bytes == 0
