@@ -610,8 +610,6 @@ def _unplugged(conn: ConnectorState, ts: float, rx: float, policy: LivePolicy,
 # ---- events ------------------------------------------------------------------------------
 def _on_status(conn: ConnectorState, event: TelemetryEvent, ts: float, rx: float,
                alerts: list[LiveAlert]) -> bool:
-    if ts < conn.status_ts:  # an older status, queued by the charger: newer facts stand
-        return False
     new, old, old_error = event.status or "", conn.status, conn.error_code
     conn.status, conn.error_code, conn.status_ts = new, event.error_code, ts
     if new == "Faulted":
@@ -664,6 +662,21 @@ def _on_disconnected(state: MutableMapping[str, object], event: TelemetryEvent, 
     return tuple(changed)
 
 
+def _stale(conn: ConnectorState, event: TelemetryEvent, tx: str | None) -> bool:
+    """A redelivered or late event that would change nothing true (or count twice)."""
+    kind, ts = event.kind, event.event_ts
+    if kind == "meter":
+        return ts <= conn.meter_ts or bool(tx) and tx != conn.transaction_id \
+            and _crc(tx) == conn.last_ended_tx
+    if kind == "status":
+        return ts < conn.status_ts or ts == conn.status_ts and event.status == conn.status
+    if kind == "transaction_started":
+        return not tx or tx == conn.transaction_id or _crc(tx) == conn.last_ended_tx
+    if kind == "transaction_ended":
+        return not conn.transaction_id or bool(tx) and tx != conn.transaction_id
+    return False
+
+
 def on_event(state: MutableMapping[str, object], event: TelemetryEvent,
              policy: LivePolicy = DEFAULT_POLICY) -> EventResult:
     """Apply one telemetry event to its connector's state, in Kafka order.
@@ -675,7 +688,9 @@ def on_event(state: MutableMapping[str, object], event: TelemetryEvent,
         policy: the thresholds.
 
     Returns:
-        What it did; `DUPLICATE` (nothing) for a redelivered event.
+        What it did; `DUPLICATE` (nothing changed) for a redelivered or stale event: an
+        `event_id` seen lately, a meter sample not newer than the last, a status older than
+        the last, a transaction start or end already applied.
     """
     key = connector_key(event.charge_point_id, event.connector_id)
     conn = state.get(key)
@@ -683,14 +698,16 @@ def on_event(state: MutableMapping[str, object], event: TelemetryEvent,
         conn = ConnectorState(event.charge_point_id, event.connector_id, event.site_id)
         if event.connector_id:
             _charger_record(state, event)
+    tx = event.transaction_id
+    kind = event.kind
+    if kind == "meter" and not tx:  # 1.6 may leave a transaction's samples unlabelled
+        tx = conn.transaction_id or None
     digest = _crc(event.event_id)
-    if digest in conn.recent:
+    if digest in conn.recent or _stale(conn, event, tx):
         return DUPLICATE
     conn.recent[conn.recent_at] = digest
     conn.recent_at = (conn.recent_at + 1) % RECENT_IDS
-    kind = event.kind
     ts, rx = event.event_ts, event.received_ts
-    tx = event.transaction_id
     alerts: list[LiveAlert] = []
     changed: tuple[str, ...] = ()
     summary = None
@@ -700,35 +717,28 @@ def on_event(state: MutableMapping[str, object], event: TelemetryEvent,
         alerts.append(_close(conn, SILENT, ts, f"messages again after "
                              f"{_duration(rx - conn.first_rx[SILENT])}"))
         changed = (key,)
-    charging_state = event.details.get("chargingState") if event.details else None
-    if charging_state in _STATUS_CODE and kind != "status" and charging_state != conn.status:
-        conn.status = charging_state  # 2.0.1 says it in TransactionEvent, not in a status
-        changed = (key,)
     if kind == "meter":
-        if tx and tx != conn.transaction_id:
-            if _crc(tx) == conn.last_ended_tx:  # a late sample of a finished transaction
-                tx = None
-            else:  # a transaction whose start was missed: it starts here
-                _start_transaction(conn, tx, event, ts, rx, alerts)
-                changed = (key,)
-        if tx and not ts <= conn.meter_ts:
+        if tx and tx != conn.transaction_id:  # a transaction whose start was missed
+            _start_transaction(conn, tx, event, ts, rx, alerts)
+            changed = (key,)
+        if tx:
             _on_meter(conn, event.measurands, ts, rx, policy, alerts)
             _unplugged(conn, ts, rx, policy, alerts)
-        elif not tx:  # outside a transaction only the readings are kept, for the live view
-            conn.energy_wh = event.measurands.get("energy_wh", conn.energy_wh)
-            conn.temperature_c = event.measurands.get("temperature_c", conn.temperature_c)
+        else:  # outside a transaction only the readings are kept, for the live view
+            m = event.measurands
+            conn.energy_wh = m.get("energy_wh", conn.energy_wh)
+            conn.temperature_c = m.get("temperature_c", conn.temperature_c)
+            conn.meter_ts, conn.meter_rx = ts, rx
     elif kind == "status":
         if _on_status(conn, event, ts, rx, alerts):
             changed = (key,)
         _unplugged(conn, ts, rx, policy, alerts)
     elif kind == "transaction_started":
-        if tx and tx != conn.transaction_id and _crc(tx) != conn.last_ended_tx:
-            _start_transaction(conn, tx, event, ts, rx, alerts)
-            changed = (key,)
+        _start_transaction(conn, tx, event, ts, rx, alerts)
+        changed = (key,)
     elif kind == "transaction_ended":
-        if conn.transaction_id and (not tx or tx == conn.transaction_id):
-            summary = _end_transaction(conn, event, ts, alerts)
-            changed = (key,)
+        summary = _end_transaction(conn, event, ts, alerts)
+        changed = (key,)
     elif kind == "disconnected":
         changed = _on_disconnected(state, event, ts, rx, alerts)
     if alerts and key not in changed:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 from confluent_kafka import Producer
 
@@ -58,10 +59,13 @@ def level2(taper_from: int = 40, samples: int = 60) -> Profile:
 def transaction(profile: Profile, samples: int = 60, interval: float = 10.0, t0: float = T0,
                 cp: str = "CP-1", connector: int = 1, tx: str = "T1", start_wh: float = 1000.0,
                 end: bool = True, mutate: Callable[[int, dict], None] | None = None,
-                details: dict | None = None) -> list[TelemetryEvent]:
+                details: dict | None = None, rx0: float | None = None,
+                speedup: float = 1.0) -> list[TelemetryEvent]:
     """Start, a status whenever it changes, a meter sample every `interval` s, the end.
 
-    `mutate(i, measurands)` may change sample i's measurands (plant a fault)."""
+    `mutate(i, measurands)` may change sample i's measurands (plant a fault). With `rx0`,
+    the gateway received the events from `rx0` on, replayed `speedup` times faster than the
+    charger's clock (as the fleet simulator does)."""
     common = {"cp": cp, "connector": connector, "tx": tx}
     events = [event("transaction_started", ts=t0, measurands={"energy_wh": start_wh},
                     details=details or {}, **common)]
@@ -86,6 +90,8 @@ def transaction(profile: Profile, samples: int = 60, interval: float = 10.0, t0:
         events.append(event("transaction_ended", ts=ts + interval,
                             measurands={"energy_wh": events[-1].measurands["energy_wh"]},
                             details={"stop_reason": "EVDisconnected"}, **common))
+    if rx0 is not None:
+        events = [replace(e, received_ts=rx0 + (e.charger_ts - t0) / speedup) for e in events]
     return events
 
 
