@@ -438,6 +438,8 @@ async def run_fleet(scheduled: Sequence[ScheduledSession], config: FleetConfig, 
     first = min((rfc1123_to_epoch(s.session.get("connectionTime")) or wall0
                  for s in scheduled), default=wall0)
     clock = _Clock(config.speedup, wall0, wall0 if config.clock == "now" else first)
+    if labels_path is not None:
+        labels_path.parent.mkdir(parents=True, exist_ok=True)
     labels = labels_path.open("w") if labels_path is not None else None
     run = _Run(config, clock, report, labels, traces or {})
     stations = [_Station(sid, items[0].ocpp_version, items, run)

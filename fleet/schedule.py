@@ -88,12 +88,24 @@ def assign_faults(sessions: Sequence[Mapping], versions: Mapping[str, str], rate
     order = [kinds[i] for i in rng.permutation(len(kinds))]
     last_of_station = {str(s["stationID"]): str(s.get("sessionID")) for s in sessions}
     wanted, counts, faults = round(rate * len(sessions)), Counter(), {}
-    for index in rng.permutation(len(sessions)).tolist():
+    shuffled = rng.permutation(len(sessions)).tolist()
+    if "never_unplugged" in order and wanted:  # scarce (one per station): served first
+        quota = -(-wanted // len(order))
+        for index in shuffled:
+            record = sessions[index]
+            sid = str(record.get("sessionID"))
+            if counts["never_unplugged"] < quota and last_of_station[
+                    str(record["stationID"])] == sid:
+                faults[sid] = "never_unplugged"
+                counts["never_unplugged"] += 1
+    for index in shuffled:
         if len(faults) >= wanted or not order:
             break
         record = sessions[index]
         station, sid = str(record["stationID"]), str(record.get("sessionID"))
-        allowed = plantable_kinds(record, options) & set(order)
+        if sid in faults:
+            continue
+        allowed = set(plantable_kinds(record, options)) & set(order)
         if versions.get(station) != "1.6":
             allowed -= OCPP16_ONLY
         if last_of_station[station] != sid:
