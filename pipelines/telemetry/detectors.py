@@ -54,7 +54,7 @@ NAN = math.nan
 # the kinds a transaction's end closes (a Faulted status outlives it)
 _TX_BOUND = tuple(i for i in range(len(KINDS)) if i != FAULTED)
 RECENT_IDS = 16  # event ids remembered per connector for de-duplication
-MAX_CONNECTORS = 64  # connectors a charger record tracks (bits of a uint64)
+MAX_CONNECTORS = 17  # a charger-wide `disconnected` reaches its connectors 0-16
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ _DOUBLES = ("last_ts", "last_rx", "meter_ts", "meter_rx", "status_ts", "interval
             "drawn_ratio", "frozen_wh", "resolution_wh", "q_current_a", "q_power_w",
             "kwh_requested", "minutes_available", "departure_ts")
 _N = len(KINDS)
-_HEAD = struct.Struct(f"<BBBBBBBBQII{_N}H{RECENT_IDS}I{_N * 2}d{len(_DOUBLES)}d")
+_HEAD = struct.Struct(f"<BBBBBBBHII{_N}H{RECENT_IDS}I{_N * 2}d{len(_DOUBLES)}d")
 
 
 @dataclass(slots=True, eq=False)
@@ -170,9 +170,7 @@ class ConnectorState:
 
     Times are epoch seconds: `*_ts` the charger's clock, `*_rx` the gateway's. NaN = not
     seen. `streaks[k]` counts telltale samples of kind k in a row; `first_ts[k]` and
-    `first_rx[k]` date the first of them (and name the episode while it is open). The
-    record of connector 0 (the whole charger) also lists its connectors in
-    `connectors_seen`, so a `disconnected` event reaches every one of them.
+    `first_rx[k]` date the first of them (and name the episode while it is open).
     """
 
     charge_point_id: str
@@ -183,7 +181,6 @@ class ConnectorState:
     error_code: str = ""
     user_id: str = ""
     open_bits: int = 0
-    connectors_seen: int = 0
     charging_samples: int = 0
     last_ended_tx: int = 0  # crc32 of the last ended transaction id
     recent_at: int = 0
@@ -228,7 +225,7 @@ class ConnectorState:
                                             self.transaction_id, self.error_code, self.user_id)]
         head = _HEAD.pack(
             *(len(t) for t in texts), _STATUS_CODE.get(self.status, 0), self.open_bits,
-            min(self.connector_id, 255), self.connectors_seen, self.charging_samples,
+            min(self.connector_id, 65535), self.charging_samples,
             self.last_ended_tx, *(min(s, 65535) for s in self.streaks), *self.recent,
             *self.first_ts, *self.first_rx, *(getattr(self, name) for name in _DOUBLES))
         return head + b"".join(texts) + bytes((self.recent_at,))
@@ -244,8 +241,8 @@ class ConnectorState:
             at += n
         state = cls(texts[0], connector, texts[1], texts[2],
                     STATUSES[status - 1] if status else "", texts[3], texts[4], open_bits,
-                    values[8], values[9], values[10], data[at])
-        i = 11
+                    values[8], values[9], data[at])
+        i = 10
         state.streaks = list(values[i:i + _N])
         i += _N
         state.recent = list(values[i:i + RECENT_IDS])
@@ -628,25 +625,10 @@ def _on_status(conn: ConnectorState, event: TelemetryEvent, ts: float, rx: float
     return new != old or event.error_code != old_error
 
 
-def _charger_record(state: MutableMapping[str, object], event: TelemetryEvent) -> None:
-    """Note a new connector in its charger's record (connector 0)."""
-    key = connector_key(event.charge_point_id, 0)
-    charger = state.get(key)
-    if charger is None:
-        charger = ConnectorState(event.charge_point_id, 0, event.site_id)
-    bit = 1 << min(event.connector_id, MAX_CONNECTORS - 1)
-    if not charger.connectors_seen & bit:
-        charger.connectors_seen |= bit
-        state[key] = charger
-
-
 def _on_disconnected(state: MutableMapping[str, object], event: TelemetryEvent, ts: float,
                      rx: float, alerts: list[LiveAlert]) -> tuple[str, ...]:
-    charger = state.get(connector_key(event.charge_point_id, 0))
-    seen = charger.connectors_seen if charger is not None else 0
-    ids = {i for i in range(MAX_CONNECTORS) if seen >> i & 1} | {event.connector_id}
     changed = []
-    for connector in sorted(ids):
+    for connector in sorted({*range(MAX_CONNECTORS), event.connector_id}):
         key = connector_key(event.charge_point_id, connector)
         conn = state.get(key)
         if conn is None or not conn.transaction_id or conn.open_bits >> SILENT & 1:
@@ -682,8 +664,8 @@ def on_event(state: MutableMapping[str, object], event: TelemetryEvent,
     """Apply one telemetry event to its connector's state, in Kafka order.
 
     Args:
-        state: the keyed state; `<chargePoint>:<connector>` (and `<chargePoint>:0`, the
-            charger's record) are read and written.
+        state: the keyed state; `<chargePoint>:<connector>` is read and written (a
+            charger-wide `disconnected` writes each of its connectors in a transaction).
         event: the event.
         policy: the thresholds.
 
@@ -696,8 +678,6 @@ def on_event(state: MutableMapping[str, object], event: TelemetryEvent,
     conn = state.get(key)
     if conn is None:
         conn = ConnectorState(event.charge_point_id, event.connector_id, event.site_id)
-        if event.connector_id:
-            _charger_record(state, event)
     tx = event.transaction_id
     kind = event.kind
     if kind == "meter" and not tx:  # 1.6 may leave a transaction's samples unlabelled

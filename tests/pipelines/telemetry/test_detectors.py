@@ -237,11 +237,11 @@ def test_the_policy_refuses_nonsense():
 
 
 def test_the_state_keeps_every_field_through_bytes():
-    conn = ConnectorState("CP-é", 3, "jpl", "tx-9", "SuspendedEV", "HighTemperature", "u1",
-                          open_bits=5, connectors_seen=6, charging_samples=7)
+    conn = ConnectorState("CP-é", 300, "jpl", "tx-9", "SuspendedEV", "HighTemperature", "u1",
+                          open_bits=5, charging_samples=7)
     conn.interval_s, conn.first_ts[2] = 9.5, 123.0
     back = ConnectorState.from_bytes(conn.to_bytes())
     assert (back.charge_point_id, back.connector_id, back.site_id, back.transaction_id,
-            back.status, back.error_code, back.user_id, back.open_bits, back.connectors_seen,
-            back.interval_s, back.first_ts[2]) == ("CP-é", 3, "jpl", "tx-9", "SuspendedEV",
-                                                   "HighTemperature", "u1", 5, 6, 9.5, 123.0)
+            back.status, back.error_code, back.user_id, back.open_bits, back.charging_samples,
+            back.interval_s, back.first_ts[2]) == ("CP-é", 300, "jpl", "tx-9", "SuspendedEV",
+                                                   "HighTemperature", "u1", 5, 7, 9.5, 123.0)
