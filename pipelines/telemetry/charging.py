@@ -36,6 +36,8 @@ ERROR_CODES = ("GroundFailure", "HighTemperature", "OverCurrentFailure", "PowerM
 OCPP16_ONLY = frozenset({"overtemperature"})  # the issue plants it on 1.6 chargers only
 TEMPERATURE_LIMIT_C = 70.0  # clean plans stay below 55 °C; an overheating one goes above this
 CHARGING_A = 0.5  # below this a car is not drawing
+SETTLE_S = 120.0  # a fault during charging starts after the car's first two minutes
+OVERCURRENT_MIN_A = 3.0  # an over-drawing car exceeds its pilot by at least this much
 _TAPER_MEAN = (1 - math.exp(-3)) / 3  # mean of exp(-3x) over [0, 1]
 _IN_CHARGING = frozenset(FAULT_KINDS) - {"silent", "never_unplugged"}
 
@@ -325,7 +327,7 @@ def _statuses(t, current, offered, charging_s, curve) -> list[str]:
 def plantable_kinds(session: Mapping[str, Any], options: PlanOptions = PlanOptions()
                     ) -> frozenset[str]:
     """The fault kinds `build_plan` can plant in this session: the in-charging kinds need
-    six samples of charging, `silent` six samples of transaction."""
+    eight samples and five minutes of charging, `silent` six samples of transaction."""
     try:
         connect, leave, done = _times(session)
     except UnplannableSession:
@@ -335,7 +337,7 @@ def plantable_kinds(session: Mapping[str, Any], options: PlanOptions = PlanOptio
     kinds = {"never_unplugged"}
     if leave - connect >= 6 * steps:
         kinds.add("silent")
-    if charging >= 8 * steps and float(session.get("kWhDelivered") or 0) > 0:
+    if charging >= max(8 * steps, 2.5 * SETTLE_S) and float(session.get("kWhDelivered") or 0) > 0:
         kinds |= _IN_CHARGING
     return frozenset(kinds)
 
@@ -473,8 +475,8 @@ def _plant(kind, t, status, arrays, charging_s, rng, opts, stay_s):
         i = _fault_start(t, (t >= 0.1 * stay_s) & (t <= 0.8 * stay_s), step, rng, kind)
         return t, status, arrays, (PlantedFault(kind, float(t[i])),)
     drawing = arrays["current_a"] >= CHARGING_A
-    i = _fault_start(t, drawing & (t >= 0.1 * charging_s) & (t <= 0.7 * charging_s), step, rng,
-                     kind)
+    i = _fault_start(t, drawing & (t >= max(0.1 * charging_s, SETTLE_S))
+                     & (t <= 0.7 * charging_s), step, rng, kind)
     during = np.arange(len(t)) >= i
     charging = during & (t < charging_s)
     current, offered = arrays["current_a"], arrays["current_offered_a"]
@@ -490,7 +492,7 @@ def _plant(kind, t, status, arrays, charging_s, rng, opts, stay_s):
         until = float(t[i]) + float(rng.uniform(600, 1800))
         hot = during & (t < min(until, charging_s))
         hot[i] = True
-        current[hot] = offered[hot] * ratio
+        current[hot] = np.maximum(offered[hot] * ratio, offered[hot] + OVERCURRENT_MIN_A)
         detail = {"ratio": ratio}
     elif kind == "overtemperature":
         over = float(rng.uniform(5, 15))
