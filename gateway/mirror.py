@@ -110,6 +110,7 @@ class KafkaMirror:
         self._direct: dict[int, tuple[bytes, bytes]] = {}  # unacknowledged direct sends
         self._sequence = 0
         self._spool_in_flight = 0
+        self._direct_mode: bool | None = None  # None: nothing routed yet
         self._last_progress = time.monotonic()
         self._close_timeout = 5.0
 
@@ -177,7 +178,13 @@ class KafkaMirror:
             self.stats.offered += 1
             if (self.spool.unread == 0 and self._in_flight() < self.in_flight_events
                     and not self._stalled(time.monotonic()) and self._produce_direct(key, value)):
+                if not self._direct_mode:
+                    self.spool.end_run()
+                    self._direct_mode = True
                 continue
+            if self._direct_mode is not False:
+                self.spool.begin_run()  # sends in flight are older than what comes now
+                self._direct_mode = False
             self._to_spool(key, value)
 
     def _to_spool(self, key: bytes, value: bytes) -> None:

@@ -19,7 +19,8 @@ spool is opened again.
 
 Record format: `<u32 length><u32 crc32>` then the payload `<u16 key length><key><value>`.
 Segment files are `<id>.seg` with a 16-digit id; ordinary segments have even ids, and
-`rescue` writes an odd id to put events back in front of the current spooling run.
+`rescue` writes an odd id to put events back in front of the current spooling run
+(`begin_run`: each run starts a segment of its own).
 
 Not thread-safe: one thread (the mirror's) owns a spool.
 """
@@ -121,6 +122,7 @@ class Spool:
         self._writing: _Segment | None = None
         self._dirty = False
         self._run_first: int | None = None  # first segment of the current spooling run
+        self._run_starting = False
         self.lost = 0  # events in segments found corrupt (see `_quarantine`)
         self._recover()
         last = max(self._order, default=-2)
@@ -152,12 +154,11 @@ class Spool:
         record = encode_record(key, value)
         if self.bytes + len(record) > self.max_bytes:
             return False
-        if self.unread == 0:  # a spooling run starts: give it segments of its own
+        if self._run_starting:  # the run gets segments of its own (see `begin_run`)
             self._seal()
-            self._run_first = None
         segment = self._writable(len(record))
-        if self._run_first is None:
-            self._run_first = segment.id
+        if self._run_starting:
+            self._run_first, self._run_starting = segment.id, False
         try:
             if os.write(self._fd, record) != len(record):
                 raise OSError(f"short write to {segment.path}")
@@ -169,15 +170,29 @@ class Spool:
         self._dirty = True
         return True
 
+    def begin_run(self) -> None:
+        """Events appended from now on are newer than the events sent past the spool so
+        far (the mirror switched from producing directly to spooling). They start a new
+        segment, so that `rescue` can put those sends in front of them."""
+        self._run_starting, self._run_first = True, None
+
+    def end_run(self) -> None:
+        """Events sent past the spool from now on are newer than everything spooled (the
+        mirror went back to producing directly)."""
+        self._run_starting, self._run_first = False, None
+
     def rescue(self, events: Iterable[tuple[bytes, bytes]]) -> int:
-        """Spool events that are older than everything appended since the spool was last
-        read to its end (the mirror's unacknowledged direct sends, at shutdown): in front
-        of the current spooling run, else at the end. Returns how many were written; the
-        rest did not fit."""
+        """Spool events sent past the spool and not acknowledged (the mirror's direct sends,
+        at shutdown), in their place: in front of the current run (`begin_run`), or at the
+        end when none is going on. Returns how many were written; the rest did not fit.
+
+        Raises:
+            OSError: the disk refused the write.
+        """
         events = list(events)
         if not events:
             return 0
-        if self._run_first is None or self.unread == 0:
+        if self._run_first is None:
             return sum(self.append(k, v) for k, v in events)
         records = []
         budget = self.max_bytes - self.bytes

@@ -104,6 +104,7 @@ def test_rescued_events_go_in_front_of_the_current_spooling_run(tmp_path):
     for k, v in events(3):  # an earlier run, read (in flight) but not acknowledged
         spool.append(k, v)
     assert len(read_all(spool)) == 3
+    spool.begin_run()  # the mirror goes from direct sends to the spool
     for k, v in events(4, start=10):  # spooled after the direct sends below
         spool.append(k, v)
     assert spool.rescue(events(2, start=5)) == 2
@@ -114,11 +115,13 @@ def test_rescued_events_go_in_front_of_the_current_spooling_run(tmp_path):
     assert [e.value for e in read_all(again)] == [v for _k, v in expected]
 
 
-def test_rescue_with_nothing_unread_appends_at_the_end(tmp_path):
+def test_rescue_after_the_run_ended_appends_at_the_end(tmp_path):
     spool = Spool(tmp_path, max_bytes=1 << 20)
+    spool.begin_run()
     for k, v in events(2):
         spool.append(k, v)
     read_all(spool)
+    spool.end_run()  # direct sends again: newer than everything spooled
     assert spool.rescue(events(2, start=2)) == 2
     spool.close()
     assert [e.value for e in read_all(Spool(tmp_path, max_bytes=1 << 20))] == \
@@ -156,3 +159,14 @@ def test_a_segment_corrupt_in_the_middle_is_set_aside_and_its_events_counted_los
     path.write_bytes(bytes(data))
     assert third.read(10) == [] and third.lost == 4
     assert path.with_suffix(".corrupt").exists() and third.bytes == 0
+
+
+def test_a_run_keeps_appending_to_its_segment_while_it_is_read(tmp_path):
+    """Kafka slow: the mirror reads each event back as soon as it is spooled; that must not
+    cost a segment file per event."""
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    spool.begin_run()
+    for k, v in events(50):
+        spool.append(k, v)
+        assert len(spool.read(10)) == 1
+    assert len(segment_files(tmp_path)) == 1
