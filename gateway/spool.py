@@ -125,8 +125,8 @@ class Spool:
         self._run_starting = False
         self.lost = 0  # events in segments found corrupt (see `_quarantine`)
         self._recover()
-        last = max(self._order, default=-2)
-        self._next_id = last + 2 - (last % 2)  # even, above everything on disk
+        last = max(self._order, default=0)
+        self._next_id = last + 2 - (last % 2)  # even, above everything on disk, from 2
 
     # ---- state ---------------------------------------------------------------------
     @property
