@@ -223,7 +223,7 @@ class _Station:
             try:
                 self.ws = await connect(url, subprotocols=[SUBPROTOCOLS[self.version]],
                                         additional_headers=self._headers(), compression=None,
-                                        open_timeout=10, max_size=2**20)
+                                        open_timeout=10, close_timeout=2, max_size=2**20)
                 if self.ws.subprotocol != SUBPROTOCOLS[self.version]:
                     await self.ws.close()
                     raise FleetError(f"{self.station_id}: the CSMS did not accept "
