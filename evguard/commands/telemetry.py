@@ -27,10 +27,11 @@ def telemetry(
              "its partitions back at once [EVGUARD_TELEMETRY_INSTANCE_ID]")] = None,
     tick: Annotated[float, typer.Option(
         min=0.05, help="Seconds between two checks of the connectors for silence")] = 1.0,
-    max_temperature: Annotated[float, typer.Option(
-        help="overtemperature above this, °C")] = 65.0,
-    idle_hours: Annotated[float, typer.Option(
-        min=0.01, help="never_unplugged this long after a connector last drew power")] = 20.0,
+    max_temperature: Annotated[float | None, typer.Option(
+        help="overtemperature above this, °C (default: the policy's, 65)")] = None,
+    idle_hours: Annotated[float | None, typer.Option(
+        min=0.01, help="never_unplugged this long after a connector last drew power "
+                       "(default: the policy's, 18)")] = None,
     idle_exit: Annotated[float, typer.Option(
         min=0, help="Stop after this many seconds without messages; 0 = run until Ctrl-C")] = 0.0,
 ) -> None:
@@ -52,10 +53,9 @@ def telemetry(
                  "telemetry_status_interval_s": status_interval,
                  "telemetry_instance_id": instance_id}
     s = settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    changes = {"max_temperature_c": max_temperature, "idle_hours": idle_hours}
     try:
-        policy = replace(DEFAULT_POLICY, max_temperature_c=max_temperature,
-                         idle_hours=idle_hours,
-                         max_connected_hours=max(DEFAULT_POLICY.max_connected_hours, idle_hours))
+        policy = replace(DEFAULT_POLICY, **{k: v for k, v in changes.items() if v is not None})
     except ValueError as exc:
         err_console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(2) from None

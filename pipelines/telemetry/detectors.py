@@ -18,8 +18,9 @@ only inside a transaction:
   IEC 61851-1's tolerance, max(2 A, 10 %), on `samples` samples; without an offer, above
   the connector's own learned high quantile of current.
 - **meter_frozen**: the energy register stands still while power flows, until the energy
-  that should have been counted exceeds the register's own resolution (learned: its
-  smallest step).
+  that should have been counted exceeds the register's own resolution (learned: the
+  smallest step that ends a stall of a coarse register; a register seen advancing on every
+  sample is fine-grained).
 - **meter_backwards**: the register decreases.
 - **overtemperature**: temperature above `max_temperature_c` on `samples` samples.
 - **faulted**: a Faulted status, with its error code.
@@ -80,7 +81,8 @@ class LivePolicy:
         backwards_tolerance_wh: a smaller decrease is rounding.
         max_temperature_c, temperature_hysteresis_c: open above, close below limit - this.
         silent_factor, silent_min_s: silent after this many own sample intervals, at least.
-        interval_alpha: weight of a new gap in the learned sample interval.
+        interval_alpha: weight of a longer gap in the learned sample interval (a shorter one
+            weighs a quarter of it).
         idle_hours: never_unplugged this long after the connector last drew power.
         max_connected_hours: never_unplugged this long after the transaction started.
     """
@@ -96,16 +98,16 @@ class LivePolicy:
     learn_min_samples: int = 30
     quantile: float = 0.98
     frozen_power_w: float = 500.0
-    frozen_min_wh: float = 20.0
+    frozen_min_wh: float = 10.0
     frozen_resolution_factor: float = 2.5
     frozen_unknown_wh: float = 250.0
     backwards_tolerance_wh: float = 1.0
     max_temperature_c: float = 65.0
     temperature_hysteresis_c: float = 5.0
-    silent_factor: float = 4.0
+    silent_factor: float = 2.5
     silent_min_s: float = 2.0
-    interval_alpha: float = 0.2
-    idle_hours: float = 20.0
+    interval_alpha: float = 0.3
+    idle_hours: float = 18.0
     max_connected_hours: float = 48.0
 
     def __post_init__(self) -> None:
@@ -161,7 +163,7 @@ _DOUBLES = ("last_ts", "last_rx", "meter_ts", "meter_rx", "status_ts", "interval
             "drawn_ratio", "frozen_wh", "resolution_wh", "q_current_a", "q_power_w",
             "kwh_requested", "minutes_available", "departure_ts")
 _N = len(KINDS)
-_HEAD = struct.Struct(f"<BBBBBBBHII{_N}H{RECENT_IDS}I{_N * 2}d{len(_DOUBLES)}d")
+_HEAD = struct.Struct(f"<BBBBBBBHHII{_N}H{RECENT_IDS}I{_N * 2}d{len(_DOUBLES)}d")
 
 
 @dataclass(slots=True, eq=False)
@@ -206,7 +208,8 @@ class ConnectorState:
     peak_current_a: float = 0.0
     drawn_ratio: float = 0.0  # current / offer (or / peak) at the last sample that drew
     frozen_wh: float = 0.0
-    resolution_wh: float = math.inf
+    resolution_wh: float = math.inf  # inf = not known yet, 0 = fine-grained
+    advances: int = 0  # register advances in a row while its resolution is unknown
     q_current_a: float = 0.0
     q_power_w: float = 0.0
     kwh_requested: float = NAN
@@ -225,7 +228,7 @@ class ConnectorState:
                                             self.transaction_id, self.error_code, self.user_id)]
         head = _HEAD.pack(
             *(len(t) for t in texts), _STATUS_CODE.get(self.status, 0), self.open_bits,
-            min(self.connector_id, 65535), self.charging_samples,
+            min(self.connector_id, 65535), min(self.advances, 65535), self.charging_samples,
             self.last_ended_tx, *(min(s, 65535) for s in self.streaks), *self.recent,
             *self.first_ts, *self.first_rx, *(getattr(self, name) for name in _DOUBLES))
         return head + b"".join(texts) + bytes((self.recent_at,))
@@ -241,8 +244,9 @@ class ConnectorState:
             at += n
         state = cls(texts[0], connector, texts[1], texts[2],
                     STATUSES[status - 1] if status else "", texts[3], texts[4], open_bits,
-                    values[8], values[9], data[at])
-        i = 10
+                    values[9], values[10], data[at])
+        state.advances = values[8]
+        i = 11
         state.streaks = list(values[i:i + _N])
         i += _N
         state.recent = list(values[i:i + RECENT_IDS])
@@ -429,8 +433,11 @@ def _on_meter(conn: ConnectorState, m: Mapping[str, float], ts: float, rx: float
         interval = conn.interval_s
         if math.isnan(interval):
             conn.interval_s = gap
-        elif gap < 5 * interval:
-            conn.interval_s = interval + policy.interval_alpha * (gap - interval)
+        elif gap < 5 * interval:  # longer gaps are silences, not the cadence
+            # up fast, down slowly: the estimate sits near the longer of the usual gaps, so
+            # network jitter does not look like silence
+            alpha = policy.interval_alpha if gap > interval else policy.interval_alpha / 4
+            conn.interval_s = interval + alpha * (gap - interval)
     drawing = current >= policy.zero_current_a or power >= policy.active_power_w
     if drawing:
         conn.active_ts = ts
@@ -536,7 +543,13 @@ def _register(conn: ConnectorState, energy: float, power: float, dt: float, ts: 
         conn.streaks[METER_FROZEN] = 0
         return
     if step > 1e-3:
-        conn.resolution_wh = min(conn.resolution_wh, step)
+        resolution = conn.resolution_wh
+        if conn.streaks[METER_FROZEN]:  # a stall under power ended: a coarse register's step
+            conn.resolution_wh = step if resolution == 0 else min(resolution, step)
+        elif resolution == math.inf:
+            conn.advances += 1
+            if conn.advances >= 3:
+                conn.resolution_wh = 0.0
         conn.frozen_wh = 0.0
         conn.streaks[METER_FROZEN] = 0
         if conn.open_bits >> METER_FROZEN & 1:

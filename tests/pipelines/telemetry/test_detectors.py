@@ -153,8 +153,9 @@ def test_silent_fires_on_the_timer_after_k_own_intervals_and_closes_on_the_next_
     events = transaction(lambda i: (30.0, 32.0, "Charging"), samples=10, end=False)
     state, _alerts, _ = run(events)
     last_rx = events[-1].received_ts
-    assert on_tick(state, last_rx + 35) == []  # 4 x 10 s not yet passed
-    [(key, [alert])] = on_tick(state, last_rx + 45)
+    limit = DEFAULT_POLICY.silent_factor * 10.0  # its own interval: a sample every 10 s
+    assert on_tick(state, last_rx + limit - 1) == []
+    [(key, [alert])] = on_tick(state, last_rx + limit + 1)
     assert key == connector_key("CP-1", 1) and alert.kind == "silent"
     assert alert.first_received_ts == pytest.approx(last_rx + 10)
     assert on_tick(state, last_rx + 100) == []  # open once
