@@ -165,6 +165,7 @@ class TelemetryProcessor:
         self._last_tick = 0.0
         self._status_sent: dict[str, float] = {}
         self._assigned: set[int] = set()
+        self._paused = False
         self._positions: dict[int, int] = {}
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
@@ -241,8 +242,10 @@ class TelemetryProcessor:
             self.heartbeat.beat()
             self._settle()
             if len(self._inflight) >= o.max_inflight:  # backpressure: wait for confirms
-                self._producer.poll(0.005)
+                self._pause(True)
+                self._consumer.consume(1, 0.01)  # paused: nothing comes, the group is served
                 continue
+            self._pause(False)
             messages = self._consume(o.batch_timeout_s)
             now = time.monotonic()
             if messages:
@@ -255,6 +258,20 @@ class TelemetryProcessor:
             if idle_exit_s and now - last_message >= idle_exit_s and not self._inflight:
                 log.info("no messages for %.0fs and nothing in flight: stopping", idle_exit_s)
                 return
+
+    def _pause(self, paused: bool) -> None:
+        if paused == self._paused:
+            return
+        assignment = self._consumer.assignment()
+        if paused:
+            self._consumer.pause(assignment)
+            log.info("backpressure: %d batches await confirms (RabbitMQ %s); consumption "
+                     "paused", len(self._inflight), "ready" if self._publisher.ready
+                     else "unavailable")
+        else:
+            self._consumer.resume(assignment)
+            log.info("consumption resumed")
+        self._paused = paused
 
     def _consume(self, timeout: float) -> list:
         """What arrived while the last batch was processed, or the first message to come."""
@@ -453,6 +470,7 @@ class TelemetryProcessor:
             if seen:  # the clock goes on from where the state left off
                 self.clock.observe(p, max(seen))
         self._assigned = set(numbers)
+        self._paused = False
         log.info("assigned partitions %s; connector state restored: %s keys", numbers, restored)
 
     def _on_revoke(self, _consumer, partitions: list[TopicPartition]) -> None:
@@ -512,4 +530,5 @@ class TelemetryProcessor:
         return ok, {"status": "stuck" if not ok else ("ok" if ready else "degraded"),
                     "loop_age_s": round(age, 3), "rabbitmq": "connected" if ready else
                     "unavailable", "inflight_batches": len(self._inflight),
-                    "partitions": sorted(self._assigned), "processor": self.name}
+                    "paused": self._paused, "partitions": sorted(self._assigned),
+                    "processor": self.name}
