@@ -122,7 +122,7 @@ class SimulatedChargePoint16(_Stamped, ChargePoint16):
 
     async def meter(self, sample: Sample, register_wh: float, at: float,
                     watch: bool = False) -> None:
-        sampled = [{"value": f"{value:g}", "measurand": name, "unit": _UNITS[name],
+        sampled = [{"value": format(value, ".12g"), "measurand": name, "unit": _UNITS[name],
                     "context": "Sample.Periodic", "location": _LOCATION.get(name, "Outlet")}
                    for name, value in _readings(sample, register_wh, temperature=True)]
         await self.send(call16.MeterValues(

@@ -76,8 +76,10 @@ def test_a_16_charger_completes_a_transaction_with_the_csms_transaction_id(fleet
     assert stop["meterStop"] - start["meterStart"] == pytest.approx(1500, abs=2)
     assert stop["reason"] == "EVDisconnected"
     assert len(meters) == 41  # every 30 s over 20 min, and the last at the disconnection
-    first = readings(meters[0]["meterValue"][0])
+    first, last = (readings(m["meterValue"][0]) for m in (meters[0], meters[-1]))
     assert first["Current.Import"] <= first["Current.Offered"] <= 32
+    assert first["Energy.Active.Import.Register"] == pytest.approx(start["meterStart"], abs=1)
+    assert last["Energy.Active.Import.Register"] == pytest.approx(stop["meterStop"], abs=1)
     assert {"Temperature", "Voltage", "Power.Active.Import"} <= set(first)
     stamp = iso_to_epoch(start["timestamp"].replace("Z", "+00:00"))
     assert stamp == pytest.approx(START.timestamp())  # the session's own clock
