@@ -193,7 +193,7 @@ class TelemetryProcessor:
         server = MetricsServer(self.metrics, self.liveness, s.metrics_host,
                                s.telemetry_metrics_port).start()
         self.metrics_port = server.port
-        self._publisher = LivePublisher(s.rabbitmq_url, s.rabbitmq_exchange).start()
+        self._publisher = LivePublisher(s.rabbitmq_url, s.rabbitmq_exchange).start(wait_s=1.0)
         self._producer = Producer(producer_config(s.kafka_servers))
         self._state = KeyedStateStore(s.kafka_servers, s.topic_telemetry_state,
                                       CONNECTOR_STATE_CODEC, s.telemetry_group)
@@ -217,7 +217,7 @@ class TelemetryProcessor:
 
     def _shutdown(self, clean: bool) -> None:
         if clean:
-            self._drain(self.options.shutdown_timeout_s)
+            clean = self._drain(self.options.shutdown_timeout_s)
         else:
             self._inflight.clear()
             self._to_commit.clear()
@@ -438,19 +438,22 @@ class TelemetryProcessor:
             log.warning("offset commit failed (%s); those events will be seen again and "
                         "skipped by the state", exc)
 
-    def _drain(self, timeout: float) -> None:
-        """Wait (up to `timeout`) for every batch in flight, then commit synchronously."""
+    def _drain(self, timeout: float) -> bool:
+        """Wait (up to `timeout`) for every batch in flight, then commit synchronously; False
+        when some were still unacknowledged (and are not committed)."""
         deadline = time.monotonic() + timeout
         while self._inflight and time.monotonic() < deadline:
             self._producer.poll(0.01)
             self._state.poll(0)
             self._settle_quietly()
-        if self._inflight:
+        complete = not self._inflight
+        if not complete:
             log.warning("%d batches still unacknowledged after %.0fs: not committed",
                         len(self._inflight), timeout)
             self._inflight.clear()
         if self._to_commit:
             self._commit(asynchronous=False)
+        return complete
 
     def _settle_quietly(self) -> None:
         inflight = self._inflight
