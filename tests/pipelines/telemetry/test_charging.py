@@ -9,6 +9,7 @@ import pytest
 
 from pipelines.contracts.dates import format_rfc1123
 from pipelines.contracts.live_alert import KINDS
+from pipelines.contracts.telemetry import TelemetryEvent
 from pipelines.data.exports import load_exports
 from pipelines.data.synth import generate_sessions
 from pipelines.telemetry.charging import (
@@ -24,6 +25,7 @@ from pipelines.telemetry.charging import (
     parse_acn_trace,
     plantable_kinds,
 )
+from pipelines.telemetry.detectors import on_event, on_tick
 from tests.conftest import SHARED_ACN
 
 START = datetime(2019, 3, 4, 16, 0, tzinfo=UTC)
@@ -237,3 +239,53 @@ def test_real_exports_make_plausible_plans():
         assert np.all(plan.current_a <= plan.current_offered_a + 1e-9)
         within_pilot += plan.curve == "dc" or plan.current_offered_a.max() <= 32
     assert within_pilot >= 0.98 * len(records)
+
+
+def detector_alerts(plan, cp: str = "CP-X") -> list:
+    """Feed a plan to the live detectors as a 1.6 charger's events, one tick per sample;
+    a silent charger sends nothing more and the timer runs on."""
+    state, seq, alerts = {}, 0, []
+
+    def apply(kind, t, **fields):
+        nonlocal seq
+        seq += 1
+        event = TelemetryEvent(f"{cp}:{seq}:0", kind, cp, 1, fields.pop("tx", "tx-1"),
+                               plan.connection_ts + t, plan.connection_ts + t, "1.6", **fields)
+        alerts.extend(on_event(state, event).alerts)
+
+    events = sorted([(c.t_s, 2 if c.status in ("Finishing", "Available") else 0, c)
+                     for c in plan.status_changes]
+                    + [(float(t), 1, i) for i, t in enumerate(plan.t_s)], key=lambda e: e[:2])
+    for t, order, item in events:
+        if plan.silent_from_s is not None and t >= plan.silent_from_s:
+            for quiet in np.arange(t, plan.end_s, 10.0):
+                for _key, more in on_tick(state, plan.connection_ts + quiet):
+                    alerts.extend(more)
+            break
+        if order == 1:
+            s = plan.sample(item)
+            apply("meter", t, measurands={
+                "energy_wh": 1e6 + s.energy_wh, "power_w": s.power_w, "current_a": s.current_a,
+                "current_offered_a": s.current_offered_a, "voltage_v": s.voltage_v,
+                "temperature_c": s.temperature_c})
+            for _key, more in on_tick(state, plan.connection_ts + t):
+                alerts.extend(more)
+        elif item.status == "Preparing":
+            apply("transaction_started", t, measurands={"energy_wh": 1e6})
+        elif item.status == "Finishing":
+            apply("transaction_ended", t, measurands={"energy_wh": 1e6 + plan.energy_wh[-1]})
+        elif item.status != "Available":
+            apply("status", t, status=item.status,
+                  error_code=item.error_code if item.status == "Faulted" else "")
+    return [a for a in alerts if a.status == "open"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_live_detectors_catch_each_planted_kind_and_nothing_in_clean_plans(kind, synthetic):
+    """The plans and the processor's detectors agree on what each fault looks like."""
+    for record in [r for r in synthetic if kind in plantable_kinds(r)][:3]:
+        assert detector_alerts(build_plan(record, seed=6)) == []
+        plan = build_plan(record, seed=6, fault=kind)
+        opened = detector_alerts(plan)
+        assert [a.kind for a in opened] == [kind]
+        assert opened[0].at_ts >= plan.connection_ts + plan.faults[0].start_s
