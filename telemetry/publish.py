@@ -253,7 +253,7 @@ class LivePublisher:
 
     def _stop_io(self) -> None:
         connection = self._connection
-        if connection is not None and (connection.is_open or connection.is_opening):
+        if connection is not None and connection.is_open:
             connection.close()  # _on_closed stops the loop
         else:
             self._ioloop.stop()
