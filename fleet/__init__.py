@@ -11,10 +11,12 @@ from fleet.schedule import (
     ScheduledSession,
     assign_faults,
     assign_versions,
+    replicate_stations,
     schedule_sessions,
     select_sessions,
 )
 
 __all__ = ["LABEL_SCHEMA", "FleetConfig", "FleetError", "FleetReport", "ScheduledSession",
-           "assign_faults", "assign_versions", "run_fleet", "schedule_sessions",
+           "assign_faults", "assign_versions", "replicate_stations", "run_fleet",
+           "schedule_sessions",
            "select_sessions", "simulate"]

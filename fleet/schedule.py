@@ -55,6 +55,19 @@ def select_sessions(sessions: Iterable[Mapping], max_sessions: int | None = None
     return usable[:max_sessions] if max_sessions is not None else usable
 
 
+def replicate_stations(sessions: Sequence[Mapping], copies: int) -> list[Mapping]:
+    """The sessions `copies` times over, each copy on its own stations (`<stationID>-r<k>`,
+    sessionID `<sessionID>-r<k>`; copy 0 keeps the ids): many chargers from few records,
+    for load tests."""
+    if copies < 1:
+        raise ValueError(f"copies must be >= 1, got {copies}")
+    out = list(sessions)
+    for k in range(1, copies):
+        out += [{**s, "stationID": f"{s['stationID']}-r{k}",
+                 "sessionID": f"{s.get('sessionID')}-r{k}"} for s in sessions]
+    return out
+
+
 def assign_versions(station_ids: Iterable[str], share_201: float, seed: int) -> dict[str, str]:
     """Each station's OCPP version: `round(share_201 * n)` of them speak 2.0.1, the rest 1.6."""
     if not 0 <= share_201 <= 1:

@@ -65,6 +65,9 @@ def simulate(
     sessions: Annotated[int, typer.Option(min=1, help="Sessions to replay (synth: to generate)")] = 50,
     stations: Annotated[int | None, typer.Option(
         min=1, help="Keep only the sessions of this many busiest stations")] = None,
+    copies: Annotated[int, typer.Option(
+        min=1, help="Replay every station this many times over, under ids <id>-r<k> (load "
+                    "tests: many chargers from few records)")] = 1,
     speedup: Annotated[float, typer.Option(min=0.001, help="Simulated seconds per real second")] = 60.0,
     meter_interval: Annotated[float, typer.Option(
         min=0.1, help="Simulated seconds between meter values")] = 10.0,
@@ -103,6 +106,7 @@ def simulate(
         FleetError,
         assign_faults,
         assign_versions,
+        replicate_stations,
         run_fleet,
         schedule_sessions,
         select_sessions,
@@ -124,7 +128,8 @@ def simulate(
                              max_wall_s=max_minutes * 60 if max_minutes else None)
         records, traces = _load(source, exports or [], sessions, seed, site or ["caltech"],
                                 start, end, stations)
-        chosen = select_sessions(records, max_sessions=sessions, max_stations=stations)
+        chosen = replicate_stations(select_sessions(records, max_sessions=sessions,
+                                                    max_stations=stations), copies)
         if not chosen:
             raise ValueError("no session to replay")
         versions = assign_versions((str(r["stationID"]) for r in chosen), ocpp_201_share, seed)

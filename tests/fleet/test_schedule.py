@@ -7,7 +7,13 @@ from itertools import pairwise
 
 import pytest
 
-from fleet import assign_faults, assign_versions, schedule_sessions, select_sessions
+from fleet import (
+    assign_faults,
+    assign_versions,
+    replicate_stations,
+    schedule_sessions,
+    select_sessions,
+)
 from pipelines.contracts.dates import rfc1123_to_epoch
 from pipelines.data.synth import generate_sessions
 from pipelines.telemetry.charging import FAULT_KINDS, plantable_kinds
@@ -79,3 +85,13 @@ def test_calendar_keeps_the_sessions_times_and_packed_runs_them_back_to_back(ses
             assert after.offset_s == pytest.approx(before.offset_s + stay + 300)
     with pytest.raises(ValueError, match="calendar or packed"):
         schedule_sessions(chosen, versions, {}, mode="shuffled")
+
+
+def test_stations_can_be_replicated_for_load_tests(sessions):
+    few = sessions[:10]
+    many = replicate_stations(few, 3)
+    assert len(many) == 30 and many[:10] == few
+    assert len({s["sessionID"] for s in many}) == 30
+    assert {s["stationID"] for s in many[10:20]} == {f"{s['stationID']}-r1" for s in few}
+    with pytest.raises(ValueError, match="copies"):
+        replicate_stations(few, 0)
