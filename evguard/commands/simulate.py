@@ -88,8 +88,10 @@ def simulate(
     labels: Annotated[Path, typer.Option(
         help="Planted faults, JSON lines (the summary goes beside it)")] = Path("fleet-labels.jsonl"),
     password: Annotated[str | None, typer.Option(
-        envvar="EVGUARD_FLEET_PASSWORD",
-        help="HTTP Basic password of every charger (user = its id) [EVGUARD_FLEET_PASSWORD]")] = None,
+        help="HTTP Basic password of every charger (user = its id)")] = None,
+    password_file: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False,
+        help="Read that password from this file instead (kept out of the process list)")] = None,
     max_minutes: Annotated[float | None, typer.Option(
         min=0.0, help="Stop after this many real minutes")] = None,
     validate: Annotated[bool, typer.Option(
@@ -120,6 +122,8 @@ def simulate(
                           f"{', '.join(SOURCES)}")
         raise typer.Exit(2)
     kinds = tuple(k.strip() for k in faults.split(",") if k.strip()) if faults else FAULT_KINDS
+    if password_file is not None:
+        password = password_file.read_text().strip()
     with clear_errors(ValueError, ExportFormatError, OSError, LookupError):
         config = FleetConfig(url=url or f"ws://{s.ocpp_host}:{s.ocpp_port}", speedup=speedup,
                              meter_interval_s=meter_interval, password=password, seed=seed,

@@ -49,9 +49,11 @@ def test_a_synthetic_fleet_runs_and_writes_labels_and_a_summary(tmp_path):
     csms = TestCsms(free_port(), AnyCharger())
     stop = serve_in_thread(csms)
     labels = tmp_path / "run" / "labels.jsonl"
+    secret = tmp_path / "password"
+    secret.write_text("pw\n")
     try:
         result = CliRunner().invoke(app, [
-            "simulate", "--url", csms.url, "--password", "pw", "--sessions", "6",
+            "simulate", "--url", csms.url, "--password-file", str(secret), "--sessions", "6",
             "--stations", "6", "--schedule", "packed", "--speedup", "20000",
             "--meter-interval", "300", "--fault-rate", "0.5", "--faults", "faulted,silent",
             "--unplug-delay-h", "1", "--labels", str(labels), "--seed", "2"],
