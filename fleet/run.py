@@ -312,12 +312,20 @@ class _Station:
         config = self.run.config
         options = PlanOptions(sample_interval_s=config.meter_interval_s,
                               unplug_delay_s=config.unplug_delay_s)
+        trace = self.run.traces.get(scheduled.session_id)
         try:
             return build_plan(scheduled.session, seed=config.seed, fault=scheduled.fault,
-                              trace=self.run.traces.get(scheduled.session_id), options=options)
-        except (UnplannableSession, ValueError) as exc:
+                              trace=trace, options=options)
+        except UnplannableSession as exc:
             self.run.report.errors[f"plan: {exc}"[:120]] += 1
-            return None
+        except ValueError as exc:  # a recorded trace with no charging where the fault goes
+            if scheduled.fault is None:
+                raise
+            log.info("%s: %s; replayed without it", scheduled.session_id, exc)
+            planned = self.run.report.faults_planned
+            planned[scheduled.fault] -= 1
+            return build_plan(scheduled.session, seed=config.seed, trace=trace, options=options)
+        return None
 
     def _telltales(self, plan: TransactionPlan) -> dict[tuple[float, str], PlantedFault]:
         """(time, "status"|"sample") of each fault's first telltale frame."""
