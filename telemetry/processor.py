@@ -27,7 +27,7 @@ import os
 import socket
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -291,6 +291,8 @@ class TelemetryProcessor:
         sent, interval = self._status_sent, s.telemetry_status_interval_s
         report = self.report
         observe = self.clock.observe
+        kinds: Counter[str] = Counter()
+        redelivered = report.redelivered
         for m in messages:
             err = m.error()
             if err is not None:
@@ -315,6 +317,7 @@ class TelemetryProcessor:
                 report.redelivered += 1
                 continue
             report.applied += 1
+            kinds[event.kind] += 1
             observe(p, event.received_ts)
             for alert in result.alerts:
                 amqp.append(self._alert_message(alert, wall))
@@ -343,6 +346,10 @@ class TelemetryProcessor:
         ticket.kafka_left += self._state.flush(lambda error: self._delivered(ticket, error))
         report.batches += 1
         self.metrics.consumed.inc(len(messages))
+        for kind, count in kinds.items():
+            self.metrics.applied.labels(kind).inc(count)
+        if report.redelivered > redelivered:
+            self.metrics.redelivered.inc(report.redelivered - redelivered)
         self._inflight.append(ticket)
 
     def _alert_message(self, alert: LiveAlert, wall: float) -> tuple[str, bytes, bool]:

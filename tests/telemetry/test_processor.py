@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
@@ -131,6 +132,16 @@ def test_bad_messages_go_to_the_dead_letter_topic_with_the_reason(telemetry_sett
         produce_events(s, transaction(charging, samples=3, cp="CP-ok"))
         wait_until(lambda: processor.report.dead_lettered == 1 and
                    processor.report.applied >= 5, 20, "not processed")
+        base = f"http://127.0.0.1:{processor.metrics_port}"
+        with urllib.request.urlopen(f"{base}/healthz", timeout=5) as answer:
+            assert answer.status == 200 and orjson.loads(answer.read())["partitions"]
+
+        def metrics() -> str:
+            with urllib.request.urlopen(f"{base}/metrics", timeout=5) as answer:
+                return answer.read().decode()
+        wait_until(lambda: 'evguard_telemetry_applied_total{kind="meter"} 3.0' in metrics(), 10,
+                   "the applied meter samples are not counted")
+        assert "evguard_telemetry_dead_lettered_total 1.0" in metrics()
     consumer = Consumer({"bootstrap.servers": s.kafka_servers, "group.id": "dlq-reader",
                          "auto.offset.reset": "earliest", "log_level": 2})
     consumer.subscribe([s.topic_telemetry_dlq])
