@@ -130,7 +130,7 @@ class Registry:
         self.path = path
         self.allow_unknown = allow_unknown
         self._entries: dict[str, dict[str, Any]] = {}
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._verified: dict[str, bytes] = {}
         self._key = secrets.token_bytes(32)
         self._lock = threading.Lock()
@@ -139,7 +139,7 @@ class Registry:
     def reload(self) -> None:
         try:
             stat = self.path.stat()
-            stamp = (stat.st_mtime_ns, stat.st_size)
+            stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)  # os.replace: new inode
         except FileNotFoundError:
             stamp = None
         if stamp == self._stamp and self._stamp is not None:
