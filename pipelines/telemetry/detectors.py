@@ -16,7 +16,8 @@ only inside a transaction:
 - **overcurrent**: current above the offered limit (the larger of this and the previous
   sample's, since a car follows a lowered pilot a moment late) by more than
   IEC 61851-1's tolerance, max(2 A, 10 %), on `samples` samples; without an offer, above
-  the connector's own learned high quantile of current.
+  the connector's own learned high quantile of current. After the offer falls, the old
+  one holds for `follow_s` (the 5 s IEC 61851-1 gives the car) and the next sample.
 - **meter_frozen**: the energy register stands still while power flows, until the energy
   that should have been counted exceeds the register's own resolution (learned: the
   smallest step that ends a stall of a coarse register; a register seen advancing on every
@@ -74,6 +75,8 @@ class LivePolicy:
             of what was offered then (of the session's peak without an offer): a taper ends
             lower; a connector that never drew counts too.
         overcurrent_min_a, overcurrent_ratio: allowed excess over the limit, the larger.
+        follow_s: after the offer falls, the old offer stays the limit this long (IEC 61851-1
+            gives the car 5 s), and always for the next sample.
         learn_min_samples: charging samples before a learned current limit is used.
         quantile: the learned "maximum" current and power (a high quantile, not the max).
         frozen_power_w: power above which the register must advance.
@@ -97,6 +100,7 @@ class LivePolicy:
     abrupt_fraction: float = 0.5
     overcurrent_min_a: float = 2.0
     overcurrent_ratio: float = 0.10
+    follow_s: float = 5.0
     learn_min_samples: int = 30
     quantile: float = 0.98
     frozen_power_w: float = 500.0
@@ -161,7 +165,8 @@ class LiveAlert:
 _STATUS_CODE = {name: i + 1 for i, name in enumerate(STATUSES)}  # 0 = none seen
 _DOUBLES = ("last_ts", "last_rx", "meter_ts", "meter_rx", "status_ts", "interval_s",
             "tx_start_ts", "tx_start_rx", "tx_start_wh", "energy_wh", "power_w", "current_a",
-            "offered_a", "temperature_c", "active_ts", "peak_current_a",
+            "offered_a", "offer_before_drop", "offer_drop_ts", "temperature_c", "active_ts",
+            "peak_current_a",
             "drawn_ratio", "frozen_wh", "resolution_wh", "q_current_a", "q_power_w",
             "kwh_requested", "minutes_available", "departure_ts")
 _doubles_of = operator.attrgetter(*_DOUBLES)
@@ -207,6 +212,8 @@ class ConnectorState:
     power_w: float = NAN
     current_a: float = NAN
     offered_a: float = NAN
+    offer_before_drop: float = NAN  # the offer before the latest decrease, and when it fell
+    offer_drop_ts: float = NAN
     temperature_c: float = NAN
     active_ts: float = NAN
     peak_current_a: float = 0.0
@@ -507,8 +514,14 @@ def _overcurrent(conn: ConnectorState, current: float, offered: float, ts: float
     if math.isnan(current):
         return False
     if not math.isnan(offered):
-        previous = conn.offered_a  # the car may follow a lowered offer one sample late
+        previous = conn.offered_a
+        if offered < previous:  # a lowered offer: the car has `follow_s` to follow it
+            recent = ts - conn.offer_drop_ts <= policy.follow_s
+            conn.offer_before_drop = max(previous, conn.offer_before_drop) if recent else previous
+            conn.offer_drop_ts = ts
         limit = offered if math.isnan(previous) else max(offered, previous)
+        if ts - conn.offer_drop_ts <= policy.follow_s:
+            limit = max(limit, conn.offer_before_drop)
         source = "offered"
     elif conn.charging_samples >= policy.learn_min_samples and conn.q_current_a > 0:
         limit, source = conn.q_current_a, "usual maximum"

@@ -246,3 +246,16 @@ def test_the_state_keeps_every_field_through_bytes():
             back.status, back.error_code, back.user_id, back.open_bits, back.charging_samples,
             back.interval_s, back.first_ts[2]) == ("CP-é", 300, "jpl", "tx-9", "SuspendedEV",
                                                    "HighTemperature", "u1", 5, 7, 9.5, 123.0)
+
+
+def test_with_fast_samples_a_car_has_five_seconds_to_follow_a_lowered_offer():
+    def follows_in_4_s(i):  # a sample a second; the pilot falls 32 -> 16 A at sample 20
+        if i < 20:
+            return 30.0, 32.0, "Charging"
+        return (30.0 if i < 24 else 15.5), 16.0, "Charging"
+
+    def never_follows(i):
+        return (30.0, 32.0 if i < 20 else 16.0, "Charging")
+    assert run(transaction(follows_in_4_s, samples=40, interval=1.0))[1] == []
+    [alert] = opened(run(transaction(never_follows, samples=40, interval=1.0))[1])
+    assert alert.kind == "overcurrent" and alert.first_sample_ts > T0 + 21 + 5
