@@ -10,18 +10,16 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import replace
 from pathlib import Path
 
 import orjson
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer
 
-from evguard.services.process import free_port
 from pipelines.contracts.connector_status import parse_connector_status
 from pipelines.contracts.live_alert import parse_live_alert
 from pipelines.contracts.sessions import session_key
 from pipelines.settings import settings_env
-from tests.telemetry.conftest import FAST, read_sessions, running_processor, wait_until
+from tests.telemetry.conftest import read_sessions, running_processor, wait_until
 from tests.telemetry.kit import T0, event, produce_events, status, transaction
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -221,23 +219,3 @@ def test_after_a_kill_the_state_is_restored_and_the_stream_goes_on_as_if_uninter
     [(_key, record)] = sessions
     assert abs(record["kWhDelivered"] - 30 * 208 * 100 / 3600 / 1000) < 0.01
 
-
-def test_nothing_is_committed_while_rabbitmq_does_not_confirm(telemetry_settings):
-    s = telemetry_settings.model_copy(update={
-        "rabbitmq_url": f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"})  # nobody there
-    events = transaction(lambda i: (30.0 if i < 5 else 0.0, 32.0, "Charging"), samples=10,
-                         cp="CP-unconfirmed", rx0=time.time(), speedup=100.0)
-    with running_processor(s, replace(FAST, shutdown_timeout_s=1.0)) as processor:
-        produce_events(s, events)
-        wait_until(lambda: processor.report.applied == len(events), 20, "not applied")
-        time.sleep(0.5)
-        assert processor.liveness()[1]["rabbitmq"] == "unavailable"
-        assert processor.report.live_alerts >= 1  # detected, but not confirmed
-    reader = Consumer({"bootstrap.servers": s.kafka_servers, "group.id": s.telemetry_group,
-                       "log_level": 2})
-    try:
-        committed = reader.committed([TopicPartition(s.topic_telemetry, p) for p in range(3)],
-                                     timeout=10)
-    finally:
-        reader.close()
-    assert all(tp.offset < 0 for tp in committed)  # the events will be read again
