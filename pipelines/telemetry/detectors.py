@@ -13,11 +13,10 @@ only inside a transaction:
 - **no_current**: Charging, offered more than `min_offered_a` (or no offer reported), yet
   current ~0 on `samples` samples in a row, after a sudden drop or with no current at all;
   a taper to zero, SuspendedEV and an offer under 6 A are not faults.
-- **overcurrent**: current above the offered limit (the larger of this and the previous
-  sample's, since a car follows a lowered pilot a moment late) by more than
-  IEC 61851-1's tolerance, max(2 A, 10 %), on `samples` samples; without an offer, above
-  the connector's own learned high quantile of current. After the offer falls, the old
-  one holds for `follow_s` (the 5 s IEC 61851-1 gives the car) and the next sample.
+- **overcurrent**: current above the offered limit by more than IEC 61851-1's tolerance,
+  max(2 A, 10 %), on `samples` samples; after the offer falls, the old one stays the limit
+  for the next sample and for `follow_s` (the 5 s IEC 61851-1 gives a car to follow);
+  without an offer, above the connector's own learned high quantile of current.
 - **meter_frozen**: the energy register stands still while power flows, until the energy
   that should have been counted exceeds the register's own resolution (learned: the
   smallest step that ends a stall of a coarse register; a register seen advancing on every
