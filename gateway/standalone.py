@@ -8,7 +8,8 @@ task and waiting is `await`.
 
 What each frame gets back:
 - a valid CALL the CSMS handles: its CALLRESULT, once its events are stored; CALLERROR
-  InternalError when Kafka did not acknowledge in time (the charger retries);
+  InternalError when Kafka did not acknowledge in time (the charger retries; a
+  StartTransaction sent again with the same id and payload gets the same transaction id);
 - another action chargers send: an empty CALLRESULT where the schema allows one (DataTransfer:
   UnknownVendorId); an action only the CSMS sends: NotSupported; an unknown one:
   NotImplemented;
@@ -27,6 +28,7 @@ import logging
 import socket
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -55,6 +57,7 @@ from pipelines.telemetry.ocpp_schemas import CHARGER_ACTIONS, known_actions, sch
 log = logging.getLogger("evguard.gateway.standalone")
 
 ACK_TIMEOUT_S = 10.0  # a charger's own call timeout is typically 30-60 s
+MAX_UNSTORED = 10_000
 
 
 def iso_now(now: float) -> str:
@@ -126,6 +129,9 @@ class StandaloneCsms:
         self.answers = CsmsAnswers(settings.ocpp_heartbeat_s, transaction_ids.next)
         self.gateway_name = gateway_name or f"{socket.gethostname()}:{settings.ocpp_port}"
         self.clock = clock
+        # answers not sent because Kafka failed, by (charger, message id, action): a charger
+        # that sends the same StartTransaction again gets the same transaction id
+        self._unstored: OrderedDict[tuple[str, str, str], tuple[dict, dict]] = OrderedDict()
 
     @classmethod
     def from_settings(cls, settings: Settings, metrics: GatewayMetrics | None = None,
@@ -203,8 +209,13 @@ class StandaloneCsms:
                                f"over {self.settings.ocpp_max_messages_per_s:g} messages/s: "
                                "send again later")
         events = normalise(frame, text, "charger", state, received)
+        retry_key = (state.charge_point_id, frame.message_id, frame.action)
+        unstored = self._unstored.pop(retry_key, None)
         try:
-            payload = self.answers.answer(frame, version, received)
+            if unstored is not None and unstored[0] == frame.payload:
+                payload = unstored[1]  # a retry keeps the transaction id it was given
+            else:
+                payload = self.answers.answer(frame, version, received)
         except FrameError as error:
             state.take_call("charger", frame.message_id)
             return self._error(frame.message_id, error.code, error.description)
@@ -215,6 +226,10 @@ class StandaloneCsms:
             await self.sink.deliver(events)
         except DeliveryFailed as exc:
             self.metrics.produce_failures.inc(len(events))
+            if frame.action == "StartTransaction":
+                self._unstored[retry_key] = (frame.payload, payload)
+                while len(self._unstored) > MAX_UNSTORED:
+                    self._unstored.popitem(last=False)
             log.warning("%s %s %s not stored, answered InternalError: %s",
                         state.charge_point_id, frame.action, frame.message_id, exc)
             return self._error(frame.message_id, "InternalError",

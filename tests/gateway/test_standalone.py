@@ -145,8 +145,9 @@ def test_a_16_and_a_201_charger_complete_transactions_and_every_event_is_on_kafk
 
 
 def test_a_call_is_answered_only_once_kafka_has_its_events(kafka_settings, tmp_path):
-    """While the broker is down a MeterValues CALL gets InternalError (never a result); the
-    same frame sent again after the broker is back is acknowledged and on the topic."""
+    """While the broker is down a MeterValues and a StartTransaction CALL get InternalError
+    (never a result); the same frames sent again after the broker is back are acknowledged
+    and on the topic, and the StartTransaction keeps its transaction id."""
     with private_kafka_broker(kafka_settings, tmp_path / "kafka") as (private, stack):
         topic = new_topic(private)
         settings = gateway_settings(private, tmp_path / "gw", topic_telemetry=topic,
@@ -154,6 +155,8 @@ def test_a_call_is_answered_only_once_kafka_has_its_events(kafka_settings, tmp_p
         cp_id = f"CP-{uuid.uuid4().hex[:6]}"
         meter = orjson.dumps([2, "mv-1", "MeterValues", {"connectorId": 1, "meterValue": [
             {"timestamp": now(), "sampledValue": [{"value": "1234"}]}]}]).decode()
+        start = orjson.dumps([2, "st-1", "StartTransaction", {
+            "connectorId": 1, "idTag": "TAG", "meterStart": 0, "timestamp": now()}]).decode()
         kafka = stack.kafka_process()
 
         async def scenario() -> tuple[list, list]:
@@ -162,29 +165,37 @@ def test_a_call_is_answered_only_once_kafka_has_its_events(kafka_settings, tmp_p
                 assert orjson.loads(await ws.recv())[0] == 3
                 assert await asyncio.to_thread(kafka.stop)
                 during = []
-                for _ in range(2):
-                    await ws.send(meter)
+                for frame in (meter, meter, start):
+                    await ws.send(frame)
                     during.append(orjson.loads(await asyncio.wait_for(ws.recv(), 20)))
                 assert await asyncio.to_thread(kafka.start)
                 after = []
-                deadline = time.monotonic() + 45
-                while time.monotonic() < deadline:
-                    await ws.send(meter)  # the charger retries the same CALL
-                    answer = orjson.loads(await asyncio.wait_for(ws.recv(), 20))
-                    after.append(answer)
-                    if answer[0] == 3:
-                        break
+                for frame in (meter, start):
+                    deadline = time.monotonic() + 45
+                    while time.monotonic() < deadline:
+                        await ws.send(frame)  # the charger retries the same CALL
+                        answer = orjson.loads(await asyncio.wait_for(ws.recv(), 20))
+                        after.append(answer)
+                        if answer[0] == 3:
+                            break
                 return during, after
 
         with running_gateway(settings, ack_timeout_s=1.5) as gateway:
             during, after = asyncio.run(scenario())
             failures = gateway.metric("evguard_gateway_kafka_produce_failures_total")
-        stored = [parse_telemetry(m.value()) for m in read_topic(private, topic, 3,
+        stored = [parse_telemetry(m.value()) for m in read_topic(private, topic, 4,
                                                                    timeout=20)]
-    assert [d[:3] for d in during] == [[4, "mv-1", "InternalError"]] * 2
-    assert failures >= 2
-    assert after[-1] == [3, "mv-1", {}]
-    assert all(a[0] == 4 for a in after[:-1])
+    assert [d[:3] for d in during] == [[4, "mv-1", "InternalError"]] * 2 + [
+        [4, "st-1", "InternalError"]]
+    assert failures >= 3
+    results = [a for a in after if a[0] == 3]
+    assert [r[:2] for r in results] == [[3, "mv-1"], [3, "st-1"]] and results[0][2] == {}
+    assert all(a[0] == 4 for a in after if a not in results)
+    transaction_id = str(results[1][2]["transactionId"])
+    # the fresh state dir's first id: each retry got the id of the unstored first answer
+    assert transaction_id == "1"
+    started = [e for e in stored if e.kind == "transaction_started"]
+    assert started and {e.transaction_id for e in started} == {transaction_id}
     meters = {e.event_id for e in stored if e.kind == "meter"}
     assert meters == {f"{cp_id}:mv-1:0"}  # retries repeat the id: one event after dedup
     assert next(e.measurands for e in stored if e.kind == "meter") == {"energy_wh": 1234.0}
