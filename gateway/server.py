@@ -125,7 +125,6 @@ class GatewayServer:
         self.registry = registry
         self.metrics = metrics
         self.active: dict[str, ServerConnection] = {}
-        self._accepted: dict[int, ChargePointInfo] = {}
 
     def serve(self, host: str | None = None, port: int | None = None) -> serve:
         """The websockets server (an async context manager; `await` it to start it)."""
@@ -170,11 +169,11 @@ class GatewayServer:
         if info is None:
             return self._refuse(connection, HTTPStatus.UNAUTHORIZED, "bad_credentials",
                                 f"wrong or missing password for {charge_point_id!r}")
-        self._accepted[id(connection)] = info
+        connection.evguard_charge_point = info  # type: ignore[attr-defined]  # for _run
         return None
 
     async def _run(self, connection: ServerConnection) -> None:
-        info = self._accepted.pop(id(connection), None)
+        info: ChargePointInfo | None = getattr(connection, "evguard_charge_point", None)
         version = SUBPROTOCOLS.get(connection.subprotocol or "")
         if info is None or version is None:  # cannot happen after _check_request
             await connection.close(1011, "not accepted")
