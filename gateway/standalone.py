@@ -17,7 +17,7 @@ What each frame gets back:
 - a frame without a readable id: counted and logged; 2.0.1 gets RpcFrameworkError with id
   "-1", 1.6 nothing;
 - over the rate limit (`ocpp_max_messages_per_s`, bursts of twice that): CALLERROR
-  GenericError, and the frame is not processed. The connection stays open: a charger
+  GenericError when its id can be read, and the frame is not processed (nor logged). The connection stays open: a charger
   catching up after an outage is bursty, and OCPP has it retry on CALLERROR.
 """
 
@@ -181,15 +181,27 @@ class StandaloneCsms:
         self.metrics.call_errors.labels(code).inc()
         return encode_call_error(message_id, code, description)
 
+    def _over_limit(self, message_id: str | None) -> str | None:
+        self.metrics.rate_limited.inc()
+        if message_id is None:
+            return None
+        return self._error(message_id, "GenericError",
+                           f"over {self.settings.ocpp_max_messages_per_s:g} messages/s: "
+                           "send again later")
+
     async def handle_frame(self, text: str | bytes, state: ConnectionState,
                            limit: RateLimit) -> str | None:
         """The answer to one frame of the charger, or None (see the module doc)."""
         started, received = time.monotonic(), self.clock()
         version = state.version
+        # over the limit a frame is only read as far as its id: no schema work, no log line
+        allowed = limit.allow()
         try:
-            frame = parse_frame(text, version)
+            frame = parse_frame(text, version, validate=allowed)
         except FrameError as error:
             self.metrics.frames.labels("charger", "invalid").inc()
+            if not allowed:
+                return self._over_limit(error.message_id if error.is_call else None)
             if error.message_id is None:
                 self.metrics.unparseable.inc()
                 log.warning("%s sent an unreadable frame (%s): %.200r", state.charge_point_id,
@@ -203,11 +215,8 @@ class StandaloneCsms:
             self.metrics.frames.labels("charger", "unsolicited_result").inc()
             return None
         self.metrics.frames.labels("charger", frame.action).inc()
-        if not limit.allow():
-            self.metrics.rate_limited.inc()
-            return self._error(frame.message_id, "GenericError",
-                               f"over {self.settings.ocpp_max_messages_per_s:g} messages/s: "
-                               "send again later")
+        if not allowed:
+            return self._over_limit(frame.message_id)
         events = normalise(frame, text, "charger", state, received)
         retry_key = (state.charge_point_id, frame.message_id, frame.action)
         unstored = self._unstored.pop(retry_key, None)

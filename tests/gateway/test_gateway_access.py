@@ -90,10 +90,16 @@ def test_over_the_rate_limit_calls_get_generic_error_and_the_connection_stays(ac
             for i in range(25):  # burst of 2 x 5/s allowed, then refused
                 await ws.send(f'[2,"r{i}","Heartbeat",{{}}]')
                 answers.append(orjson.loads(await asyncio.wait_for(ws.recv(), 10)))
+            await ws.send("garbage while over the limit")  # not even read: no answer
+            await ws.send('[2,"next","Heartbeat",{}]')
+            answers.append(orjson.loads(await asyncio.wait_for(ws.recv(), 10)))
             await asyncio.sleep(0.5)
             await ws.send('[2,"later","Heartbeat",{}]')
             return answers, orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+    unparseable = access_gateway.metric("evguard_gateway_unparseable_frames_total")
     answers, later = asyncio.run(scenario())
+    assert answers[-1][:3] == [4, "next", "GenericError"]
+    assert access_gateway.metric("evguard_gateway_unparseable_frames_total") == unparseable
     refused = [a for a in answers if a[0] == 4]
     assert refused and all(a[2] == "GenericError" for a in refused)
     assert sum(a[0] == 3 for a in answers) >= 10
