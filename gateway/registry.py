@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import tempfile
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.settings import Settings
+
+log = logging.getLogger("evguard.gateway.registry")
 
 SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1}
 MAX_ID_LENGTH = 48  # 1.6 chargeBoxIdentity is CiString25; 2.0.1 identity is string[48]
@@ -134,9 +137,11 @@ class Registry:
         self._verified: dict[str, bytes] = {}
         self._key = secrets.token_bytes(32)
         self._lock = threading.Lock()
-        self.reload()
+        self.reload(strict=True)
 
-    def reload(self) -> None:
+    def reload(self, strict: bool = False) -> None:
+        """Read the file again if it changed. A broken file raises RegistryError when
+        `strict` (at start), else it is logged and the previous entries stay."""
         try:
             stat = self.path.stat()
             stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)  # os.replace: new inode
@@ -144,7 +149,14 @@ class Registry:
             stamp = None
         if stamp == self._stamp and self._stamp is not None:
             return
-        entries = load_entries(self.path)
+        try:
+            entries = load_entries(self.path)
+        except RegistryError:
+            if strict:
+                raise
+            log.exception("keeping the previous charge point registry")
+            self._stamp = stamp  # tried once per change of the file
+            return
         with self._lock:
             self._entries, self._stamp = entries, stamp
             self._verified.clear()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from evguard.cli import app
-from gateway.registry import Registry, add_charger, password_matches
+from gateway.registry import Registry, RegistryError, add_charger, password_matches
 
 runner = CliRunner()
 
@@ -60,3 +61,14 @@ def test_the_registry_authenticates_and_picks_up_a_changed_file(tmp_path):
     assert registry.authenticate("CP-9", None).known
     open_door = Registry(path, allow_unknown=True).authenticate("CP-NEW", None)
     assert open_door is not None and not open_door.known and open_door.site == ""
+
+
+def test_a_broken_registry_fails_at_start_but_not_a_running_gateway(tmp_path):
+    path = tmp_path / "cps.json"
+    add_charger(path, "CP-1", "caltech", None)
+    registry = Registry(path)
+    path.write_text("{not json")
+    registry.reload()  # logged; the chargers already known still get in
+    assert registry.authenticate("CP-1", None).site == "caltech"
+    with pytest.raises(RegistryError, match="unreadable"):
+        Registry(path)  # a broken registry does not start a gateway
