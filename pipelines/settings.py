@@ -249,7 +249,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         elif isinstance(value, list):
             value = json.dumps(value)
         elif isinstance(value, Path):
-            value = str(value.resolve())
+            unset = value == Path("") and Settings.model_fields[name].default == Path("")
+            value = "" if unset else str(value.resolve())  # "" keeps "empty = the default"
         elif isinstance(value, bool):
             value = "true" if value else "false"
         env[f"EVGUARD_{name.upper()}"] = str(value)
