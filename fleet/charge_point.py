@@ -223,7 +223,7 @@ class SimulatedChargePoint201(_Stamped, ChargePoint201):
                           state=_CHARGING_STATES.get(status, "EVConnected"), watch=watch)
 
     async def report_fault(self, error_code: str, at: float, watch: bool = False) -> None:
-        await self.status("Faulted", at, watch=watch)
+        # the error code first (its NotifyEvent), so the Faulted alert can name it
         self.event_seq += 1
         await self.send(call201.NotifyEvent(generated_at=charger_time(at), seq_no=self.event_seq,
                                             event_data=[{
@@ -237,7 +237,8 @@ class SimulatedChargePoint201(_Stamped, ChargePoint201):
                                                 "component": {"name": "Connector", "evse": {
                                                     "id": 1, "connector_id": 1}},
                                                 "variable": {"name": "Problem"}}]),
-                        validate=self.validate)
+                        watch=watch, validate=self.validate)
+        await self.status("Faulted", at)
 
     async def stop_transaction(self, register_wh: float, at: float, reason: str,
                                id_tag: str, offline: bool = False) -> None:

@@ -261,6 +261,26 @@ def transaction_event_201(ctx: EventContext, payload: dict,
     return events
 
 
+def notify_event_201(ctx: EventContext, payload: dict, result: Any) -> list[TelemetryEvent]:
+    """A connector's device-model `Problem` variable raised (not cleared): 2.0.1 reports the
+    error code of a fault here (`techCode`), since its StatusNotification carries none. It
+    becomes a Faulted status with that code; other event data carry no telemetry."""
+    events = []
+    for item in _list(payload.get("eventData")):
+        item = _dict(item)
+        component, variable = _dict(item.get("component")), _dict(item.get("variable"))
+        if (component.get("name") != "Connector" or variable.get("name") != "Problem"
+                or str(item.get("actualValue")).lower() != "true" or item.get("cleared")):
+            continue
+        evse = _dict(component.get("evse")).get("id")
+        events.append(ctx.event(
+            len(events), "status", evse if type(evse) is int else 0, item.get("transactionId"),
+            item.get("timestamp"), status="Faulted",
+            error_code=(_text(item.get("techCode"), 64) or "Problem"),
+            details=_details(info=_text(item.get("techInfo")), trigger=item.get("trigger"))))
+    return events
+
+
 EventMaker = Callable[[EventContext, dict, Any], list[TelemetryEvent]]
 CALL_EVENTS: dict[str, dict[str, EventMaker]] = {
     "1.6": {"BootNotification": boot_16, "Heartbeat": heartbeat,
@@ -268,7 +288,7 @@ CALL_EVENTS: dict[str, dict[str, EventMaker]] = {
             "StopTransaction": stop_transaction_16},
     "2.0.1": {"BootNotification": boot_201, "Heartbeat": heartbeat,
               "StatusNotification": status_201, "MeterValues": meter_values_201,
-              "TransactionEvent": transaction_event_201},
+              "TransactionEvent": transaction_event_201, "NotifyEvent": notify_event_201},
 }
 RESULT_EVENTS: dict[str, dict[str, EventMaker]] = {
     "1.6": {"StartTransaction": start_transaction_16},

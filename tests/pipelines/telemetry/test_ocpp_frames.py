@@ -335,3 +335,23 @@ def test_any_input_raises_nothing_but_frame_error_and_normalises_without_raising
     for sender in ("charger", "csms"):
         for event in normalise(frame, text, sender, s, 1.0e9):
             parse_telemetry(encode_telemetry(event))  # every event is a valid contract value
+
+
+def test_a_201_connector_problem_event_is_a_faulted_status_with_its_tech_code():
+    s = state("2.0.1")
+
+    def problem(message_id: str, **item) -> list:
+        data = {"eventId": 1, "timestamp": T0, "trigger": "Alerting", "actualValue": "true",
+                "techCode": "GroundFailure", "eventNotificationType": "HardWiredNotification",
+                "transactionId": "tx-9", "component": {"name": "Connector",
+                                                       "evse": {"id": 2, "connectorId": 1}},
+                "variable": {"name": "Problem"}, **item}
+        return feed(s, "charger", encode_call(message_id, "NotifyEvent", {
+            "generatedAt": T0, "seqNo": 0, "eventData": [data]}))
+
+    (event,) = problem("n1")
+    assert (event.kind, event.status, event.error_code) == ("status", "Faulted", "GroundFailure")
+    assert (event.connector_id, event.transaction_id, event.charger_ts) == (2, "tx-9", EPOCH_T0)
+    assert problem("n2", cleared=True) == []
+    assert problem("n3", actualValue="false") == []
+    assert problem("n4", variable={"name": "AvailabilityState"}) == []
