@@ -2,7 +2,7 @@
 
 Queue `settings.monitoring_queue` (default `monitoring`) is bound to `score.#`
 (score results, contract §5), `station.#` (station alert events, §5a), `live.#`
-(live alert events, §5b) and `connector.#` (connector snapshots, §5c).
+(live alert events, §5b) and `connector.#` (batches of connector snapshots, §5c).
 Messages are stored in micro-batches, one transaction per table, and acked (all
 at once) only after the commits; a redelivery stores nothing twice because the
 store ignores a second (sessionID, model version) and a second (alert_id,
@@ -29,7 +29,7 @@ from monitoring.rabbit import TRANSIENT_ERRORS, QueueConsumer
 from pipelines.contracts.connector_status import (
     ConnectorStatusMessage,
     InvalidConnectorStatus,
-    parse_connector_status,
+    parse_connector_statuses,
 )
 from pipelines.contracts.live_alert import InvalidLiveAlert, LiveAlertMessage, parse_live_alert
 from pipelines.contracts.score_result import InvalidScoreResult, ScoreResult, parse_score_result
@@ -68,8 +68,10 @@ class DrainStats:
     station_duplicates: int = 0
     live_alerts: int = 0
     live_duplicates: int = 0
+    connector_messages: int = 0  # batches of snapshots received (each holds many)
     connector_snapshots: int = 0  # applied
-    connector_stale: int = 0  # redelivered, or older than the stored one: not applied
+    connector_stale: int = 0  # redelivered, older than the stored one, or a newer one in
+    # the same batch: not applied
 
 
 @dataclass
@@ -81,6 +83,7 @@ class _Pending:
     snapshots: list[ConnectorStatusMessage] = field(default_factory=list)
     poison: list[tuple[str, bytes, str]] = field(default_factory=list)  # error, body, key
     since: float = 0.0
+    size: int = 0  # messages, with a status batch counted as its snapshots
 
 
 def retrain_policy(settings: Settings) -> RetrainPolicy:
@@ -143,7 +146,7 @@ class MonitoringConsumer:
                 if not pending.tags:
                     pending.since = time.monotonic()
                 self._add(pending, method.delivery_tag, body, method.routing_key)
-                if (len(pending.tags) >= self.batch_size
+                if (pending.size >= self.batch_size
                         or time.monotonic() - pending.since >= self.max_wait_s):
                     self._flush(pending)
                     pending = _Pending()
@@ -158,6 +161,7 @@ class MonitoringConsumer:
 
     def _add(self, pending: _Pending, tag: int, body: bytes, key: str) -> None:
         pending.tags.append(tag)
+        pending.size += 1
         self.stats.received += 1
         try:
             if key.startswith(STATION_PREFIX):
@@ -165,7 +169,10 @@ class MonitoringConsumer:
             elif key.startswith(LIVE_PREFIX):
                 pending.live_alerts.append(parse_live_alert(body))
             elif key.startswith(CONNECTOR_PREFIX):
-                pending.snapshots.append(parse_connector_status(body))
+                self.stats.connector_messages += 1
+                snapshots = parse_connector_statuses(body)  # a bad element: all is poison
+                pending.snapshots.extend(snapshots)
+                pending.size += len(snapshots) - 1
             else:
                 pending.results.append(parse_score_result(body))
         except POISON as exc:

@@ -9,7 +9,8 @@ One member of the consumer group `settings.telemetry_group`, reading
    unless the state already applied that offset (a redelivery after a crash); the timer
    (`on_tick`, on a stream clock carried by the wall clock) finds silent connectors;
 3. **publish** the live alerts (persistent) and the connector snapshots that changed or are
-   due (every `telemetry_status_interval_s` per charging connector) with confirms;
+   due (every `telemetry_status_interval_s` per charging connector), one message per site
+   holding the batch's snapshots of that site, with confirms;
 4. **hand off** each finished transaction as an ACN session to `settings.topic_sessions`;
 5. **write the state** changes to the compacted changelog;
 6. **commit** the batch's offsets once all of 3-5 are acknowledged, batches in order.
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from keyed_state import KeyedStateStore
-from pipelines.contracts.connector_status import encode_connector_status
+from pipelines.contracts.connector_status import encode_connector_statuses
 from pipelines.contracts.dead_letters import session_dead_letter_headers
 from pipelines.contracts.live_alert import encode_live_alert, live_routing_key
 from pipelines.contracts.sessions import Source, encode_session, session_key
@@ -107,6 +108,7 @@ class ProcessorReport:
     live_alerts: int = 0
     sessions: int = 0
     snapshots: int = 0
+    status_messages: int = 0
     batches: int = 0
     seconds: float = 0.0
 
@@ -331,15 +333,7 @@ class TelemetryProcessor:
         if self._assigned and wall - self._last_tick >= self.options.tick_s:
             self._last_tick = wall
             self._tick(amqp, snapshots, wall)
-        for key, p in snapshots.items():
-            conn = self._state.partition(p).get(key) if p in self._assigned else None
-            if conn is None:
-                continue
-            sent[key] = wall
-            message = connector_status(conn, wall, self.name)
-            amqp.append((message.routing_key, encode_connector_status(message), False))
-        report.snapshots += len(snapshots)
-        self.metrics.snapshots.inc(len(snapshots))
+        self._status_messages(snapshots, wall, amqp)
         self._publisher.publish(amqp, ticket)
         for summary in summaries:
             self._hand_off(summary, ticket)
@@ -351,6 +345,23 @@ class TelemetryProcessor:
         if report.redelivered > redelivered:
             self.metrics.redelivered.inc(report.redelivered - redelivered)
         self._inflight.append(ticket)
+
+    def _status_messages(self, snapshots: dict[str, int], wall: float, amqp: list) -> None:
+        """The batch's snapshots (one per changed or due connector), as one transient message
+        per site (split at the contract's cap), not one per connector: AMQP framing and
+        confirms cost more per message than the detectors per sample."""
+        sent, messages, before = self._status_sent, [], len(amqp)
+        for key, p in snapshots.items():
+            conn = self._state.partition(p).get(key) if p in self._assigned else None
+            if conn is None:
+                continue
+            sent[key] = wall
+            messages.append(connector_status(conn, wall, self.name))
+        amqp.extend((routing_key, body, False)
+                    for routing_key, body in encode_connector_statuses(messages))
+        self.report.snapshots += len(messages)
+        self.report.status_messages += len(amqp) - before
+        self.metrics.snapshots.inc(len(messages))
 
     def _alert_message(self, alert: LiveAlert, wall: float) -> tuple[str, bytes, bool]:
         log.info("live %s %s on %s/%d (%s): %s", alert.kind, alert.status,

@@ -1,16 +1,18 @@
-"""The connector status (contract §5c): what one connector is doing now, for the live view.
+"""The connector status (contract §5c): what connectors are doing now, for the live view.
 
-The telemetry processor publishes one snapshot per connector when its state changes
-and at most every few seconds while it charges, routed `connector.<siteID>.status` on
-the score exchange. The monitoring consumer keeps the latest per connector (by
-`updated_at`), and the dashboard's live view reads that. Snapshots are idempotent: a
-redelivered or older snapshot never replaces a newer one.
+The telemetry processor publishes, per micro-batch and site, ONE message holding the newest
+snapshot of every connector of that site that changed in the batch (or is due: at most every
+few seconds while it charges), at most `MAX_SNAPSHOTS` per message (a larger batch is split),
+routed `connector.<siteID>.status` on the score exchange. A message per snapshot cost the
+processor more in AMQP framing and confirms than the detectors cost. The monitoring consumer
+keeps the latest per connector (by `updated_at`), and the dashboard's live view reads that.
+Snapshots are idempotent: a redelivered or older snapshot never replaces a newer one.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,12 +26,16 @@ SCHEMA = "evguard.connector_status/1"
 STATES = (*STATUSES, "Offline")
 MAX_LENGTH = {"chargePointId": 128, "transactionId": 64, "siteID": 32, "processor": 128,
               "errorCode": 64}
+# ~280 bytes of JSON a snapshot: a full message stays near 140 KB
+MAX_SNAPSHOTS = 500
+# a poison message's reason names at most this many bad elements (it travels in a header)
+MAX_REASONS = 10
 _ROUTING_WILDCARDS = str.maketrans({".": "_", "*": "_", "#": "_"})
 NUMBERS = ("power_w", "energy_wh", "current_a", "current_offered_a", "temperature_c")
 
 
 class InvalidConnectorStatus(ValueError):
-    """A message body that is not a valid `evguard.connector_status/1` snapshot."""
+    """A message body that is not a valid `evguard.connector_status/1` batch."""
 
 
 @dataclass(frozen=True)
@@ -70,34 +76,89 @@ def connector_routing_key(site_id: str) -> str:
 
 
 def _number(value: Any) -> float | None:
+    if type(value) is float:  # the processor's case, kept short
+        return value if math.isfinite(value) else None
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return None
 
 
-def connector_status_body(message: ConnectorStatusMessage) -> dict:
-    """The JSON object of one snapshot (contract §5c)."""
+# ---- encoding (the processor's side: cheap, no validation beyond what JSON needs) ----------
+def _element(m: ConnectorStatusMessage, updated_at: str) -> dict:
+    number = _number
     return {
-        "schema": SCHEMA,
-        "chargePointId": message.charge_point_id,
-        "connectorId": message.connector_id,
-        "siteID": message.site_id,
-        "state": message.state,
-        "transactionId": message.transaction_id,
-        **{name: _number(getattr(message, name)) for name in NUMBERS},
-        "errorCode": message.error_code,
-        "last_sample_at": epoch_to_iso(message.last_sample_ts),
-        "updated_at": epoch_to_iso(message.updated_ts),
-        "open_alerts": list(message.open_alerts),
-        "processor": message.processor,
+        "chargePointId": m.charge_point_id,
+        "connectorId": m.connector_id,
+        "state": m.state,
+        "transactionId": m.transaction_id,
+        "power_w": number(m.power_w),
+        "energy_wh": number(m.energy_wh),
+        "current_a": number(m.current_a),
+        "current_offered_a": number(m.current_offered_a),
+        "temperature_c": number(m.temperature_c),
+        "errorCode": m.error_code,
+        "last_sample_at": epoch_to_iso(m.last_sample_ts),
+        "updated_at": updated_at,
+        "open_alerts": list(m.open_alerts),
     }
 
 
-def encode_connector_status(message: ConnectorStatusMessage) -> bytes:
-    """The message body (UTF-8 JSON); publish it under `message.routing_key`."""
-    return orjson.dumps(connector_status_body(message))
+def snapshot_element(message: ConnectorStatusMessage) -> dict:
+    """One element of a batch's `connectors` list (the site and processor are the batch's)."""
+    return _element(message, epoch_to_iso(message.updated_ts))
 
 
+def connector_status_body(site_id: str, processor: str,
+                          snapshots: Iterable[ConnectorStatusMessage]) -> dict:
+    """The JSON object of one batch of a site's snapshots (contract §5c)."""
+    # a processor batch makes all its snapshots at one time: format it once
+    updated: dict[float, str] = {}
+    elements = []
+    for s in snapshots:
+        text = updated.get(s.updated_ts)
+        if text is None:
+            text = updated[s.updated_ts] = epoch_to_iso(s.updated_ts)
+        elements.append(_element(s, text))
+    return {"schema": SCHEMA, "siteID": site_id, "processor": processor, "connectors": elements}
+
+
+def encode_connector_statuses(snapshots: Iterable[ConnectorStatusMessage],
+                              max_snapshots: int = MAX_SNAPSHOTS) -> list[tuple[str, bytes]]:
+    """The messages of a batch of snapshots: one per (site, processor), split every
+    `max_snapshots`; (routing key, UTF-8 JSON body) pairs, in first-seen order. The caller
+    keeps one snapshot per connector (the newest) in `snapshots`."""
+    groups: dict[tuple[str, str], list[ConnectorStatusMessage]] = {}
+    for snapshot in snapshots:
+        groups.setdefault((snapshot.site_id, snapshot.processor), []).append(snapshot)
+    out = []
+    for (site, processor), group in groups.items():
+        key = connector_routing_key(site)
+        for start in range(0, len(group), max_snapshots):
+            out.append((key, orjson.dumps(connector_status_body(
+                site, processor, group[start:start + max_snapshots]))))
+    return out
+
+
+EXAMPLE_CONNECTOR_STATUS = {
+    "schema": SCHEMA,
+    "siteID": "caltech",
+    "processor": "telemetry-1",
+    "connectors": [
+        {"chargePointId": "CP-0042", "connectorId": 1, "state": "Charging",
+         "transactionId": "1187", "power_w": 6480.0, "energy_wh": 5321.0, "current_a": 27.0,
+         "current_offered_a": 32.0, "temperature_c": 31.5, "errorCode": "",
+         "last_sample_at": "2019-04-26T10:15:00.312000+00:00",
+         "updated_at": "2019-04-26T10:15:00.402000+00:00", "open_alerts": []},
+        {"chargePointId": "CP-0043", "connectorId": 2, "state": "Offline",
+         "transactionId": "1190", "power_w": 7200.0, "energy_wh": 880.0, "current_a": 30.0,
+         "current_offered_a": 32.0, "temperature_c": None, "errorCode": "",
+         "last_sample_at": "2019-04-26T10:14:31.090000+00:00",
+         "updated_at": "2019-04-26T10:15:00.402000+00:00", "open_alerts": ["silent"]},
+    ],
+}
+
+
+# ---- parsing (the consumers' side) ----------------------------------------------------------
 def _epoch(value: Any, name: str) -> float:
     try:
         return iso_to_epoch(value)
@@ -115,21 +176,9 @@ def _text(body: Mapping[str, Any], key: str, required: bool = True) -> str:
     return value
 
 
-def parse_connector_status(body: bytes | str) -> ConnectorStatusMessage:
-    """Decode and check one snapshot.
-
-    Raises:
-        InvalidConnectorStatus: not JSON, another schema, or a field missing or of the
-            wrong type. The message says which.
-    """
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidConnectorStatus(f"not JSON: {exc}") from exc
+def _snapshot(data: Any, site_id: str, processor: str) -> ConnectorStatusMessage:
     if not isinstance(data, dict):
         raise InvalidConnectorStatus(f"expected a JSON object, got {type(data).__name__}")
-    if data.get("schema") != SCHEMA:
-        raise InvalidConnectorStatus(f"schema must be {SCHEMA!r}, got {data.get('schema')!r:.80}")
     connector = data.get("connectorId")
     if type(connector) is not int or connector < 0:
         raise InvalidConnectorStatus(f"connectorId must be an integer >= 0, got {connector!r:.80}")
@@ -145,7 +194,7 @@ def parse_connector_status(body: bytes | str) -> ConnectorStatusMessage:
     return ConnectorStatusMessage(
         charge_point_id=_text(data, "chargePointId"),
         connector_id=connector,
-        site_id=_text(data, "siteID", required=False),
+        site_id=site_id,
         state=state,
         transaction_id=transaction,
         **{name: _number(data.get(name)) for name in NUMBERS},
@@ -153,5 +202,48 @@ def parse_connector_status(body: bytes | str) -> ConnectorStatusMessage:
         last_sample_ts=_epoch(data.get("last_sample_at"), "last_sample_at"),
         updated_ts=_epoch(data.get("updated_at"), "updated_at"),
         open_alerts=tuple(alerts),
-        processor=_text(data, "processor", required=False),
+        processor=processor,
     )
+
+
+def parse_connector_statuses(body: bytes | str) -> list[ConnectorStatusMessage]:
+    """Decode and check one batch; its snapshots in the message's order.
+
+    A batch is taken whole or not at all: one bad element makes the whole message poison
+    (it comes from a broken producer, and the next batch carries newer snapshots anyway).
+
+    Raises:
+        InvalidConnectorStatus: not JSON, another schema, a bad `siteID`, `processor` or
+            `connectors` list, or bad elements; the message names each bad element by its
+            index and field (`connectors[3]: state must be one of ...`), up to `MAX_REASONS`.
+    """
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidConnectorStatus(f"not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidConnectorStatus(f"expected a JSON object, got {type(data).__name__}")
+    if data.get("schema") != SCHEMA:
+        raise InvalidConnectorStatus(f"schema must be {SCHEMA!r}, got {data.get('schema')!r:.80}")
+    site_id = _text(data, "siteID", required=False)
+    processor = _text(data, "processor", required=False)
+    elements = data.get("connectors")
+    if not isinstance(elements, list) or not elements:
+        raise InvalidConnectorStatus(f"connectors must be a non-empty list of snapshots, got "
+                                     f"{elements!r:.80}")
+    if len(elements) > MAX_SNAPSHOTS:
+        raise InvalidConnectorStatus(f"connectors holds {len(elements)} snapshots, at most "
+                                     f"{MAX_SNAPSHOTS} are allowed")
+    snapshots, reasons = [], []
+    for index, element in enumerate(elements):
+        try:
+            snapshots.append(_snapshot(element, site_id, processor))
+        except InvalidConnectorStatus as exc:
+            reasons.append(f"connectors[{index}]: {exc}")
+    if reasons:
+        more = len(reasons) - MAX_REASONS
+        raise InvalidConnectorStatus(
+            f"{len(reasons)} of {len(elements)} snapshots are invalid: "
+            + "; ".join(reasons[:MAX_REASONS])
+            + (f"; and {more} more" if more > 0 else ""))
+    return snapshots

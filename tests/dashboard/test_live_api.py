@@ -12,8 +12,8 @@ import pytest
 
 from pipelines.contracts.connector_status import (
     ConnectorStatusMessage,
-    encode_connector_status,
-    parse_connector_status,
+    encode_connector_statuses,
+    parse_connector_statuses,
 )
 from pipelines.contracts.live_alert import (
     LiveAlertMessage,
@@ -41,7 +41,9 @@ def snapshot(charge_point: str, now: float, state: str, age_s: float, power_w: f
         transaction_id=transaction, power_w=power_w, energy_wh=energy_wh, current_a=None,
         current_offered_a=None, temperature_c=None, error_code="", last_sample_ts=now - age_s,
         updated_ts=now - age_s + 0.1)
-    return parse_connector_status(encode_connector_status(message))
+    [(_key, body)] = encode_connector_statuses([message])
+    [parsed] = parse_connector_statuses(body)  # as the consumer reads it
+    return parsed
 
 
 def test_live_api_gives_connectors_with_offline_flags_and_alerts_open_first(dash_settings, served):

@@ -15,7 +15,7 @@ import pytest
 from evguard.services.stack import LocalStack
 from monitoring.alerter import AlertConsumer
 from monitoring.monitor import MonitoringConsumer
-from pipelines.contracts.connector_status import ConnectorStatusMessage, encode_connector_status
+from pipelines.contracts.connector_status import ConnectorStatusMessage, encode_connector_statuses
 from pipelines.contracts.live_alert import LiveAlertMessage, encode_live_alert, live_alert_id
 from pipelines.scores.store import MonitoringStore
 
@@ -47,10 +47,13 @@ def opened(charge_point: str, kind: str, ago_s: float, evidence: str) -> LiveAle
 
 
 def publish(kit, settings, messages) -> None:
+    """Live alerts one by one; a list of snapshots as the processor sends a batch's."""
     for message in messages:
-        body = (encode_live_alert(message) if isinstance(message, LiveAlertMessage)
-                else encode_connector_status(message))
-        kit.publish(settings, [body], key=message.routing_key)
+        if isinstance(message, LiveAlertMessage):
+            kit.publish(settings, [encode_live_alert(message)], key=message.routing_key)
+            continue
+        for key, body in encode_connector_statuses(message):
+            kit.publish(settings, [body], key=key)
 
 
 @pytest.fixture
@@ -113,16 +116,16 @@ def test_live_view_shows_connectors_ages_offline_and_live_alerts_without_reload(
     frozen = opened("CP-A", "meter_frozen", 3600, "energy register stuck at 5.1 kWh for 60 s")
     faulted = opened("CP-F", "faulted", 60, "Faulted with GroundFailure")
     publish(kit, live_settings, [
-        status("CP-A", 1, "Charging", 1, power_w=7200.0, energy_wh=5321.0, transaction="77",
-               alerts=("no_current",)),
-        status("CP-A", 2, "Available", 7200),
-        status("CP-B", 1, "Charging", 2, power_w=6600.0, energy_wh=800.0, transaction="78"),
-        status("CP-F", 1, "Faulted", 60, error="GroundFailure", alerts=("faulted",)),
+        [status("CP-A", 1, "Charging", 1, power_w=7200.0, energy_wh=5321.0, transaction="77",
+                alerts=("no_current",)),
+         status("CP-A", 2, "Available", 7200),
+         status("CP-B", 1, "Charging", 2, power_w=6600.0, energy_wh=800.0, transaction="78"),
+         status("CP-F", 1, "Faulted", 60, error="GroundFailure", alerts=("faulted",))],
         frozen, replace(frozen, status="closed", at_ts=frozen.first_sample_ts + 300,
                         evidence="the register moves again"),
         no_current, faulted])
     stats = monitor.drain(idle_s=0.6)
-    assert (stats.connector_snapshots, stats.live_alerts) == (4, 4)
+    assert (stats.connector_messages, stats.connector_snapshots, stats.live_alerts) == (1, 4, 4)
     outcomes = alerter.run(threading.Event(), idle_exit_s=0.6)
     assert (outcomes["live_emailed"], outcomes["live_closed"]) == (3, 1)
     emailed = store.get_live_alert(no_current.alert_id)
@@ -184,8 +187,9 @@ def test_live_view_shows_connectors_ages_offline_and_live_alerts_without_reload(
         publish(kit, live_settings, [
             replace(no_current, status="closed", at_ts=no_current.first_sample_ts + 45,
                     evidence="current 29.8 A again"),
-            status("CP-A", 1, "Finishing", 0.5, power_w=0.0, energy_wh=5400.0, transaction="77"),
-            late])
+            [status("CP-A", 1, "Finishing", 0.5, power_w=0.0, energy_wh=5400.0,
+                    transaction="77")],
+            [late]])
         stats = monitor.drain(idle_s=0.6)
         assert stats.connector_stale == 1
         expect(charging).to_have_attribute("data-state", "Finishing", timeout=10_000)

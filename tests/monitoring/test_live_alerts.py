@@ -20,7 +20,11 @@ from evguard.services.stack import LocalStack
 from monitoring.alerter import AlertConsumer
 from monitoring.monitor import MonitoringConsumer
 from monitoring.rabbit import queue_depth
-from pipelines.contracts.connector_status import ConnectorStatusMessage, encode_connector_status
+from pipelines.contracts.connector_status import (
+    ConnectorStatusMessage,
+    connector_status_body,
+    encode_connector_statuses,
+)
 from pipelines.contracts.dead_letters import dlq_name
 from pipelines.contracts.live_alert import (
     EXAMPLE_LIVE_ALERT,
@@ -61,14 +65,17 @@ def snapshot(charge_point: str, updated: float, state: str = "Charging", connect
 
 
 def publish(kit, settings, items: list, key: str = "") -> None:
-    """Publish contract messages under their own routing key, raw bytes under `key`."""
+    """Publish contract messages under their own routing key, raw bytes under `key`; a
+    snapshot goes as a batch of one, a list of snapshots as one batch."""
     for item in items:
         if isinstance(item, bytes):
             kit.publish(settings, [item], key=key)
         elif isinstance(item, LiveAlertMessage):
             kit.publish(settings, [encode_live_alert(item)], key=item.routing_key)
         else:
-            kit.publish(settings, [encode_connector_status(item)], key=item.routing_key)
+            batch = item if isinstance(item, list) else [item]
+            for routing_key, body in encode_connector_statuses(batch):
+                kit.publish(settings, [body], key=routing_key)
 
 
 def outbox(settings) -> list[email.message.EmailMessage]:
@@ -113,19 +120,22 @@ def test_live_alerts_are_stored_once_per_episode_and_connectors_keep_their_newes
     store.save_live_alerts([no_current])  # committed, then a crash before the ack: redelivered
     publish(kit, mon_settings, [no_current, snapshot("CP-1", T0 + 10), hot_closed_first,
                                 snapshot("CP-1", T0 + 30, power_w=0.0), hot])
-    publish(kit, mon_settings, [snapshot("CP-1", T0 + 20, power_w=9999.0),  # late: older
-                                snapshot("CP-1", T0 + 30, power_w=0.0),  # redelivered
-                                snapshot("CP-2", T0 + 5, state="Available", energy_wh=0.0)])
+    publish(kit, mon_settings, [[snapshot("CP-1", T0 + 20, power_w=9999.0),  # late: older
+                                 snapshot("CP-2", T0 + 5, state="Available", energy_wh=0.0)],
+                                snapshot("CP-1", T0 + 30, power_w=0.0)])  # redelivered
     bad_kind = json.dumps({**EXAMPLE_LIVE_ALERT, "kind": "smoke"}).encode()
     publish(kit, mon_settings, [bad_kind], key="live.caltech.smoke")
-    publish(kit, mon_settings, [b'{"schema": "evguard.connector_status/1"}'],
-            key="connector.caltech.status")
+    # a batch with one bad element is poison as a whole: its good snapshot is not stored
+    poison = connector_status_body("caltech", "telemetry-1", [snapshot("CP-3", T0 + 50)] * 3)
+    poison["connectors"][1]["connectorId"] = "one"
+    publish(kit, mon_settings, [json.dumps(poison).encode()], key="connector.caltech.status")
     kit.publish(mon_settings, [kit.score_message(station="CA-1")])
     publish(kit, mon_settings, [cleared, cleared])
 
     stats = consumer.drain(idle_s=0.6)
     consumer.close()
-    assert (stats.received, stats.stored, stats.dead_lettered) == (13, 1, 2)
+    assert (stats.received, stats.stored, stats.dead_lettered) == (12, 1, 2)
+    assert stats.connector_messages == 5
     assert (stats.live_alerts, stats.live_duplicates) == (3, 2)  # hot: closed, then open
     # the late and the redelivered snapshot are never applied (nor one that a newer
     # snapshot of the same batch supersedes)
@@ -162,7 +172,8 @@ def test_live_alerts_are_stored_once_per_episode_and_connectors_keep_their_newes
         "connector.caltech.status", "live.caltech.smoke"]
     reasons = {h["source_routing_key"]: h["error"] for h, _ in letters}
     assert "kind must be one of" in reasons["live.caltech.smoke"]
-    assert "connectorId" in reasons["connector.caltech.status"]
+    assert reasons["connector.caltech.status"].startswith(
+        "1 of 3 snapshots are invalid: connectors[1]: connectorId must be an integer")
     assert queue_messages(mon_settings, mon_settings.monitoring_queue) == []  # all acked
 
 
@@ -170,7 +181,7 @@ def test_live_alerts_and_snapshots_are_acked_only_after_they_are_stored(mon_sett
     consumer = MonitoringConsumer(mon_settings, store)
     assert consumer.rabbit.channel.is_open
     publish(kit, mon_settings, [live(f"CP-{i}", "meter_frozen") for i in range(3)]
-            + [snapshot("CP-9", T0 + i) for i in range(2)])
+            + [snapshot("CP-9", T0 + i) for i in range(2)])  # two batches of one
     with store.engine.begin() as conn:  # the store loses its table: every commit fails
         connectors.drop(conn)
     with pytest.raises(OperationalError):

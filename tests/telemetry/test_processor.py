@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Consumer
 
-from pipelines.contracts.connector_status import parse_connector_status
+from pipelines.contracts.connector_status import connector_routing_key, parse_connector_statuses
 from pipelines.contracts.live_alert import parse_live_alert
 from pipelines.contracts.sessions import session_key
 from pipelines.settings import settings_env
@@ -80,7 +80,10 @@ def test_every_live_fault_kind_is_alerted_and_finished_sessions_are_handed_off(
         produce_events(s, events)
         results = live_queue.wait_for(lambda r: len(opened(r)) >= len(kinds), 30)
         sessions = read_sessions(s, expected=len(kinds))
-        statuses = status_queue.wait_for(lambda r: len(r.bodies) > 0, 5)
+        everyone = {f"CP-{k}" for k in kinds} | {"CP-healthy"}
+        statuses = status_queue.wait_for(lambda r: everyone <= {
+            c["chargePointId"] for b in r.bodies for c in b["connectors"]}, 10)
+        report = processor.report
     alerts = opened(results)
     assert set(alerts) == {(f"CP-{kind}", kind) for kind in kinds}  # nothing on healthy ones
     for (_cp, kind), body in alerts.items():
@@ -100,7 +103,16 @@ def test_every_live_fault_kind_is_alerted_and_finished_sessions_are_handed_off(
     assert key.decode() == session_key(healthy) and healthy["sessionID"] == "CP-healthy_T1"
     assert abs(healthy["kWhDelivered"] - 30 * 208 * 300 / 3600 / 1000) < 0.01
     assert healthy["timezone"] == s.telemetry_timezone
-    assert all(parse_connector_status(orjson.dumps(b)) for b in statuses.bodies)
+    # snapshots travel in batches: one message per site and processor batch, each connector
+    # at most once in it, so there are fewer messages than snapshots
+    batches = [parse_connector_statuses(orjson.dumps(b)) for b in statuses.bodies]
+    for key, batch in zip(statuses.keys, batches, strict=True):
+        assert key == connector_routing_key("caltech") and {s.site_id for s in batch} == {"caltech"}
+        connectors = [(s.charge_point_id, s.connector_id) for s in batch]
+        assert len(connectors) == len(set(connectors))
+    assert {s.charge_point_id for batch in batches for s in batch} == everyone
+    assert max(len(batch) for batch in batches) > 1
+    assert report.status_messages < report.snapshots
     assert processor.report.dead_lettered == 0
 
 
@@ -198,8 +210,9 @@ def test_after_a_kill_the_state_is_restored_and_the_stream_goes_on_as_if_uninter
     process = _start_process(s, tmp_path / "processor.log")
     try:
         produce_events(s, events[:split])
-        status_queue.wait_for(lambda r: any(b["chargePointId"] == "CP-kill" and
-                                            b["last_sample_at"] for b in r.bodies), 40)
+        status_queue.wait_for(lambda r: any(c["chargePointId"] == "CP-kill" and
+                                            c["last_sample_at"] for b in r.bodies
+                                            for c in b["connectors"]), 40)
         time.sleep(1.0)  # its changelog writes are acknowledged within a batch or two
         os.kill(process.pid, signal.SIGKILL)
         assert process.wait(10) == -signal.SIGKILL

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import orjson
 import pytest
@@ -13,13 +14,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipelines.contracts.connector_status import (
+    EXAMPLE_CONNECTOR_STATUS,
+    MAX_REASONS,
+    MAX_SNAPSHOTS,
     STATES,
     ConnectorStatusMessage,
     InvalidConnectorStatus,
     connector_routing_key,
     connector_status_body,
-    encode_connector_status,
-    parse_connector_status,
+    encode_connector_statuses,
+    parse_connector_statuses,
 )
 from pipelines.contracts.live_alert import (
     EXAMPLE_LIVE_ALERT,
@@ -237,57 +241,150 @@ def snapshot(**changes) -> ConnectorStatusMessage:
     return ConnectorStatusMessage(**{**values, **changes})
 
 
-def test_a_connector_status_round_trips_with_its_routing():
+def only_message(snapshots: list[ConnectorStatusMessage]) -> tuple[str, bytes]:
+    messages = encode_connector_statuses(snapshots)
+    assert len(messages) == 1
+    return messages[0]
+
+
+def test_a_connector_status_batch_round_trips_with_its_routing():
     status = snapshot()
-    back = parse_connector_status(encode_connector_status(status))
-    assert back == status and back.routing_key == "connector.caltech.status"
-    offline = snapshot(state="Offline", transaction_id=None, power_w=None, open_alerts=())
-    assert parse_connector_status(encode_connector_status(offline)) == offline
+    offline = snapshot(connector_id=2, state="Offline", transaction_id=None, power_w=None,
+                       open_alerts=())
+    key, body = only_message([status, offline])
+    assert key == status.routing_key == "connector.caltech.status"
+    assert parse_connector_statuses(body) == [status, offline]
     assert "Offline" in STATES and "Occupied" in STATES
     assert connector_routing_key("x.y#") == "connector.x_y_.status"
     assert connector_routing_key("") == "connector._.status"
-    body = connector_status_body(snapshot(power_w=math.nan, current_a=math.inf,
-                                          energy_wh=True))  # not numbers: null, not an error
-    assert (body["power_w"], body["current_a"], body["energy_wh"]) == (None, None, None)
-    odd = {**orjson.loads(encode_connector_status(status)), "temperature_c": "hot"}
-    assert parse_connector_status(json.dumps(odd)).temperature_c is None
+    element = connector_status_body("caltech", "t-1", [snapshot(
+        power_w=math.nan, current_a=math.inf, energy_wh=True)])["connectors"][0]
+    assert (element["power_w"], element["current_a"], element["energy_wh"]) == (None, None, None)
+    data = orjson.loads(body)
+    data["connectors"][0]["temperature_c"] = "hot"  # not a number: null, not an error
+    assert parse_connector_statuses(json.dumps(data))[0].temperature_c is None
+
+
+def test_the_documented_example_is_the_modules_example_and_parses():
+    text = (Path(__file__).resolve().parents[3] / "docs" / "contracts.md").read_text()
+    section = text.split("## 5c. Connector status", 1)[1].split("```json", 1)[1].split("```", 1)[0]
+    assert json.loads(section) == EXAMPLE_CONNECTOR_STATUS
+    parsed = parse_connector_statuses(json.dumps(EXAMPLE_CONNECTOR_STATUS))
+    assert [(s.charge_point_id, s.site_id, s.processor, s.state) for s in parsed] == [
+        ("CP-0042", "caltech", "telemetry-1", "Charging"),
+        ("CP-0043", "caltech", "telemetry-1", "Offline")]
+    # the encoder writes what the example shows
+    assert [orjson.loads(b) for _k, b in encode_connector_statuses(parsed)] == [
+        EXAMPLE_CONNECTOR_STATUS]
+
+
+def test_snapshots_go_one_message_per_site_split_at_the_cap():
+    batch = ([snapshot(charge_point_id=f"CP-{i}") for i in range(MAX_SNAPSHOTS + 3)]
+             + [snapshot(charge_point_id="CP-jpl", site_id="jpl")]
+             + [snapshot(charge_point_id="CP-other", processor="t-2")])
+    messages = encode_connector_statuses(batch)
+    assert [k for k, _b in messages] == ["connector.caltech.status"] * 2 + [
+        "connector.jpl.status", "connector.caltech.status"]
+    parsed = [parse_connector_statuses(b) for _k, b in messages]
+    assert [len(p) for p in parsed] == [MAX_SNAPSHOTS, 3, 1, 1]
+    assert [s for p in parsed for s in p] == batch[:MAX_SNAPSHOTS + 3] + batch[-2:]
+    assert parsed[3][0].processor == "t-2"
+    assert [len(parse_connector_statuses(b)) for _k, b in encode_connector_statuses(
+        batch[:7], max_snapshots=3)] == [3, 3, 1]
+    assert encode_connector_statuses([]) == []
 
 
 @pytest.mark.parametrize(("name", "value", "words"), [
-    ("schema", "evguard.live_alert/1", "schema must be"), ("chargePointId", "", "chargePointId"),
+    ("chargePointId", "", "chargePointId"),
     ("connectorId", None, "connectorId"), ("connectorId", -1, "connectorId"),
     ("state", "Broken", "state must be one of"), ("state", None, "state must be one of"),
     ("transactionId", "", "transactionId"), ("transactionId", 7, "transactionId"),
     ("open_alerts", "no_current", "open_alerts"), ("open_alerts", [1], "open_alerts"),
     ("last_sample_at", "now", "last_sample_at"), ("updated_at", None, "updated_at"),
-    ("siteID", "s" * 33, "longer than 32"), ("errorCode", "e" * 65, "longer than 64"),
-    ("processor", 1, "processor"),
+    ("errorCode", "e" * 65, "longer than 64"),
 ])
-def test_each_broken_connector_status_field_is_named(name, value, words):
-    body = orjson.loads(encode_connector_status(snapshot()))
+def test_each_broken_snapshot_field_is_named_with_its_index(name, value, words):
+    data = orjson.loads(only_message([snapshot(connector_id=c) for c in range(3)])[1])
+    data["connectors"][1][name] = value
+    with pytest.raises(InvalidConnectorStatus,
+                       match=rf"^1 of 3 snapshots are invalid: connectors\[1\]: .*{words}"):
+        parse_connector_statuses(json.dumps(data))
+
+
+@pytest.mark.parametrize(("name", "value", "words"), [
+    ("schema", "evguard.live_alert/1", "schema must be"), ("siteID", "s" * 33, "longer than 32"),
+    ("processor", 1, "processor"), ("connectors", [], "non-empty list"),
+    ("connectors", {"chargePointId": "CP-1"}, "non-empty list"),
+    ("connectors", [{}] * (MAX_SNAPSHOTS + 1), f"at most {MAX_SNAPSHOTS}"),
+])
+def test_each_broken_batch_field_is_named(name, value, words):
+    body = orjson.loads(only_message([snapshot()])[1])
     with pytest.raises(InvalidConnectorStatus, match=words):
-        parse_connector_status(with_changes(body, **{name: value}))
+        parse_connector_statuses(with_changes(body, **{name: value}))
+
+
+def test_a_poison_batch_names_every_bad_element_up_to_the_limit():
+    data = orjson.loads(only_message([snapshot(connector_id=c) for c in range(40)])[1])
+    data["connectors"][3]["state"] = "Broken"
+    data["connectors"][17]["updated_at"] = "now"
+    data["connectors"][20] = "CP-1"
+    with pytest.raises(InvalidConnectorStatus) as caught:
+        parse_connector_statuses(json.dumps(data))
+    reason = str(caught.value)
+    assert reason.startswith("3 of 40 snapshots are invalid: connectors[3]: state must be")
+    assert "; connectors[17]: updated_at is not ISO-8601: 'now'" in reason
+    assert reason.endswith("; connectors[20]: expected a JSON object, got str")
+    for element in data["connectors"]:
+        if isinstance(element, dict):
+            element["connectorId"] = -1
+    with pytest.raises(InvalidConnectorStatus) as caught:
+        parse_connector_statuses(json.dumps(data))
+    reason = str(caught.value)
+    assert reason.startswith("40 of 40 snapshots are invalid: connectors[0]: connectorId")
+    assert f"connectors[{MAX_REASONS - 1}]:" in reason and f"connectors[{MAX_REASONS}]:" not in reason
+    assert reason.endswith(f"; and {40 - MAX_REASONS} more")
 
 
 @given(state=st.sampled_from(STATES), site=sites, power=numbers, energy=numbers, updated=times,
-       alerts=st.lists(st.sampled_from(KINDS), max_size=3))
-def test_any_connector_status_round_trips(state, site, power, energy, updated, alerts):
-    status = snapshot(state=state, site_id=site, power_w=power, energy_wh=energy,
-                      updated_ts=updated, last_sample_ts=updated - 1, open_alerts=tuple(alerts))
-    back = parse_connector_status(encode_connector_status(status))
-    assert (back.state, back.site_id, back.power_w, back.energy_wh, back.open_alerts) == (
-        state, site, power, energy, tuple(alerts))
-    assert back.updated_ts == pytest.approx(updated, abs=1e-6)
-    assert back.routing_key == connector_routing_key(site)
+       alerts=st.lists(st.sampled_from(KINDS), max_size=3), size=st.integers(1, 5))
+def test_any_connector_status_batch_round_trips(state, site, power, energy, updated, alerts,
+                                                size):
+    batch = [snapshot(connector_id=c, state=state, site_id=site, power_w=power,
+                      energy_wh=energy, updated_ts=updated + c, last_sample_ts=updated - 1,
+                      open_alerts=tuple(alerts)) for c in range(size)]
+    key, body = only_message(batch)
+    back = parse_connector_statuses(body)
+    assert [(b.connector_id, b.state, b.site_id, b.power_w, b.energy_wh, b.open_alerts)
+            for b in back] == [(c, state, site, power, energy, tuple(alerts))
+                               for c in range(size)]
+    assert [b.updated_ts for b in back] == pytest.approx([updated + c for c in range(size)],
+                                                         abs=1e-6)
+    assert key == connector_routing_key(site)
 
 
 @given(st.binary(max_size=200))
 def test_connector_status_and_telemetry_parse_never_raise_anything_else(raw):
     try:
-        parse_connector_status(raw)
+        parse_connector_statuses(raw)
     except InvalidConnectorStatus:
         pass
     try:
         parse_telemetry(raw)
     except InvalidTelemetry:
         pass
+
+
+@given(st.lists(st.one_of(st.none(), st.integers(), st.text(max_size=5),
+                          st.dictionaries(st.sampled_from(["chargePointId", "connectorId",
+                                                           "state", "updated_at"]),
+                                          st.one_of(st.none(), st.integers(), st.text())),
+                          st.just(EXAMPLE_CONNECTOR_STATUS["connectors"][0])),
+                max_size=6))
+def test_a_batch_of_any_elements_parses_whole_or_raises_only_its_error(elements):
+    try:
+        parsed = parse_connector_statuses(json.dumps({**EXAMPLE_CONNECTOR_STATUS,
+                                                      "connectors": elements}))
+    except InvalidConnectorStatus as exc:
+        assert "connectors" in str(exc)
+    else:
+        assert len(parsed) == len(elements) > 0
