@@ -177,6 +177,19 @@ def test_live_alerts_are_stored_once_per_episode_and_connectors_keep_their_newes
     assert queue_messages(mon_settings, mon_settings.monitoring_queue) == []  # all acked
 
 
+def test_a_batch_of_snapshots_counts_by_its_snapshots_toward_the_consumers_batch(
+        mon_settings, store, kit):
+    consumer = MonitoringConsumer(mon_settings, store, batch_size=3)
+    assert consumer.rabbit.channel.is_open
+    publish(kit, mon_settings, [[snapshot(f"CP-{i}", T0 + i) for i in range(5)],
+                                snapshot("CP-9", T0)])
+    stats = consumer.drain(idle_s=0.6)
+    consumer.close()
+    # five snapshots fill a batch of three on their own: stored before the next message
+    assert (stats.received, stats.connector_messages, stats.batches) == (2, 2, 2)
+    assert stats.connector_snapshots == 6 and len(rows(store, connectors)) == 6
+
+
 def test_live_alerts_and_snapshots_are_acked_only_after_they_are_stored(mon_settings, store, kit):
     consumer = MonitoringConsumer(mon_settings, store)
     assert consumer.rabbit.channel.is_open
