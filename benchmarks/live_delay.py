@@ -70,8 +70,11 @@ def quantiles(values: list[float]) -> dict[str, float | None]:
             "max": float(a.max())}
 
 
-def match(labels: list[dict], rows: list[dict], speedup: float) -> dict:
-    """Each label's episode (same charger, transaction and kind); the delays; the rest."""
+def match(labels: list[dict], rows: list[dict], speedup: float,
+          fleet_stop_ts: float = float("inf")) -> dict:
+    """Each label's episode (same charger, transaction and kind); the delays; the rest
+    (an episode that began as the fleet stopped, its chargers dropping their links
+    mid-transaction, is counted apart)."""
     by_key: dict[tuple, list[dict]] = {}
     for row in rows:
         by_key.setdefault((row["charge_point_id"], str(row["transaction_id"]), row["kind"]),
@@ -99,6 +102,9 @@ def match(labels: list[dict], rows: list[dict], speedup: float) -> dict:
         if row["alert_id"] in used:
             continue
         planted = labelled.get((row["charge_point_id"], str(row["transaction_id"])))
+        if row["first_received_ts"] >= fleet_stop_ts:
+            unmatched[f"at the fleet's stop: {row['kind']}"] += 1
+            continue
         unmatched[f"{planted}->{row['kind']}" if planted else f"unlabelled {row['kind']}"] += 1
     return {"found": found, "unmatched": dict(unmatched)}
 
@@ -219,6 +225,7 @@ def main() -> None:
             with open(logs / "fleet", "wb") as log:
                 code = subprocess.run(fleet, check=False, cwd=ROOT, env=env, stdout=log,
                                       stderr=subprocess.STDOUT).returncode
+            fleet_stop_ts = began + 60.0 * args.minutes - 1.0
             if code != 0:
                 raise SystemExit(f"evguard simulate exited {code}:\n"
                                  + (logs / "fleet").read_text()[-3000:])
@@ -231,7 +238,7 @@ def main() -> None:
                     r["email_state"] is not None for r in rows)
             wait_for(all_emailed, args.settle, interval=1.0)
             rows = store.live_alert_rows()
-            summary_path = labels_path.with_name(labels_path.name + ".summary.json")
+            summary_path = labels_path.with_suffix(".summary.json")
             fleet_summary = (json.loads(summary_path.read_text())
                              if summary_path.exists() else {})
         finally:
@@ -246,7 +253,7 @@ def main() -> None:
             store.close()
             stack.down()
 
-    matched = match(labels, rows, args.speedup)
+    matched = match(labels, rows, args.speedup, fleet_stop_ts)
     summary = summarise(labels, matched, kinds)
     report = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "

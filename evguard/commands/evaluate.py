@@ -155,12 +155,31 @@ def _live_table(report: dict) -> Table:
     return table
 
 
+def _live_policy(text: str | None):
+    """`samples=1,max_temperature_c=70` -> a `LivePolicy` with those thresholds changed."""
+    from dataclasses import fields
+
+    from pipelines.telemetry.detectors import DEFAULT_POLICY, LivePolicy
+
+    if not text:
+        return DEFAULT_POLICY
+    types = {f.name: type(getattr(DEFAULT_POLICY, f.name)) for f in fields(LivePolicy)}
+    changes = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, value = item.partition("=")
+        if name.strip() not in types or not value:
+            raise ValueError(f"--live-policy: {item!r} is not name=value with a name of "
+                             f"{sorted(types)}")
+        changes[name.strip()] = types[name.strip()](value)
+    return LivePolicy(**changes)
+
+
 def _live_faults(records: list[dict], seeds: list[int], sessions: int, interval: float,
-                 fault_rate: float) -> dict:
+                 fault_rate: float, policy_text: str | None) -> dict:
     from evaluation.live_faults import LiveEvalConfig, evaluate_live_faults
 
     config = LiveEvalConfig(sessions=sessions, sample_interval_s=interval,
-                            fault_rate=fault_rate)
+                            fault_rate=fault_rate, policy=_live_policy(policy_text))
     console.print(f"live faults: {sessions} sessions per seed, seeds {seeds}, meter values "
                   f"every {interval:g} s, {fault_rate:.0%} faulted", highlight=False)
     bar = progress_bar(48)
@@ -223,6 +242,9 @@ def evaluate(
         min=1.0, help="Live faults: seconds between meter values")] = 10.0,
     live_fault_rate: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="Live faults: share of sessions given a fault")] = 0.5,
+    live_policy: Annotated[str | None, typer.Option(
+        help="Live faults: detector thresholds changed, e.g. samples=1,max_temperature_c=70 "
+        "(names of pipelines.telemetry.detectors.LivePolicy)")] = None,
 ) -> None:
     """Evaluate evguard on real ACN exports with injected faults, next to the seed baseline.
 
@@ -258,11 +280,11 @@ def evaluate(
     if live_faults:
         with clear_errors(ValueError):
             live_report = _live_faults(records, _csv(live_seeds, int) or [1], live_sessions,
-                                       live_interval, live_fault_rate)
+                                       live_interval, live_fault_rate, live_policy)
         command = (f"evguard evaluate --live-faults --acn {' '.join(map(str, inputs))} "
                    f"--live-seeds {live_seeds} --live-sessions {live_sessions} "
                    f"--live-interval {live_interval:g} --live-fault-rate {live_fault_rate:g} "
-                   f"--out {out}")
+                   + (f"--live-policy {live_policy} " if live_policy else "") + f"--out {out}")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"command": command, "inputs": [str(p) for p in inputs],
                                    "live_faults": live_report}, indent=2, default=str))

@@ -130,9 +130,14 @@ def test_evaluate_command_runs_the_live_faults(tmp_path, sessions):
     out = tmp_path / "live.json"
     result = CliRunner().invoke(app, [
         "evaluate", "--live-faults", "--acn", str(exports), "--live-seeds", "1",
-        "--live-sessions", "12", "--live-interval", "60", "--out", str(out)])
+        "--live-sessions", "12", "--live-interval", "60", "--live-policy", "samples=1",
+        "--out", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
-    assert "--live-faults" in report["command"]
+    assert "--live-faults" in report["command"] and "--live-policy samples=1" in report["command"]
+    assert report["live_faults"]["config"]["policy"]["samples"] == 1
     assert set(report["live_faults"]["pooled"]["kinds"]) == set(FAULT_KINDS)
     assert "Live faults" in result.output
+    bad = CliRunner().invoke(app, ["evaluate", "--live-faults", "--acn", str(exports),
+                                   "--live-policy", "sample=1", "--out", str(out)])
+    assert bad.exit_code == 1 and "not name=value" in " ".join(bad.output.split())
