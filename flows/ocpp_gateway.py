@@ -18,6 +18,7 @@ from typing import Literal
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Cancelled, State
 from pydantic import BaseModel, Field
 
 from gateway.metrics import GatewayMetrics
@@ -129,8 +130,10 @@ def publish_summary(report: dict, mode: str, message: str) -> None:
 
 @flow(name="ocpp_gateway_flow",
       description="OCPP gateway: chargers over WebSocket (1.6J, 2.0.1) -> telemetry on Kafka")
-def ocpp_gateway_flow(params: GatewayParams = GatewayParams()) -> dict:  # noqa: B008
-    """Serve chargers until cancelled; returns the run's counters."""
+def ocpp_gateway_flow(params: GatewayParams = GatewayParams()) -> dict | State:  # noqa: B008
+    """Serve chargers until cancelled; returns the run's counters, as the data of a
+    Cancelled state when a signal (a cancelled run) stopped it, so the run ends Cancelled
+    rather than staying Cancelling."""
     overrides = {"ocpp_mode": params.mode, "ocpp_port": params.port,
                  "ocpp_metrics_port": params.metrics_port,
                  "ocpp_upstream_url": params.upstream_url,
@@ -153,7 +156,7 @@ def ocpp_gateway_flow(params: GatewayParams = GatewayParams()) -> dict:  # noqa:
                     ", unknown ones allowed" if registry.allow_unknown else "", metrics_port,
                     settings.topic_telemetry)
 
-    reason: list[str] = []
+    reason: list[str] = []  # why it stopped by itself; empty: a signal stopped it
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -174,4 +177,6 @@ def ocpp_gateway_flow(params: GatewayParams = GatewayParams()) -> dict:  # noqa:
     message = f"stopped: {reason[0] if reason else 'signal'}"
     publish_summary(report, mode.name, message)
     logger.info("gateway %s; %s", message, report)
+    if not reason:
+        return Cancelled(message=f"gateway {message}", data=report)
     return report

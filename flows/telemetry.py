@@ -15,6 +15,7 @@ from dataclasses import asdict, replace
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Cancelled, State
 from pydantic import BaseModel, Field
 
 from pipelines.settings import load_settings
@@ -53,8 +54,10 @@ def publish_summary(report: dict, message: str) -> None:
 
 @flow(name="telemetry_flow",
       description="Telemetry processor: OCPP telemetry -> live alerts, connector status, sessions")
-def telemetry_flow(params: TelemetryParams = TelemetryParams()) -> dict:  # noqa: B008
-    """Run the processor until cancelled; returns its counts."""
+def telemetry_flow(params: TelemetryParams = TelemetryParams()) -> dict | State:  # noqa: B008
+    """Run the processor until cancelled; returns its counts, as the data of a Cancelled
+    state when a signal (a cancelled run) stopped it, so the run ends Cancelled rather than
+    staying Cancelling."""
     overrides = {"telemetry_status_interval_s": params.status_interval_seconds}
     settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
     policy_changes = {"max_temperature_c": params.max_temperature_c,
@@ -66,10 +69,15 @@ def telemetry_flow(params: TelemetryParams = TelemetryParams()) -> dict:  # noqa
     logger.info("telemetry processor: %s -> live alerts on exchange %s, sessions to %s "
                 "(group %s)", settings.topic_telemetry, settings.rabbitmq_exchange,
                 settings.topic_sessions, settings.telemetry_group)
-    stop = threading.Event()
+    stop, expired = threading.Event(), threading.Event()  # SIGTERM sets only `stop`
+
+    def expire() -> None:
+        expired.set()
+        stop.set()
+
     timer = None
     if params.max_runtime_minutes:
-        timer = threading.Timer(params.max_runtime_minutes * 60, stop.set)
+        timer = threading.Timer(params.max_runtime_minutes * 60, expire)
         timer.daemon = True
         timer.start()
     try:
@@ -82,4 +90,6 @@ def telemetry_flow(params: TelemetryParams = TelemetryParams()) -> dict:  # noqa
     if outcome.code:
         raise RuntimeError(outcome.message)
     logger.info("processor stopped: %s", report)
+    if stop.is_set() and not expired.is_set():
+        return Cancelled(message=f"processor {outcome.message} on a signal", data=report)
     return report

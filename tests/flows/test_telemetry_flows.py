@@ -2,8 +2,8 @@
 
 The real broker, RabbitMQ and the fleet's OCPP chargers over real WebSockets: a 1.6 and a
 2.0.1 charger complete transactions through `ocpp_gateway_flow`, which stops cleanly on
-SIGTERM (what cancelling its deployment's run sends); `telemetry_flow` then turns that
-telemetry into a live alert and two handed-off sessions and stops once idle.
+SIGTERM (what cancelling its deployment's run sends) and ends Cancelled; `telemetry_flow`
+then turns that telemetry into a live alert and two handed-off sessions and stops once idle.
 """
 
 from __future__ import annotations
@@ -86,8 +86,9 @@ def test_the_gateway_and_processor_flows_carry_chargers_to_alerts_and_sessions(
             while not port_open("127.0.0.1", settings.ocpp_port):
                 assert time.monotonic() < deadline, "the gateway flow did not listen"
                 time.sleep(0.1)
+            # both connect before the first plug-in (see tests/telemetry/test_end_to_end.py)
             config = FleetConfig(url=f"ws://127.0.0.1:{settings.ocpp_port}", speedup=600,
-                                 meter_interval_s=60, start_delay_s=0.3, connect_attempts=2)
+                                 meter_interval_s=60, start_delay_s=1.5, connect_attempts=2)
             fleet["report"] = asyncio.run(asyncio.wait_for(run_fleet(scheduled, config), 60))
         except BaseException as exc:  # noqa: BLE001 - reported by the test below
             fleet["error"] = exc
@@ -97,17 +98,20 @@ def test_the_gateway_and_processor_flows_carry_chargers_to_alerts_and_sessions(
     prefect_handler = signal.getsignal(signal.SIGTERM)
     thread = threading.Thread(target=chargers_then_sigterm, daemon=True)
     thread.start()
-    gateway = ocpp_gateway_flow(GatewayParams(ack_timeout_seconds=5))
+    state = ocpp_gateway_flow(GatewayParams(ack_timeout_seconds=5), return_state=True)
     thread.join(10)
     assert "error" not in fleet, fleet.get("error")
     report = fleet["report"]
     assert not report.errors and report.transactions_ended == 2
     assert signal.getsignal(signal.SIGTERM) == prefect_handler
+    assert state.is_cancelled()  # a cancelled deployment run ends Cancelled, with its counts
+    gateway = state.result(raise_on_failure=False)
     assert gateway["connects"] == 2 and gateway["refused"] == gateway["call_errors"] == 0
     assert gateway["frames"] == report.frames_sent
     assert not port_open("127.0.0.1", settings.ocpp_port)  # stopped, not abandoned
 
     processed = telemetry_flow(TelemetryParams(idle_exit_seconds=2.0, tick_seconds=0.2))
+    assert isinstance(processed, dict)  # stopped on idle: Completed
     # the connected/disconnected events are stored without holding up a CALL, uncounted
     assert processed["consumed"] == gateway["events"] + 2 * gateway["connects"]
     assert processed["dead_lettered"] == 0
