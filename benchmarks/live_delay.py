@@ -223,9 +223,18 @@ def main() -> None:
             print("fleet:", " ".join(fleet[1:]), flush=True)
             began = time.time()
             with open(logs / "fleet", "wb") as log:
-                code = subprocess.run(fleet, check=False, cwd=ROOT, env=env, stdout=log,
-                                      stderr=subprocess.STDOUT).returncode
-            fleet_stop_ts = began + 60.0 * args.minutes - 1.0
+                fleet_proc = subprocess.Popen(fleet, cwd=ROOT, env=env, stdout=log,
+                                              stderr=subprocess.STDOUT, start_new_session=True)
+                try:
+                    code = fleet_proc.wait(60.0 * args.minutes + 45.0)
+                except subprocess.TimeoutExpired:
+                    # the fleet outran --max-minutes (seen here): stopped, its labels are
+                    # flushed line by line
+                    fleet_proc.terminate()
+                    fleet_proc.wait(30)
+                    code = 0
+                    print("the fleet outran --max-minutes: stopped with SIGTERM", flush=True)
+            fleet_stop_ts = time.time() - 2.0  # its chargers drop their links as it stops
             if code != 0:
                 raise SystemExit(f"evguard simulate exited {code}:\n"
                                  + (logs / "fleet").read_text()[-3000:])
