@@ -674,6 +674,18 @@ def _on_disconnected(state: MutableMapping[str, object], event: TelemetryEvent, 
     return tuple(changed)
 
 
+def _key_of_transaction(state: Mapping[str, object], charge_point_id: str,
+                        transaction_id: str) -> str | None:
+    """The connector running this transaction. A 1.6 StopTransaction names no connector, and
+    after a reconnect the gateway no longer knows it, so the event arrives on connector 0."""
+    for connector in range(1, MAX_CONNECTORS):
+        key = connector_key(charge_point_id, connector)
+        conn = state.get(key)
+        if conn is not None and conn.transaction_id == transaction_id:
+            return key
+    return None
+
+
 def _stale(conn: ConnectorState, event: TelemetryEvent, tx: str | None) -> bool:
     """A redelivered or late event that would change nothing true (or count twice)."""
     kind, ts = event.kind, event.event_ts
@@ -705,6 +717,8 @@ def on_event(state: MutableMapping[str, object], event: TelemetryEvent,
         the last, a transaction start or end already applied.
     """
     key = connector_key(event.charge_point_id, event.connector_id)
+    if event.connector_id == 0 and event.transaction_id:
+        key = _key_of_transaction(state, event.charge_point_id, event.transaction_id) or key
     conn = state.get(key)
     if conn is None:
         conn = ConnectorState(event.charge_point_id, event.connector_id, event.site_id)
@@ -731,6 +745,8 @@ def on_event(state: MutableMapping[str, object], event: TelemetryEvent,
         if tx and tx != conn.transaction_id:  # a transaction whose start was missed
             _start_transaction(conn, tx, event, ts, rx, alerts)
             changed = (key,)
+        if tx and math.isnan(conn.tx_start_wh):  # 2.0.1 sends the start register apart
+            conn.tx_start_wh = event.measurands.get("energy_wh", NAN)
         if tx:
             _on_meter(conn, event.measurands, ts, rx, policy, alerts)
             _unplugged(conn, ts, rx, policy, alerts)

@@ -259,3 +259,24 @@ def test_with_fast_samples_a_car_has_five_seconds_to_follow_a_lowered_offer():
     assert run(transaction(follows_in_4_s, samples=40, interval=1.0))[1] == []
     [alert] = opened(run(transaction(never_follows, samples=40, interval=1.0))[1])
     assert alert.kind == "overcurrent" and alert.first_sample_ts > T0 + 21 + 5
+
+
+def test_a_201_start_without_a_register_takes_its_first_sample_as_the_start():
+    events = transaction(level2(), samples=30, start_wh=5000.0)
+    events[0] = event("transaction_started", ts=events[0].charger_ts, version="2.0.1")
+    _state, _alerts, [summary] = run(events)
+    first = next(e for e in events if e.kind == "meter").measurands["energy_wh"]
+    assert summary.start_wh == first
+    assert summary.kwh_delivered == pytest.approx((summary.end_wh - first) / 1000)
+    assert 0 < summary.kwh_delivered < summary.end_wh / 1000
+
+
+def test_an_end_on_connector_0_after_a_reconnect_ends_the_transaction_of_its_connector():
+    events = transaction(level2(), samples=20, connector=2, end=False)
+    last = events[-1].charger_ts
+    stop = event("transaction_ended", connector=0, tx="T1", ts=last + 10,
+                 measurands={"energy_wh": 3000.0}, details={"stop_reason": "PowerLoss"})
+    state, _alerts, [summary] = run([*events, stop])
+    assert summary.connector_id == 2 and summary.end_wh == 3000.0
+    assert state[connector_key("CP-1", 2)].transaction_id == ""
+    assert connector_key("CP-1", 0) not in state
