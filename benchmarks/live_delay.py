@@ -97,7 +97,7 @@ def match(labels: list[dict], rows: list[dict], speedup: float,
                       "sample_wait_charger_s": wait_s,
                       "at_1x_s": None if delay is None else delay - wait_s / speedup + wait_s})
     labelled = {(lab["chargePointId"], str(lab["transactionId"])): lab["kind"] for lab in labels}
-    unmatched = Counter()
+    unmatched, others = Counter(), []
     for row in rows:
         if row["alert_id"] in used:
             continue
@@ -106,7 +106,11 @@ def match(labels: list[dict], rows: list[dict], speedup: float,
             unmatched[f"at the fleet's stop: {row['kind']}"] += 1
             continue
         unmatched[f"{planted}->{row['kind']}" if planted else f"unlabelled {row['kind']}"] += 1
-    return {"found": found, "unmatched": dict(unmatched)}
+        others.append({"kind": row["kind"], "charge_point_id": row["charge_point_id"],
+                       "transaction_id": row["transaction_id"], "planted": planted,
+                       "first_received_ts": row["first_received_ts"],
+                       "evidence": row["evidence"]})
+    return {"found": found, "unmatched": dict(unmatched), "others": others}
 
 
 def summarise(labels: list[dict], matched: dict, kinds: tuple[str, ...]) -> dict:
@@ -225,16 +229,17 @@ def main() -> None:
             with open(logs / "fleet", "wb") as log:
                 fleet_proc = subprocess.Popen(fleet, cwd=ROOT, env=env, stdout=log,
                                               stderr=subprocess.STDOUT, start_new_session=True)
+                fleet_stop_ts = began + 60.0 * args.minutes  # its own clock starts later
                 try:
                     code = fleet_proc.wait(60.0 * args.minutes + 45.0)
                 except subprocess.TimeoutExpired:
                     # the fleet outran --max-minutes (seen here): stopped, its labels are
                     # flushed line by line
+                    fleet_stop_ts = time.time()
                     fleet_proc.terminate()
                     fleet_proc.wait(30)
                     code = 0
                     print("the fleet outran --max-minutes: stopped with SIGTERM", flush=True)
-            fleet_stop_ts = time.time() - 2.0  # its chargers drop their links as it stops
             if code != 0:
                 raise SystemExit(f"evguard simulate exited {code}:\n"
                                  + (logs / "fleet").read_text()[-3000:])
@@ -269,7 +274,8 @@ def main() -> None:
                          f"{platform.python_version()}",
               "args": {k: str(v) for k, v in vars(args).items()}, "fleet": fleet_summary,
               "wall_s": time.time() - began, "summary": summary,
-              "episodes": matched["found"]}
+              "fleet_stop_ts": fleet_stop_ts, "episodes": matched["found"],
+              "other_episodes": matched["others"]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str))
     print(f"\n{fleet_summary.get('stations', '?')} chargers, "
