@@ -119,6 +119,9 @@ def test_every_live_fault_is_alerted_and_handed_off_sessions_are_scored(
     for body in scored.values():
         assert body["sessionID"].startswith(f"{body['stationID']}_")
         assert body["is_anomaly"] == (body["score"] >= body["threshold"])
+    # a clean transaction hands off the energy it delivered, on either OCPP version
+    clean = [b for b in scored.values() if "-clean" in b["stationID"]]
+    assert len(clean) == 2 and all(abs(b["kWhDelivered"] - 1.5) < 0.1 for b in clean), clean
 
 
 def _opened(results) -> dict[tuple[str, str], dict]:
