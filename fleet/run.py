@@ -293,9 +293,11 @@ class _Station:
         try:
             await self.connect()
             clock = self.run.clock
+            connected_at = clock.now()
             await self.send("StatusNotification", self.cp.status(
-                "Available", clock.charger(clock.now())))
-            free_at = 0.0
+                "Available", clock.charger(connected_at)))
+            # a charger that connected late starts late: its clock never runs backwards
+            free_at = connected_at + 1.0
             for scheduled in self.sessions:
                 plan = self.plan(scheduled)
                 if plan is None:

@@ -171,3 +171,16 @@ def test_a_charger_with_a_wrong_password_is_refused(tmp_path):
     report = run(csms, scheduled, tmp_path / "labels.jsonl", passwords={"CP-16-A": "wrong"})
     assert report.errors == {"station: FleetError": 1}
     assert report.transactions_started == 0 and csms.links == []
+
+
+def test_a_charger_that_connects_late_never_stamps_an_event_before_an_earlier_one(tmp_path):
+    # no start delay: at 600x the charger's clock runs ahead while it connects
+    csms = TestCsms(free_port(), {"CP-LATE": PASSWORD})
+    scheduled = schedule_sessions([session("CP-LATE", 0)], {"CP-LATE": "1.6"}, {})
+    config = FleetConfig(url=csms.url, speedup=600, meter_interval_s=30, password=PASSWORD,
+                         start_delay_s=0.0, connect_attempts=2)
+    report = asyncio.run(_within(csms, run_fleet(scheduled, config)))
+    assert not report.errors and report.transactions_ended == 1
+    stamps = [iso_to_epoch(p.get("timestamp", "").replace("Z", "+00:00"))
+              for f in csms.frames_of("CP-LATE") for p in [f.payload] if "timestamp" in p]
+    assert len(stamps) >= 6 and stamps == sorted(stamps)
