@@ -229,13 +229,14 @@ def main() -> None:
             with open(logs / "fleet", "wb") as log:
                 fleet_proc = subprocess.Popen(fleet, cwd=ROOT, env=env, stdout=log,
                                               stderr=subprocess.STDOUT, start_new_session=True)
-                fleet_stop_ts = began + 60.0 * args.minutes  # its own clock starts later
+                # its stations stop (and drop their links) at --max-minutes of its own
+                # clock, which starts after it loaded the exports: a little later than this
+                fleet_stop_ts = began + 60.0 * args.minutes
                 try:
                     code = fleet_proc.wait(60.0 * args.minutes + 45.0)
                 except subprocess.TimeoutExpired:
-                    # the fleet outran --max-minutes (seen here): stopped, its labels are
+                    # a station outran --max-minutes (seen here): stopped, the labels are
                     # flushed line by line
-                    fleet_stop_ts = time.time()
                     fleet_proc.terminate()
                     fleet_proc.wait(30)
                     code = 0
