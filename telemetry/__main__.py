@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import replace
 
 from pipelines.settings import load_settings
+from pipelines.telemetry.detectors import DEFAULT_POLICY
 from telemetry.processor import ProcessorOptions
 from telemetry.run import configure_logging, run_processor
 
@@ -22,9 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=2000, help="max events per batch")
     parser.add_argument("--tick", type=float, default=1.0, metavar="SECONDS",
                         help="how often connectors are checked for silence")
+    parser.add_argument("--samples", type=int, default=DEFAULT_POLICY.samples,
+                        help="telltale samples before no_current, overcurrent and "
+                             "overtemperature open")
     args = parser.parse_args(argv)
     configure_logging()
-    options = ProcessorOptions(batch_size=args.batch_size, tick_s=args.tick)
+    options = ProcessorOptions(batch_size=args.batch_size, tick_s=args.tick,
+                               policy=replace(DEFAULT_POLICY, samples=args.samples))
     outcome = run_processor(load_settings(), options, idle_exit_s=args.idle_exit)
     if outcome.code:
         logging.getLogger("evguard.telemetry").error("%s", outcome.message)

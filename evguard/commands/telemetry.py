@@ -32,6 +32,10 @@ def telemetry(
     idle_hours: Annotated[float | None, typer.Option(
         min=0.01, help="never_unplugged this long after a connector last drew power "
                        "(default: the policy's, 18)")] = None,
+    samples: Annotated[int | None, typer.Option(
+        min=1, help="Telltale samples before no_current, overcurrent and overtemperature "
+                    "open: more is fewer false alerts, one sample interval later each "
+                    "(default: the policy's, 1)")] = None,
     idle_exit: Annotated[float, typer.Option(
         min=0, help="Stop after this many seconds without messages; 0 = run until Ctrl-C")] = 0.0,
 ) -> None:
@@ -53,7 +57,8 @@ def telemetry(
                  "telemetry_status_interval_s": status_interval,
                  "telemetry_instance_id": instance_id}
     s = settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    changes = {"max_temperature_c": max_temperature, "idle_hours": idle_hours}
+    changes = {"max_temperature_c": max_temperature, "idle_hours": idle_hours,
+               "samples": samples}
     try:
         policy = replace(DEFAULT_POLICY, **{k: v for k, v in changes.items() if v is not None})
     except ValueError as exc:

@@ -53,18 +53,19 @@ def test_16_charger_without_offered_current_tapering_while_charging_raises_nothi
     assert alerts == []
 
 
-def test_no_current_fires_on_the_second_zero_sample_and_closes_at_the_end():
+@pytest.mark.parametrize(("samples", "lasting"), [(1, ""), (2, " for 10 s")])
+def test_no_current_fires_on_its_nth_zero_sample_and_closes_at_the_end(samples, lasting):
     def profile(i):
         return (30.0 if i < 20 else 0.0), 32.0, "Charging"
     events = transaction(profile, samples=40)
-    _state, alerts, _ = run(events)
+    _state, alerts, _ = run(events, policy=LivePolicy(samples=samples))
     [alert] = opened(alerts)
     first_zero = next(e for e in events if e.kind == "meter" and e.measurands["current_a"] == 0)
     assert alert.kind == "no_current"
     assert alert.first_sample_ts == first_zero.charger_ts
     assert alert.first_received_ts == first_zero.received_ts
-    assert alert.at_ts == first_zero.charger_ts + 10
-    assert "current 0.0 A for 10 s while Charging, offered 32 A" == alert.evidence
+    assert alert.at_ts == first_zero.charger_ts + 10 * (samples - 1)
+    assert f"current 0.0 A{lasting} while Charging, offered 32 A" == alert.evidence
     closed = [a for a in alerts if a.status == "closed"]
     assert [a.alert_id for a in closed] == [alert.alert_id]
 
