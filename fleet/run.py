@@ -263,6 +263,10 @@ class _Station:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._serving
         self.ws, self.cp, self._serving = None, None, None
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # the run's stop landed while we waited: the suppress above must not eat it
+            raise asyncio.CancelledError
 
     async def reconnect(self) -> None:
         await self.close()
