@@ -8,6 +8,7 @@ and waits on observable outcomes (a finished flow run, stored scores, emails).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -21,9 +22,14 @@ import httpx
 
 from evguard.services.process import ServiceError, wait_until
 from evguard.services.stack import ALL_SERVICES, LocalStack, prefect_env
+from fleet import FleetConfig, assign_faults, assign_versions, schedule_sessions, simulate
+from gateway.registry import add_charger, registry_path
+from pipelines.contracts.dates import rfc1123_to_epoch
+from pipelines.data.synth import generate_sessions
 from pipelines.models.registry import load_champion
 from pipelines.scores.store import MonitoringStore
 from pipelines.settings import Settings, settings_env
+from pipelines.telemetry.charging import PlanOptions
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SUMMARY_METRICS = ("pr_auc", "roc_auc", "precision_at_k", "recall_at_budget", "em", "mv")
@@ -244,17 +250,6 @@ class Demo:
     def _live_fleet(self) -> None:
         """Synthetic sessions replayed by OCPP chargers over real WebSockets against the
         demo's gateway, with planted live faults; their labels say when each was sent."""
-        from fleet import (
-            FleetConfig,
-            assign_faults,
-            assign_versions,
-            schedule_sessions,
-            simulate,
-        )
-        from gateway.registry import add_charger, registry_path
-        from pipelines.data.synth import generate_sessions
-        from pipelines.telemetry.charging import PlanOptions
-
         o, s = self.options, self.settings
         seed = o.seed + 2000 + self.before["scored"]
         records, _ = generate_sessions(max(400, o.live_chargers * 8), seed=seed)
@@ -294,8 +289,6 @@ class Demo:
                             f"{config.url}: {dict(report.errors)}")
 
     def _wait_live(self) -> None:
-        import json
-
         labels = [json.loads(line) for line in self.live_labels.read_text().splitlines()]
         planted = {(lb["chargePointId"], lb["kind"]): lb for lb in labels}
         store = MonitoringStore(self.settings.monitoring_db)
@@ -386,8 +379,6 @@ def demo_fleet_sessions(records: list[dict], chargers: int, min_h: float = 1.0,
                         max_h: float = 3.0) -> list[dict]:
     """One session per station, of the first `chargers` stations, that stays between
     `min_h` and `max_h` hours (so the fleet finishes in seconds at the demo's speed-up)."""
-    from pipelines.contracts.dates import rfc1123_to_epoch
-
     chosen: dict[str, dict] = {}
     for record in records:
         start = rfc1123_to_epoch(record.get("connectionTime"))
