@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -60,53 +55,3 @@ class GatewayMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-class MetricsServer:
-    """`/metrics` (Prometheus text) and `/healthz` (JSON) on a daemon thread."""
-
-    def __init__(self, metrics: GatewayMetrics, health: Callable[[], tuple[bool, dict]],
-                 host: str, port: int) -> None:
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.startswith("/metrics"):
-                    self._send(200, CONTENT_TYPE_LATEST, outer.metrics.render())
-                elif self.path.startswith("/healthz"):
-                    ok, detail = outer.health()
-                    self._send(200 if ok else 503, "application/json",
-                               json.dumps(detail).encode())
-                else:
-                    self._send(404, "text/plain", b"try /metrics or /healthz\n")
-
-            def _send(self, code: int, content_type: str, body: bytes) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.metrics = metrics
-        self.health = health
-        try:
-            self._server = ThreadingHTTPServer((host, port), Handler)
-        except OSError as exc:  # a second gateway on this host must still start
-            self._server = ThreadingHTTPServer((host, 0), Handler)
-            log.warning("metrics port %s:%d is taken (%s); serving /metrics on port %d instead",
-                        host, port, exc.strerror, self._server.server_address[1])
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        name="gateway-metrics-http", daemon=True)
-
-    def start(self) -> MetricsServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()

@@ -18,10 +18,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from gateway.metrics import GatewayMetrics, MetricsServer
+from gateway.metrics import GatewayMetrics
 from gateway.registry import Registry
 from gateway.server import GatewayServer, ModeHandler
 from gateway.standalone import ACK_TIMEOUT_S, StandaloneCsms
+from pipelines.metrics_http import MetricsServer
 from pipelines.settings import Settings
 
 log = logging.getLogger("evguard.gateway")
@@ -87,7 +88,7 @@ async def run_gateway(settings: Settings, mode: Mode, metrics: GatewayMetrics,
                               "chargers": len(server.active)}
 
     metrics_server = MetricsServer(metrics, health, settings.ocpp_host,
-                                   settings.ocpp_metrics_port).start()
+                                   settings.ocpp_metrics_port, "gateway-metrics-http").start()
     try:
         async with server.serve(port=port) as ws_server:
             ws_port = next(iter(ws_server.sockets)).getsockname()[1]

@@ -23,11 +23,12 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from keyed_state import KeyedStateStore
 from pipelines.contracts.sessions import Source
+from pipelines.metrics_http import Heartbeat, MetricsServer
 from pipelines.settings import Settings
 from serving.chain import Chain, ChainOptions, build_chain
 from serving.champion import ChampionWatcher
 from serving.kafka import consumer_config, dead_letter_producer_config
-from serving.prometheus import Heartbeat, MetricsServer, WorkerMetrics
+from serving.prometheus import WorkerMetrics
 from serving.stations import STATION_STATE_CODEC, StationTracker
 from serving.steps.base import Batch, MessageRejected
 from serving.steps.commit import CommitPolicy, Offsets

@@ -40,6 +40,7 @@ from pipelines.contracts.dead_letters import session_dead_letter_headers
 from pipelines.contracts.live_alert import encode_live_alert, live_routing_key
 from pipelines.contracts.sessions import Source, encode_session, session_key
 from pipelines.contracts.telemetry import InvalidTelemetry, parse_telemetry
+from pipelines.metrics_http import Heartbeat, MetricsServer
 from pipelines.settings import Settings
 from pipelines.telemetry.detectors import (
     CONNECTOR_STATE_CODEC,
@@ -54,7 +55,7 @@ from pipelines.telemetry.detectors import (
 )
 from pipelines.telemetry.handoff import assemble_session
 from telemetry.kafka import consumer_config, producer_config
-from telemetry.metrics import Heartbeat, MetricsServer, ProcessorMetrics
+from telemetry.metrics import ProcessorMetrics
 from telemetry.publish import LivePublisher, Ticket
 
 log = logging.getLogger("evguard.telemetry.processor")
@@ -193,7 +194,7 @@ class TelemetryProcessor:
         stop = stop or threading.Event()
         t0 = time.monotonic()
         server = MetricsServer(self.metrics, self.liveness, s.metrics_host,
-                               s.telemetry_metrics_port).start()
+                               s.telemetry_metrics_port, "telemetry-metrics").start()
         self.metrics_port = server.port
         self._publisher = LivePublisher(s.rabbitmq_url, s.rabbitmq_exchange).start(wait_s=1.0)
         self._producer = Producer(producer_config(s.kafka_servers))

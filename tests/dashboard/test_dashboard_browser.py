@@ -24,7 +24,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 @pytest.fixture
 def worker_metrics(dash_settings):
     """The serving worker's own metrics endpoint, with some traffic counted."""
-    from serving.prometheus import MetricsServer, WorkerMetrics
+    from pipelines.metrics_http import MetricsServer
+    from serving.prometheus import WorkerMetrics
 
     metrics = WorkerMetrics()
     metrics.consumed.inc(1250)
