@@ -9,24 +9,31 @@ its open station alerts, its last session, sessions observed against expected,
 and its recent power. `GET /live` is the live view of the connectors, which polls
 `/api/live` every 2 s: each connector's newest snapshot from the telemetry
 processor and the live alerts; the page ages the last samples itself every second.
+
+Every request that changes state first passes `dashboard.auth` (same origin, and a
+token, Basic login or proxy identity; loopback only when none is configured).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException, Query
-from fastapi.responses import FileResponse
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from dashboard import queries
+from dashboard.auth import SAFE_METHODS, DashboardAuth
 from dashboard.sources import ChampionCache, WorkerStatus
 from pipelines.scores.store import MonitoringStore
 from pipelines.settings import Settings
 
 STATIC = Path(__file__).with_name("static")
+log = logging.getLogger(__name__)
 
 
 def ui_links(settings: Settings) -> dict[str, str]:
@@ -41,6 +48,7 @@ def create_app(settings: Settings, champion_refresh_s: float = 30.0) -> FastAPI:
             Prefect/MLflow UI addresses.
         champion_refresh_s: how often the champion summary is re-read from MLflow.
     """
+    auth = DashboardAuth.from_settings(settings)
     store = MonitoringStore(settings.monitoring_db)
     worker = WorkerStatus(settings)
     champion = ChampionCache(settings, every_s=champion_refresh_s)
@@ -55,6 +63,22 @@ def create_app(settings: Settings, champion_refresh_s: float = 30.0) -> FastAPI:
     app = FastAPI(title="evguard dashboard", docs_url=None, redoc_url=None, openapi_url=None,
                   lifespan=lifespan)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.middleware("http")
+    async def guard_actions(request: Request, call_next):
+        if request.method in SAFE_METHODS:
+            return await call_next(request)
+        client = request.client.host if request.client else None
+        # off the event loop: a Basic login costs one scrypt hash
+        decision = await run_in_threadpool(auth.check, request.method, request.headers, client)
+        if not decision.allowed:
+            log.warning("refused %s %s from %s: %s", request.method, request.url.path, client,
+                        decision.reason)
+            challenge = {"WWW-Authenticate": decision.challenge} if decision.challenge else {}
+            return JSONResponse({"detail": decision.reason}, status_code=decision.status,
+                                headers=challenge)
+        request.state.identity = decision.identity
+        return await call_next(request)
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
@@ -105,9 +129,10 @@ def create_app(settings: Settings, champion_refresh_s: float = 30.0) -> FastAPI:
                                  limit=limit, alert_limit=alerts)
 
     @app.post("/api/alerts/{alert_id}/ack")
-    def acknowledge(alert_id: int) -> dict:
+    def acknowledge(alert_id: int, request: Request) -> dict:
         if not store.acknowledge_alert(alert_id):
             raise HTTPException(404, f"no alert {alert_id}")
+        log.info("alert %s acknowledged by %s", alert_id, request.state.identity)
         return {"ok": True, "id": alert_id}
 
     return app

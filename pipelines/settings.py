@@ -93,6 +93,15 @@ class Settings(BaseSettings):
     # dashboard and worker metrics
     dashboard_host: str = Field("127.0.0.1", description="Dashboard bind address")
     dashboard_port: int = Field(8050, description="Dashboard port")
+    dashboard_token: SecretStr = Field(
+        SecretStr(""), description="Bearer token for dashboard actions (acknowledging alerts); "
+                                   "all dashboard credentials empty = only loopback may act")
+    dashboard_basic_user: str = Field("", description="HTTP Basic user for dashboard actions")
+    dashboard_basic_password_hash: SecretStr = Field(
+        SecretStr(""), description="Its password, hashed by `python -m dashboard.auth`")
+    dashboard_trusted_header: str = Field(
+        "", description="Identity header set by a trusted reverse proxy, e.g. X-Forwarded-User; "
+                        "empty = not honoured")
     metrics_port: int = Field(9108, description="Worker Prometheus/health port; 0 = any free port")
     metrics_host: str = Field("127.0.0.1", description="Interface the worker's metrics bind to")
     prefect_ui_url: str = Field("", description="Prefect UI link shown to users; empty = local")

@@ -166,9 +166,11 @@ function drawCards(o) {
 async function acknowledge(id, button) {
   button.disabled = true;
   try {
-    await getJSON(`/api/alerts/${id}/ack`, { method: "POST" });
+    await act(`/api/alerts/${id}/ack`);
+    $("alerts-hint").textContent = "";
     await pollOverview();
   } catch (err) {
+    $("alerts-hint").textContent = `not acknowledged: ${err.message}`;
     button.disabled = false;
   }
 }

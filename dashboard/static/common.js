@@ -41,6 +41,31 @@ async function getJSON(url, options) {
   return resp.json();
 }
 
+// An action (a POST). The page sends the dashboard token it was given, kept for this tab
+// only; when the server asks for one (401 Bearer), the user is asked once. A Basic login
+// is asked for by the browser itself. Throws with the server's reason when refused.
+const TOKEN_KEY = "evguard-dashboard-token";
+async function act(url) {
+  const send = () => {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    return fetch(url, { method: "POST", cache: "no-store",
+                        headers: token ? { Authorization: `Bearer ${token}` } : {} });
+  };
+  let resp = await send();
+  if (resp.status === 401 && (resp.headers.get("WWW-Authenticate") || "").startsWith("Bearer")) {
+    const token = window.prompt("Dashboard token (EVGUARD_DASHBOARD_TOKEN) to act on alerts:");
+    if (token) {
+      sessionStorage.setItem(TOKEN_KEY, token.trim());
+      resp = await send();
+    }
+  }
+  if (!resp.ok) {
+    const body = await resp.json().catch(() => ({}));
+    throw new Error(body.detail || `${url}: ${resp.status}`);
+  }
+  return resp.json();
+}
+
 function setStatus(ok, text) {
   const s = $("status");
   s.className = "status " + (ok ? "live" : "down");

@@ -3,16 +3,22 @@ fleet of stations with a known health."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import pytest
 import uvicorn
+from pydantic import SecretStr
 
+from dashboard import queries
 from evguard.services.process import free_port, wait_until
+from pipelines.contracts.score_result import parse_score_result
 from pipelines.contracts.station_alert import StationAlertMessage, station_alert_id
+from pipelines.scores.store import MonitoringStore
 from pipelines.settings import Settings
 from tests.support.queues import consumer_queues
 
@@ -41,20 +47,59 @@ def dash_settings(rabbit_settings: Settings, tmp_path, dash_mlflow_uri) -> Setti
         yield settings
 
 
-@pytest.fixture
-def served(dash_settings):
-    """The dashboard app on a real uvicorn server; yields its base URL."""
+def with_auth(settings: Settings, **values: str) -> Settings:
+    """These settings with dashboard credentials, on a port of their own."""
+    secret = {k: SecretStr(v) for k, v in values.items()
+              if k in ("dashboard_token", "dashboard_basic_password_hash")}
+    return settings.model_copy(update={**values, **secret, "dashboard_port": free_port()})
+
+
+@contextmanager
+def serve_dashboard(settings: Settings, host: str = "127.0.0.1"):
+    """The dashboard app for these settings on a real uvicorn server at `host`; yields its
+    base URL."""
     from dashboard.app import create_app
 
-    config = uvicorn.Config(create_app(dash_settings, champion_refresh_s=2.0), host="127.0.0.1",
-                            port=dash_settings.dashboard_port, log_level="warning")
+    config = uvicorn.Config(create_app(settings, champion_refresh_s=2.0), host=host,
+                            port=settings.dashboard_port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     assert wait_until(lambda: server.started, 15)
-    yield f"http://127.0.0.1:{dash_settings.dashboard_port}"
+    yield f"http://{host}:{settings.dashboard_port}"
     server.should_exit = True
     thread.join(10)
+
+
+@pytest.fixture
+def served(dash_settings):
+    """The dashboard app on a real uvicorn server; yields its base URL."""
+    with serve_dashboard(dash_settings) as url:
+        yield url
+
+
+class Alerts:
+    """Sent score alerts in the dashboard's store, and whether each was acknowledged."""
+
+    def __init__(self, store: MonitoringStore, kit) -> None:
+        self.store, self.kit = store, kit
+
+    def open(self, station: str = "CA-9") -> int:
+        result = parse_score_result(json.dumps(self.kit.score_message(
+            station=station, score=0.95, scored_ts=time.time() - 60)))
+        self.store.save_scores([result])
+        return self.store.create_alert(result, "critical", "sent", "subject")["id"]
+
+    def acknowledged(self, alert_id: int) -> bool:
+        alert = next(a for a in queries.alert_list(self.store.engine) if a["id"] == alert_id)
+        return alert["acknowledged_ts"] is not None
+
+
+@pytest.fixture
+def alerts(dash_settings, kit):
+    store = MonitoringStore(dash_settings.monitoring_db)
+    yield Alerts(store, kit)
+    store.close()
 
 
 @pytest.fixture
