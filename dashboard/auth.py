@@ -139,6 +139,15 @@ class DashboardAuth:
     def configured(self) -> bool:
         return bool(self.token or self.basic_user or self.trusted_header)
 
+    def describe(self) -> str:
+        """Who may act, in words, for the command's start-up line."""
+        if not self.configured:
+            return "actions from this machine only (no credentials configured)"
+        ways = (["the token"] if self.token else []) \
+            + ([f"the login of {self.basic_user}"] if self.basic_user else []) \
+            + ([f"the proxy's {self.trusted_header} header"] if self.trusted_header else [])
+        return "actions need " + " or ".join(ways)
+
     def authenticate(self, headers: Mapping[str, str]) -> str | None:
         """The identity these headers prove, or None."""
         scheme, _, value = headers.get("authorization", "").partition(" ")

@@ -109,12 +109,15 @@ def dashboard(
     from sqlalchemy.exc import SQLAlchemyError
 
     from dashboard.app import create_app
+    from dashboard.auth import DashboardAuth
 
     s = settings()
     host, port = host or s.dashboard_host, port or s.dashboard_port
-    with clear_errors(SQLAlchemyError, OSError):
+    with clear_errors(SQLAlchemyError, OSError, ValueError):
         app = create_app(s)
-    console.print(f"dashboard on [bold]http://{host}:{port}/[/] (store {s.monitoring_db})")
+        access = DashboardAuth.from_settings(s).describe()
+    console.print(f"dashboard on [bold]http://{host}:{port}/[/] (store {s.monitoring_db}; "
+                  f"{access})")
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
