@@ -7,7 +7,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo test lint chromium compose services-up services-down clean help
+.PHONY: install demo test lint chromium compose node-ocpp services-up services-down clean help
 
 help:
 	@echo "make demo   - install, start the local stack, run the platform end to end"
@@ -29,13 +29,16 @@ demo: install
 chromium:
 	@bash scripts/ensure-chromium.sh
 
+node-ocpp:
+	@bash scripts/ensure-node-ocpp.sh
+
 compose:
 	@bash scripts/ensure-compose.sh
 
 lint: install
 	$(VENV)/bin/ruff check --quiet .
 
-test: install chromium compose lint
+test: install chromium compose node-ocpp lint
 	$(VENV)/bin/pytest -q -ra $(PYTEST_ARGS)
 
 services-up: install
