@@ -3,16 +3,18 @@ every frame is mirrored to Kafka as telemetry.
 
     proxy = OcppProxy.from_settings(settings)      # starts the Kafka mirror
     proxy.register_metrics(metrics.registry)
-    server = GatewayServer(settings, proxy.handle, registry, metrics)   # per charger socket
+    server = GatewayServer(settings, proxy.handle, registry, metrics,   # per charger socket
+                           prepare=proxy.prepare)
     ...
     proxy.close()
 
-For each charger the proxy opens `<ocpp_upstream_url>/<charge point id>` with the
-subprotocol the charger negotiated (and, when `ocpp_upstream_forward_auth` is on, the
-charger's own `Authorization` header), then forwards every message both ways, in order,
-unchanged: a text message is re-sent as the same text (the same UTF-8 bytes), a binary one
-as the same bytes. WebSocket framing is not kept (a fragmented message goes on as one
-frame) and pings are each side's own.
+For each charger the proxy opens `<ocpp_upstream_url>/<charge point id>` while the
+charger's handshake is still open (`prepare`), offering the subprotocols the charger
+offered (and, when `ocpp_upstream_forward_auth` is on, the charger's own `Authorization`
+header), and answers the charger with the one the upstream chose. Then it forwards every
+message both ways, in order, unchanged: a text message is re-sent as the same text (the
+same UTF-8 bytes), a binary one as the same bytes. WebSocket framing is not kept (a
+fragmented message goes on as one frame) and pings are each side's own.
 
 Forwarding never waits for Kafka: a frame is parsed and normalised with the shared
 `pipelines.telemetry.ocpp_frames` (one `ConnectionState` per socket for both
@@ -142,6 +144,7 @@ class OcppProxy:
         self.open_timeout_s, self.mirror = open_timeout_s, mirror
         self.max_messages_per_s = max_messages_per_s
         self.stats = ProxyStats()
+        self._watchers: set[asyncio.Task] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings, gateway: str = "",
@@ -191,8 +194,12 @@ class OcppProxy:
         """
         state = ConnectionState(charge_point.id, version, site_id=charge_point.site,
                                 gateway=self.gateway, connection_id=uuid.uuid4().hex[:12])
-        try:
-            upstream = await self.connect_upstream(charger, charge_point.id)
+        try:  # the socket `prepare` opened, else one opened now
+            failure = getattr(charger, "evguard_upstream_failure", None)
+            if failure is not None:
+                raise failure
+            upstream = (getattr(charger, "evguard_upstream", None)
+                        or await self.connect_upstream(charger, charge_point.id))
         except UpstreamUnavailable as exc:
             self.stats.upstream_failures[exc.reason] += 1
             log.warning("proxy: %s closed: %s", charge_point.id, exc)
@@ -220,22 +227,46 @@ class OcppProxy:
                           spool_bytes=s.spool_bytes, dropped_events=sum(s.dropped.values()))
         return detail
 
-    async def connect_upstream(self, charger: ServerConnection,
-                               charge_point_id: str) -> ClientConnection:
-        """Open the upstream socket for one charger (same subprotocol, its credentials
-        when configured).
+    async def prepare(self, charger: ServerConnection, charge_point: ChargePointInfo,
+                      offered: list[str]) -> None:
+        """Before the charger's handshake is answered (`gateway.server.ModePrepare`): open
+        its upstream socket offering the versions the charger offered, so the charger gets
+        the one the upstream chose: with only the charger's first choice offered, a charger
+        speaking both versions could never reach a CSMS speaking only its second. A failure
+        is kept for `handle`, which closes the charger with 1014 as before."""
+        try:
+            upstream = await self.connect_upstream(charger, charge_point.id, offered)
+        except UpstreamUnavailable as exc:
+            charger.evguard_upstream_failure = exc  # type: ignore[attr-defined]
+            return
+        charger.evguard_upstream = upstream  # type: ignore[attr-defined]
+        charger.evguard_subprotocol = upstream.subprotocol  # type: ignore[attr-defined]
+        # if the charger's handshake fails now, no handler will close the upstream socket
+        watcher = asyncio.create_task(self._close_when_gone(charger, upstream))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+
+    @staticmethod
+    async def _close_when_gone(charger: ServerConnection, upstream: ClientConnection) -> None:
+        await charger.wait_closed()
+        await upstream.close()  # a no-op after a relay, which closes it itself
+
+    async def connect_upstream(self, charger: ServerConnection, charge_point_id: str,
+                               subprotocols: list[str] | None = None) -> ClientConnection:
+        """Open the upstream socket for one charger (offering `subprotocols`, default the
+        charger's; its credentials when configured).
 
         Raises:
-            UpstreamUnavailable: unreachable, refused, or another subprotocol.
+            UpstreamUnavailable: unreachable, refused, or none of the subprotocols.
         """
-        subprotocol = charger.subprotocol
+        subprotocols = subprotocols or [charger.subprotocol]
         headers = {}
         authorization = charger.request.headers.get("Authorization") if charger.request else None
         if self.forward_auth and authorization:
             headers["Authorization"] = authorization
         url = upstream_url(self.upstream, charge_point_id)
         try:
-            upstream = await connect(url, subprotocols=[subprotocol], additional_headers=headers,
+            upstream = await connect(url, subprotocols=subprotocols, additional_headers=headers,
                                      open_timeout=self.open_timeout_s, compression=None,
                                      max_size=self.max_frame_bytes)
         except InvalidStatus as exc:
@@ -244,10 +275,10 @@ class OcppProxy:
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             raise UpstreamUnavailable("unreachable", f"upstream CSMS unreachable: "
                                                      f"{type(exc).__name__}") from exc
-        if upstream.subprotocol != subprotocol:
+        if upstream.subprotocol not in subprotocols:
             await upstream.close()
             raise UpstreamUnavailable("subprotocol", f"upstream CSMS did not accept "
-                                                     f"{subprotocol}")
+                                                     f"{', '.join(subprotocols)}")
         return upstream
 
     async def relay(self, charger: ServerConnection, upstream: ClientConnection,

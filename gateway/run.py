@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from gateway.metrics import GatewayMetrics
 from gateway.registry import Registry
-from gateway.server import GatewayServer, ModeHandler
+from gateway.server import GatewayServer, ModeHandler, ModePrepare
 from gateway.standalone import ACK_TIMEOUT_S, StandaloneCsms
 from pipelines.metrics_http import MetricsServer
 from pipelines.settings import Settings
@@ -38,6 +38,7 @@ class Mode:
     handler: ModeHandler
     health: Callable[[], tuple[bool, dict]]
     aclose: Callable[[], Awaitable[None]]
+    prepare: ModePrepare | None = None  # during the handshake (`gateway.server.ModePrepare`)
 
 
 def standalone_mode(settings: Settings, metrics: GatewayMetrics, gateway_name: str = "",
@@ -79,7 +80,7 @@ async def run_gateway(settings: Settings, mode: Mode, metrics: GatewayMetrics,
             loop.add_signal_handler(signum, stop.set)
     beat = [time.monotonic()]
     beater = asyncio.create_task(_beat(beat))
-    server = GatewayServer(settings, mode.handler, registry, metrics)
+    server = GatewayServer(settings, mode.handler, registry, metrics, mode.prepare)
 
     def health() -> tuple[bool, dict]:
         alive = time.monotonic() - beat[0] < LOOP_STUCK_S

@@ -7,7 +7,8 @@ server has checked, in the opening handshake:
 - HTTP Basic (OCPP security profile 1) with the charger's id as user name and its
   password, when the registry holds a password for it (401 otherwise); TLS (profile 2)
   when `settings.ocpp_tls_cert` / `ocpp_tls_key` are set;
-- one of the subprotocols `ocpp1.6` / `ocpp2.0.1` was offered (400 otherwise);
+- one of the subprotocols `ocpp1.6` / `ocpp2.0.1` was offered (400 otherwise); the
+  charger's first choice of them is taken, unless the mode's `prepare` fixes another;
 - frames above `settings.ocpp_max_frame_bytes` close the connection (1009).
 
 The interface a mode (standalone, proxy) implements:
@@ -36,7 +37,7 @@ import binascii
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -53,6 +54,10 @@ from pipelines.telemetry.ocpp_schemas import SUBPROTOCOLS
 log = logging.getLogger("evguard.gateway")
 
 ModeHandler = Callable[[ServerConnection, ChargePointInfo, str], Awaitable[None]]
+# Optional, before the handshake is answered: (connection, charge point, the subprotocols it
+# offered that the gateway speaks, in its order of preference). A mode may then fix the
+# subprotocol by setting `connection.evguard_subprotocol` (the proxy: the upstream's choice).
+ModePrepare = Callable[[ServerConnection, ChargePointInfo, list[str]], Awaitable[None]]
 
 
 class RateLimit:
@@ -104,6 +109,11 @@ def offered_subprotocols(headers: Headers) -> list[str]:
             for p in value.split(",") if p.strip()]
 
 
+def charger_choices(headers: Headers) -> list[str]:
+    """The offered subprotocols the gateway speaks, in the charger's order of preference."""
+    return [p for p in offered_subprotocols(headers) if p in SUBPROTOCOLS]
+
+
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
     """TLS for security profile 2, or None for plain ws:// when no certificate is set."""
     cert, key = str(settings.ocpp_tls_cert), str(settings.ocpp_tls_key)
@@ -119,9 +129,10 @@ class GatewayServer:
     """Accepts charge points and runs `handler` for each (see the module doc)."""
 
     def __init__(self, settings: Settings, handler: ModeHandler, registry: Registry,
-                 metrics: GatewayMetrics) -> None:
+                 metrics: GatewayMetrics, prepare: ModePrepare | None = None) -> None:
         self.settings = settings
         self.handler = handler
+        self.prepare = prepare
         self.registry = registry
         self.metrics = metrics
         self.active: dict[str, ServerConnection] = {}
@@ -131,6 +142,7 @@ class GatewayServer:
         return serve(self._run, host or self.settings.ocpp_host,
                      self.settings.ocpp_port if port is None else port,
                      subprotocols=list(SUBPROTOCOLS), process_request=self._check_request,
+                     select_subprotocol=self._select_subprotocol,
                      max_size=self.settings.ocpp_max_frame_bytes, compression=None,
                      ssl=tls_context(self.settings), server_header="evguard-ocpp",
                      logger=logging.getLogger("evguard.gateway.websockets"))
@@ -170,7 +182,18 @@ class GatewayServer:
             return self._refuse(connection, HTTPStatus.UNAUTHORIZED, "bad_credentials",
                                 f"wrong or missing password for {charge_point_id!r}")
         connection.evguard_charge_point = info  # type: ignore[attr-defined]  # for _run
+        if self.prepare is not None:
+            await self.prepare(connection, info, charger_choices(request.headers))
         return None
+
+    @staticmethod
+    def _select_subprotocol(connection: ServerConnection, offered: Sequence[str]) -> str | None:
+        """The mode's choice, else the charger's first choice among the versions spoken here
+        (OCPP-J: a charger lists its versions in its order of preference)."""
+        chosen = getattr(connection, "evguard_subprotocol", None)
+        if chosen is not None:
+            return chosen
+        return next((p for p in offered if p in SUBPROTOCOLS), None)
 
     async def _run(self, connection: ServerConnection) -> None:
         info: ChargePointInfo | None = getattr(connection, "evguard_charge_point", None)

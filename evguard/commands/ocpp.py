@@ -41,7 +41,7 @@ def _proxy_mode(s, metrics):
     async def aclose() -> None:
         await asyncio.to_thread(proxy.close)
 
-    return Mode("proxy", proxy.handle, health, aclose)
+    return Mode("proxy", proxy.handle, health, aclose, prepare=proxy.prepare)
 
 
 @app.command()
