@@ -37,7 +37,8 @@ def up(
 
 @app.command()
 def down() -> None:
-    """Stop every service that `up` started, by PID. Others are left alone."""
+    """Stop every service that `up` started, by PID (and the stack's own broker, found by its
+    data dir, if its launcher died). Others are left alone."""
     stopped = LocalStack(settings()).down(log=lambda m: console.print(f"  {m}"))
     console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
@@ -53,9 +54,13 @@ def print_status(stack: LocalStack) -> None:
     for col in ("service", "url", "state", "pid"):
         table.add_column(col)
     colors = {"running": "green", "external": "cyan", "embedded": "green"}
-    for row in stack.status():
+    rows = stack.status()
+    for row in rows:
         color = colors.get(row.state, "red")
         table.add_row(row.name, row.url, f"[{color}]{row.state}[/]", str(row.pid or ""))
     console.print(table)
     console.print("[dim]running = started by evguard; external = already there, "
                   "used as is; embedded = in-process (sqlite)[/]")
+    for row in rows:
+        if row.note:
+            console.print(f"[yellow]note:[/] {row.note}")

@@ -3,6 +3,12 @@
 A process is remembered by a PID file under the state dir. It is started in a
 new session, so `down` can stop it and its children (mlflow and prefect spawn
 workers) by signalling the process group whose id is that PID.
+
+Some commands are launchers whose child does the work (noida-db's Python script starts
+the broker binary). If the launcher dies, the child lives on. A service that names its
+data dir is therefore also recognised by the process that listens on its port: when that
+process names the data dir (command line, working dir or an open file), it is this
+service's own, and `up` adopts it and `down` stops it. Nothing else is ever signalled.
 """
 
 from __future__ import annotations
@@ -74,6 +80,70 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def listening_pids(port: int) -> set[int]:
+    """PIDs of the processes that hold a listening TCP socket on `port`, read from /proc."""
+    sockets = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A = LISTEN
+                sockets.add(f"socket:[{inode}]")
+    pids: set[int] = set()
+    if not sockets:
+        return pids
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in sockets for fd in (entry / "fd").iterdir()):
+                pids.add(int(entry.name))
+        except OSError:  # gone, or not ours to inspect
+            continue
+    return pids
+
+
+def refers_to(pid: int, directory: Path) -> bool:
+    """True when process `pid` names `directory` (or a path inside it) in its command line,
+    as its working dir or as an open file: the proof that it works on that data dir."""
+    root = str(Path(directory).resolve())
+
+    def inside(path: str) -> bool:
+        return path == root or path.startswith(root + os.sep)
+
+    proc = Path(f"/proc/{pid}")
+    try:
+        args = (proc / "cmdline").read_bytes().split(b"\0")
+        if any(inside(arg.decode(errors="replace")) for arg in args):
+            return True
+        if inside(os.readlink(proc / "cwd")):
+            return True
+        return any(inside(os.readlink(fd)) for fd in (proc / "fd").iterdir())
+    except OSError:
+        return False
+
+
+def stop_pid(pid: int, timeout: float = 15.0) -> bool:
+    """SIGTERM one process, then SIGKILL it if it outlives `timeout`."""
+    if not pid_alive(pid):
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    if not wait_until(lambda: not pid_alive(pid), timeout):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        wait_until(lambda: not pid_alive(pid), 5)
+    return True
+
+
 @dataclass
 class ManagedProcess:
     """One long-running process with its PID file, log file and readiness check."""
@@ -85,6 +155,9 @@ class ManagedProcess:
     ready: Callable[[], bool]  # true once the service answers
     env: dict[str, str] = field(default_factory=dict)
     start_timeout: float = 60.0
+    # a directory only this service's own processes name: with it, the process that
+    # listens on `port` is recognised as this service's even after its launcher died
+    data_dir: Path | None = None
 
     @property
     def pid_file(self) -> Path:
@@ -94,12 +167,29 @@ class ManagedProcess:
     def log_file(self) -> Path:
         return self.run_dir / f"{self.name}.log"
 
+    @property
+    def listener_file(self) -> Path:
+        return self.run_dir / f"{self.name}.listener.pid"
+
     def pid(self) -> int | None:
+        """The process started (its launcher, while alive), else this service's own process
+        still listening on its port (an orphan whose launcher died), else None."""
         try:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
+            pid = None
+        if pid is not None and pid_alive(pid):
+            return pid
+        return self.listener()
+
+    def listener(self) -> int | None:
+        """The process listening on this service's port, if it provably is this service's
+        own (it names `data_dir`); None for anyone else's, or without a `data_dir`."""
+        if self.data_dir is None or not self.port:
             return None
-        return pid if pid_alive(pid) else None
+        own = [pid for pid in listening_pids(self.port)
+               if pid != os.getpid() and refers_to(pid, self.data_dir)]
+        return min(own, default=None)
 
     def running(self) -> bool:
         return self.pid() is not None
@@ -107,6 +197,8 @@ class ManagedProcess:
     def start(self) -> bool:
         """Start unless already running. Returns True when it started a process."""
         if self.running():
+            if (listener := self.listener()) is not None:  # adopted, if its launcher died
+                self.listener_file.write_text(str(listener))
             return False
         if self.port and port_open("127.0.0.1", self.port):
             raise ServiceError(
@@ -133,6 +225,8 @@ class ManagedProcess:
             log.close()
         self.pid_file.write_text(str(proc.pid))
         ok = wait_until(lambda: proc.poll() is None and self.ready(), self.start_timeout)
+        if ok and (listener := self.listener()) is not None:
+            self.listener_file.write_text(str(listener))  # what holds the port, for `status`
         if not ok:
             self.stop()
             tail = self.log_file.read_text(errors="replace")[-1500:]
@@ -142,14 +236,25 @@ class ManagedProcess:
             )
         return True
 
+    def before_stop(self, timeout: float) -> None:
+        """Called by `stop` while the service still runs (e.g. to ask it to save first)."""
+
     def stop(self, timeout: float = 15.0) -> bool:
-        """Stop the process group this service started. Returns True if one was running."""
+        """Stop the process group this service started, and this service's own process on
+        its port if that outlived the group (an orphan). Returns True if one was running."""
+        listener = self.listener()
         try:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
-            return False
+            pid = None
+        if listener is not None or (pid is not None and pid_alive(pid)):
+            self.before_stop(timeout)
         self.pid_file.unlink(missing_ok=True)
-        return stop_group(pid, timeout)
+        self.listener_file.unlink(missing_ok=True)
+        stopped = pid is not None and stop_group(pid, timeout)
+        if listener is not None and pid_alive(listener):
+            stopped = stop_pid(listener, timeout) or stopped
+        return stopped
 
 
 def group_alive(pgid: int) -> bool:

@@ -1,7 +1,9 @@
 """The embedded local stack: Kafka-compatible broker, RabbitMQ, MLflow, Prefect, SMTP sink.
 
 `up` is idempotent (a service already running is left alone), `down` stops
-only what `up` started, by the PIDs recorded under `<state_dir>/run/`.
+only what `up` started, by the PIDs recorded under `<state_dir>/run/`. The broker
+is also recognised by its data dir when its launcher died (see `process.py`): `up`
+adopts it and `down` stops it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -33,12 +35,25 @@ RABBITMQ_MISSING = (
 )
 
 
+# Measured by benchmarks/broker_durability.py (docs/faults.md): writes acknowledged up to
+# 0.7 s before a SIGKILL of noida-db were lost (a new topic with them), none 0.8 s or more.
+EMBEDDED_KAFKA_LOSS_WINDOW_S = 1.0
+EMBEDDED_KAFKA_NOTE = (
+    "kafka here is the embedded noida-db broker, which is not crash-durable: if its process "
+    f"dies (SIGKILL, out of memory, power loss), writes it acknowledged in the last "
+    f"{EMBEDDED_KAFKA_LOSS_WINDOW_S:.0f} s can be lost, a topic created in that second "
+    "with them (measured, docs/faults.md). `evguard services down` saves first and loses "
+    "nothing. Production belongs on Kafka: `docker compose up` (docker-compose.yml)."
+)
+
+
 @dataclass(frozen=True)
 class ServiceStatus:
     name: str
     url: str
     state: str  # running | external | stopped | embedded | disabled
     pid: int | None = None
+    note: str = ""  # what a user should know before relying on it
 
 
 def _http_ok(url: str) -> bool:
@@ -63,19 +78,17 @@ def _amqp_ok(url: str) -> bool:
 
 @dataclass
 class EmbeddedKafka(ManagedProcess):
-    """The noida-db broker. Its own `stop kafka` command saves what it acknowledged; a
-    signal alone can lose the last acknowledged writes (measured: 1-4 of ~4,000 under
-    load, tests/faults/test_broker_restarts.py), so `stop` asks it first."""
+    """The noida-db broker: a Python launcher whose child, the broker binary, holds the port
+    (`data_dir` lets `up` and `down` find that child if the launcher died). Its own `stop
+    kafka` command saves what it acknowledged; a signal alone can lose the last acknowledged
+    writes (EMBEDDED_KAFKA_NOTE), so `stop` asks it first."""
 
-    def stop(self, timeout: float = 15.0) -> bool:
-        if self.running():
-            data_dir = self.command[self.command.index("--data-dir") + 1]
-            try:
-                subprocess.run([self.command[0], "stop", "kafka", "--data-dir", data_dir],
-                               capture_output=True, timeout=timeout, check=False)
-            except (OSError, subprocess.TimeoutExpired):
-                pass  # the signal below still stops it
-        return super().stop(timeout)
+    def before_stop(self, timeout: float) -> None:
+        try:
+            subprocess.run([self.command[0], "stop", "kafka", "--data-dir", str(self.data_dir)],
+                           capture_output=True, timeout=timeout, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            pass  # the signal that follows still stops it
 
 
 class LocalStack:
@@ -98,6 +111,7 @@ class LocalStack:
             port=port,
             ready=lambda: port_open("127.0.0.1", port),
             start_timeout=30,
+            data_dir=s.state_path / "kafka",
         )
 
     def rabbitmq_process(self) -> ManagedProcess:
@@ -267,8 +281,9 @@ class LocalStack:
         s = self.settings
         rows = []
         kafka = self.kafka_process()
-        rows.append(_status("kafka", f"kafka://{s.kafka_servers}", kafka, s.kafka_embedded,
-                            lambda: port_open(*_split(s.kafka_servers))))
+        row = _status("kafka", f"kafka://{s.kafka_servers}", kafka, s.kafka_embedded,
+                      lambda: port_open(*_split(s.kafka_servers)))
+        rows.append(replace(row, note=EMBEDDED_KAFKA_NOTE) if s.kafka_embedded else row)
         host, port = self._rabbit_address()
         rows.append(_status("rabbitmq", f"amqp://{host}:{port}", self.rabbitmq_process(), True,
                             lambda: port_open(host, port)))
