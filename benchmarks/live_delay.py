@@ -19,7 +19,7 @@ alert rows and the fleet's labels, matched by charger, transaction and kind:
   first_sample_ts`, divided by the speed-up), and what the delay would be at 1x with the
   same sample interval (that wait at full length plus the measured rest).
 
-`never_unplugged` is left out by default: its detector waits 18 simulated hours by design
+`never_unplugged` is left out by default: its detector waits 24 simulated hours by design
 (the offline evaluation, `evguard evaluate --live-faults`, measures it). Without the
 exports the benchmark prints why and exits 0. Prints a markdown table, writes JSON.
 """

@@ -35,7 +35,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SUMMARY_METRICS = ("pr_auc", "roc_auc", "precision_at_k", "recall_at_budget", "em", "mv")
 LONG_RUNNING = ("serve_flow/serve", "monitor_flow/monitor", "alert_flow/alert",
                 "ocpp_gateway_flow/ocpp-gateway", "telemetry_flow/telemetry")
-# never_unplugged is left out of the demo: its detector waits 18 simulated hours
+# never_unplugged is left out of the demo: its detector waits 24 simulated hours
 LIVE_DEMO_KINDS = ("no_current", "overcurrent", "meter_frozen", "meter_backwards",
                    "overtemperature", "faulted", "silent")
 LIVE_DEMO_PASSWORD = "evguard-demo-charger"

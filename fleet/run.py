@@ -83,7 +83,7 @@ class FleetConfig:
     passwords: Mapping[str, str] = field(default_factory=dict)
     seed: int = 0
     clock: Literal["session", "now"] = "session"
-    unplug_delay_s: float = 24 * 3600.0
+    unplug_delay_s: float = 36 * 3600.0
     validate: bool = True
     response_timeout_s: float = 30.0
     connect_attempts: int = 5

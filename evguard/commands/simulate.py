@@ -83,7 +83,7 @@ def simulate(
     clock: Annotated[str, typer.Option(
         help="session (charger clock starts at the first session) or now")] = "session",
     unplug_delay_h: Annotated[float, typer.Option(
-        min=0.01, help="How much longer a never_unplugged car stays (simulated hours)")] = 24.0,
+        min=0.01, help="How much longer a never_unplugged car stays (simulated hours)")] = 36.0,
     seed: Annotated[int, typer.Option(help="Seed of everything random")] = 0,
     labels: Annotated[Path, typer.Option(
         help="Planted faults, JSON lines (the summary goes beside it)")] = Path("fleet-labels.jsonl"),

@@ -64,7 +64,7 @@ class PlanOptions:
     max_pilot_a: float = 32.0
     min_pilot_a: float = 6.0
     dc_threshold_w: float = 20_000.0
-    unplug_delay_s: float = 24 * 3600.0
+    unplug_delay_s: float = 36 * 3600.0
 
     def __post_init__(self) -> None:
         if not 0.1 <= self.sample_interval_s <= 3600:

@@ -36,7 +36,7 @@ PASSWORD = "e2e-charger-pass"
 SITE = "0002"
 # never_unplugged fires `idle_hours` after the last draw: 24 simulated minutes here (the
 # car stays an hour longer; every other car leaves within 20 min of plugging in) instead of
-# 18 h, so it shows within seconds at 600x
+# 24 h, so it shows within seconds at 600x
 POLICY = replace(FAST.policy, idle_hours=0.4)
 
 
