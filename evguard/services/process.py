@@ -182,6 +182,15 @@ class ManagedProcess:
             return pid
         return self.listener()
 
+    def orphan(self) -> int | None:
+        """This service's own process on its port when the process started for it (its
+        launcher) is gone; None otherwise."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            pid = None
+        return None if pid is not None and pid_alive(pid) else self.listener()
+
     def listener(self) -> int | None:
         """The process listening on this service's port, if it provably is this service's
         own (it names `data_dir`); None for anyone else's, or without a `data_dir`."""

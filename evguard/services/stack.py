@@ -212,11 +212,15 @@ class LocalStack:
             if name not in only:
                 continue
             t0 = time.monotonic()
+            embedded_kafka = name == "kafka" and self.settings.kafka_embedded
+            orphan = self.kafka_process().orphan() if embedded_kafka else None
             did_start = getattr(self, f"_up_{name}")()
             if did_start:
                 started.append(name)
-            log(f"{name}: {'started' if did_start else 'already up'} "
-                f"({time.monotonic() - t0:.1f}s)")
+            state = "started" if did_start else "already up"
+            if orphan is not None and not did_start:
+                state = f"already up (adopted pid {orphan}: its launcher had died)"
+            log(f"{name}: {state} ({time.monotonic() - t0:.1f}s)")
         if ui and "mlflow" in only and self.mlflow_ui_process().start():
             started.append("mlflow-ui")
         return started

@@ -20,12 +20,13 @@ import time
 from confluent_kafka import Producer
 
 from evguard.services.process import pid_alive, port_open, wait_until
+from evguard.services.stack import EMBEDDED_KAFKA_LOSS_WINDOW_S
 from pipelines.contracts.sessions import encode_session, session_key
 from pipelines.data.synth import generate_sessions
 from tests.support.faultkit import read_topic, wait_for_partitions
 from tests.support.workers import InProcessWorker
 
-LOSS_WINDOW_S = 1.0  # what the embedded broker promises (docs/faults.md)
+LOSS_WINDOW_S = EMBEDDED_KAFKA_LOSS_WINDOW_S  # what `services status` states
 
 
 class TimedReplay:

@@ -61,7 +61,9 @@ def test_up_adopts_and_down_stops_the_broker_whose_launcher_was_killed(stack):
     assert wait_until(lambda: not pid_alive(launcher), 10)
     assert pid_alive(broker) and port_open("127.0.0.1", settings.kafka_port)
 
-    stack.up(only=("kafka",))  # before issue 15: "port ... already in use by another program"
+    said: list[str] = []
+    stack.up(only=("kafka",), log=said.append)  # before: "port ... already in use by another"
+    assert any(f"adopted pid {broker}" in line for line in said), said
     (row,) = [r for r in stack.status() if r.name == "kafka"]
     assert row.state == "running" and row.pid == broker
     assert round_trip(settings) is not None
