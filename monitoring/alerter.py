@@ -1,4 +1,5 @@
-"""The alerting consumer: one explained email per station per cooldown, none lost.
+"""The alerting consumer: one explained email per station per cooldown, none lost, with any
+number of consumers on one queue.
 
 Queue `settings.alerts_queue` (default `alerts`) is bound to `score.*.anomaly`
 (anomalous sessions, contract §5), `station.*.*` (station alert events, §5a) and
@@ -7,8 +8,9 @@ Queue `settings.alerts_queue` (default `alerts`) is bound to `score.*.anomaly`
 1. a poison message goes to `alerts.dlq` (and the store), then is acked;
 2. an alert already recorded for (sessionID, model version) is a redelivery:
    finished ones are acked, unfinished ones are delivered again;
-3. a station whose last delivered alert is younger than `alert_cooldown_s` gets
-   a `suppressed` alert (shown on the dashboard, not emailed);
+3. a station whose last delivered alert is younger than `alert_cooldown_s`, or whose
+   cooldown another alert holds, gets a `suppressed` alert (shown on the dashboard, not
+   emailed);
 4. otherwise the email is sent, retried with exponential backoff while SMTP is
    down. The message is acked only after delivery; after `alert_max_attempts`
    failures it goes to `alerts.dlq` and the alert is `dead_lettered`.
@@ -34,22 +36,59 @@ consumer writes too, so the email never waits for the monitoring consumer):
 - a closed event is not emailed (the dashboard shows it).
 
 Delivery (SMTP retries, dead letter, webhook) is the same as for sessions.
+
+Scaling out: nothing is kept in the process. Consumers share the store (SQLite locally,
+PostgreSQL in docker-compose), and two things in it make them agree:
+
+- a claim per alert (an anomaly; a station alert episode, so its recovery waits for its
+  opening; a live alert episode), taken before the alert is judged and held while it is
+  emailed. Taking it is one conditional upsert, so of two consumers holding copies of the
+  same alert (a replaying worker publishes results twice) one works and the other waits,
+  then finds it finished and acks its copy. The claim is a lease of `alert_claim_lease_s`,
+  renewed before each SMTP retry and released when the alert is finished;
+- a cooldown per station (anomalies), station and kind (station alerts) or connector and
+  kind (live alerts), held by the alert that started it and taken with one conditional
+  upsert, so two alerts judged at the same moment by two consumers cannot both be emailed.
+
+A crash (SIGKILL, power loss) between claiming and sending loses nothing, because a message
+is acked only after its alert is finished. RabbitMQ redelivers the unacked messages of a
+dead consumer to a live one, which waits for the dead one's lease to run out, takes the
+claim over and finds one of these:
+
+- no alert, or one still `pending`/`retrying`: it judges (the cooldown it may have taken
+  is taken again by the same alert) and sends. Nothing lost, nothing twice;
+- a finished alert (`sent`, `suppressed`...): the crash came after the store was updated
+  and before the ack. It acks, and sends nothing;
+- the one window that cannot be closed: the SMTP server accepted the email, and the
+  consumer died before it stored `sent` (a few milliseconds per email). That email is
+  sent again, once, with the same `Message-ID` (derived from the alert), so mail clients
+  that de-duplicate by Message-ID show it once.
+
+A consumer whose lease ran out while it was still working (stalled longer than the lease)
+puts its message back on the queue instead of acking it. Leases compare wall clocks of the
+consumers' hosts, so the lease must be much longer than their clock skew and than one SMTP
+attempt (`smtp_timeout_s`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from email.message import EmailMessage
 
 from sqlalchemy.exc import OperationalError
 
 from monitoring.rabbit import TRANSIENT_ERRORS, QueueConsumer
 from pipelines.contracts.live_alert import InvalidLiveAlert, LiveAlertMessage, parse_live_alert
-from pipelines.contracts.score_result import InvalidScoreResult, parse_score_result
+from pipelines.contracts.score_result import InvalidScoreResult, ScoreResult, parse_score_result
 from pipelines.contracts.station_alert import (
     InvalidStationAlert,
     StationAlertMessage,
@@ -82,6 +121,8 @@ NOTICE_FINISHED = (*FINISHED, "recorded")
 BINDINGS = ("score.*.anomaly", "station.*.*", "live.*.*")
 STATION_PREFIX = "station."
 LIVE_PREFIX = "live."
+REQUEUE = "requeued"  # the outcome of a message whose alert another consumer took over
+CLAIM_POLL_S = 0.25  # how often a claim held by another consumer is tried again
 
 
 def smtp_config(settings: Settings) -> SmtpConfig:
@@ -103,6 +144,45 @@ def live_url(settings: Settings) -> str:
     return f"{dashboard_url(settings)}live"
 
 
+def consumer_name() -> str:
+    """This consumer's name in the claims it holds: host, PID and a random part (a restarted
+    process must not inherit a lease of its previous life)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def stable_message_id(email_key: str) -> str:
+    """The Message-ID of an alert's email: the same every time that email is sent, so a copy
+    re-sent after a crash is recognisably the same message (pure)."""
+    return f"<alert-{hashlib.sha256(email_key.encode()).hexdigest()[:32]}@evguard>"
+
+
+def with_message_id(message: EmailMessage, email_key: str) -> EmailMessage:
+    del message["Message-ID"]
+    message["Message-ID"] = stable_message_id(email_key)
+    return message
+
+
+@dataclass(frozen=True)
+class Claim:
+    """This consumer's lease on one alert in the store (see `MonitoringStore.claim_alert`)."""
+
+    store: MonitoringStore
+    alert_key: str
+    holder: str
+    lease_s: float
+
+    def take(self) -> bool:
+        return self.store.claim_alert(self.alert_key, self.holder, time.time(), self.lease_s)
+
+    def renew(self, extra_s: float = 0.0) -> bool:
+        """Extend the lease by `extra_s` more than usual (a retry delay); False = it was lost."""
+        return self.store.claim_alert(self.alert_key, self.holder, time.time(),
+                                      self.lease_s + extra_s)
+
+    def release(self) -> None:
+        self.store.release_alert(self.alert_key, self.holder)
+
+
 class AlertConsumer:
     """Consumes anomalies and turns them into de-duplicated, delivered alerts."""
 
@@ -117,6 +197,7 @@ class AlertConsumer:
         self.delivery_retry = RetryPolicy(initial_s=settings.alert_retry_base_s,
                                           max_s=settings.alert_retry_max_s)
         self.rabbit = QueueConsumer(settings, settings.alerts_queue, BINDINGS, prefetch=20)
+        self.name = consumer_name()
         self.outcomes: Counter[str] = Counter()
 
     def handle(self, body: bytes, routing_key: str, stop: threading.Event) -> str | None:
@@ -141,27 +222,66 @@ class AlertConsumer:
             return self._poison(body, str(exc), routing_key)
         if not result.is_anomaly:
             return "not_anomalous"
+        alert_key = f"session:{result.session_id}:{result.model_version}"
+        return self._holding(alert_key, stop, lambda claim: self._alert_session(
+            result, alert_key, claim, body, routing_key, stop))
+
+    def _alert_session(self, result: ScoreResult, alert_key: str, claim: Claim, body: bytes,
+                       routing_key: str, stop: threading.Event) -> str | None:
         alert = self.store.get_alert(result.session_id, result.model_version)
         if alert is not None and alert["state"] in FINISHED:
             return "redelivered"
         now = self.clock()
         level = severity(result.score, result.threshold, self.severity_policy)
+        cooldown = f"session:{result.station_id}"
         if alert is None:
-            quiet = in_cooldown(self.store.last_sent_ts(result.station_id), now,
-                                self.settings.alert_cooldown_s)
+            quiet = self._in_cooldown(cooldown, alert_key,
+                                      self.store.last_sent_ts(result.station_id), now)
             alert = self.store.create_alert(result, level, "suppressed" if quiet else "pending",
                                             alert_subject(result, level), now=now)
             if quiet:
                 return "suppressed"
-        message = compose_email(result, level, self.settings.alert_sender,
-                                self.settings.alert_recipients, dashboard_url(self.settings))
+        message = with_message_id(
+            compose_email(result, level, self.settings.alert_sender,
+                          self.settings.alert_recipients, dashboard_url(self.settings)),
+            alert_key)
         outcome = self._deliver(message, alert["attempts"],
                                 lambda **values: self.store.update_alert(alert["id"], **values),
-                                body, routing_key, stop)
+                                body, routing_key, stop, claim)
+        self._end_cooldown(cooldown, alert_key, outcome)
         if outcome == "sent":
             self.store.update_alert(alert["id"], webhook_state=self._webhook(
                 webhook_payload(result, level, dashboard_url(self.settings))))
         return outcome
+
+    def _holding(self, alert_key: str, stop: threading.Event,
+                 work: Callable[[Claim], str | None]) -> str | None:
+        """Run `work` while this consumer holds the alert's claim, waiting (heartbeats served)
+        while another consumer holds it. None if `stop` was set while waiting."""
+        claim = Claim(self.store, alert_key, self.name, self.settings.alert_claim_lease_s)
+        while not claim.take():
+            if not self.rabbit.sleep(CLAIM_POLL_S, stop):
+                return None
+        try:
+            return work(claim)
+        finally:
+            claim.release()
+
+    def _in_cooldown(self, cooldown_key: str, alert_key: str, last_delivered_ts: float | None,
+                     now: float) -> bool:
+        """True when the alert falls in a cooldown: the last delivered alert is recent, or
+        another alert holds the cooldown (taken atomically, so one of two alerts judged at
+        once wins it)."""
+        cooldown_s = self.settings.alert_cooldown_s
+        return in_cooldown(last_delivered_ts, now, cooldown_s) or not self.store.take_cooldown(
+            cooldown_key, alert_key, now, cooldown_s)
+
+    def _end_cooldown(self, cooldown_key: str, alert_key: str, outcome: str | None) -> None:
+        """A delivered alert's cooldown counts from its delivery; a dead-lettered one frees it."""
+        if outcome == "sent":
+            self.store.restart_cooldown(cooldown_key, alert_key, self.clock())
+        elif outcome == "dead_lettered":
+            self.store.release_cooldown(cooldown_key, alert_key)
 
     def handle_station(self, body: bytes, routing_key: str, stop: threading.Event) -> str | None:
         """A station alert event: its opening emailed once, its recovery if the opening was."""
@@ -169,35 +289,47 @@ class AlertConsumer:
             event = parse_station_alert(body)
         except InvalidStationAlert as exc:
             return self._poison(body, str(exc), routing_key)
+        # one claim per episode: its recovery is judged after its opening
+        return self._holding(f"station:{event.alert_id}", stop, lambda claim: self._alert_station(
+            event, claim, body, routing_key, stop))
+
+    def _alert_station(self, event: StationAlertMessage, claim: Claim, body: bytes,
+                       routing_key: str, stop: threading.Event) -> str | None:
         notice = self.store.get_station_notice(event.alert_id, event.status)
         if notice is not None and notice["state"] in NOTICE_FINISHED:
             return "station_redelivered"
+        email_key = f"station:{event.alert_id}:{event.status}"
+        cooldown = f"station:{event.station_id}:{event.kind}"
         if notice is None:
             now = self.clock()
-            state = self._station_notice_state(event, now)
+            state = self._station_notice_state(event, email_key, cooldown, now)
             notice = self.store.create_station_notice(event, state, station_alert_subject(event),
                                                       now=now)
             if state != "pending":
                 return f"station_{state}"
-        message = compose_station_email(event, self.settings.alert_sender,
-                                        self.settings.alert_recipients,
-                                        stations_url(self.settings))
+        message = with_message_id(
+            compose_station_email(event, self.settings.alert_sender,
+                                  self.settings.alert_recipients, stations_url(self.settings)),
+            email_key)
         outcome = self._deliver(
             message, notice["attempts"],
             lambda **values: self.store.update_station_notice(notice["id"], **values),
-            body, routing_key, stop)
+            body, routing_key, stop, claim)
+        if event.is_open:
+            self._end_cooldown(cooldown, email_key, outcome)
         if outcome != "sent":
             return outcome
         self.store.update_station_notice(notice["id"], webhook_state=self._webhook(
             station_webhook_payload(event, stations_url(self.settings))))
         return "station_opened" if event.is_open else "station_recovered"
 
-    def _station_notice_state(self, event: StationAlertMessage, now: float) -> str:
+    def _station_notice_state(self, event: StationAlertMessage, email_key: str,
+                              cooldown_key: str, now: float) -> str:
         """`pending` (to email), `suppressed` (a flapping station) or `recorded` (a closure
         whose opening nobody was emailed about)."""
         if event.is_open:
             last = self.store.last_station_email_ts(event.station_id, event.kind)
-            return "suppressed" if in_cooldown(last, now, self.settings.alert_cooldown_s) \
+            return "suppressed" if self._in_cooldown(cooldown_key, email_key, last, now) \
                 else "pending"
         opening = self.store.get_station_notice(event.alert_id, "open")
         return "pending" if opening is not None and opening["state"] == "sent" else "recorded"
@@ -212,41 +344,55 @@ class AlertConsumer:
         self.store.save_live_alerts([event], now=self.clock())  # idempotent: the row must exist
         if not event.is_open:
             return "live_closed"
+        alert_key = f"live:{event.alert_id}"
+        return self._holding(alert_key, stop, lambda claim: self._alert_live(
+            event, alert_key, claim, body, routing_key, stop))
+
+    def _alert_live(self, event: LiveAlertMessage, alert_key: str, claim: Claim, body: bytes,
+                    routing_key: str, stop: threading.Event) -> str | None:
         episode = self.store.get_live_alert(event.alert_id)
         if episode["email_state"] in FINISHED:
             return "live_redelivered"
+        cooldown = "live:" + ":".join(str(part) for part in live_cooldown_key(event))
         if episode["email_state"] is None:
-            state = self._live_email_state(event)
+            state = self._live_email_state(event, alert_key, cooldown)
             if not self.store.claim_live_email(event.alert_id, state, live_alert_subject(event)):
-                return "live_redelivered"  # another consumer judged it meanwhile
+                return "live_redelivered"  # judged already (the claim makes this rare)
             if state == "suppressed":
                 return "live_suppressed"
             episode = self.store.get_live_alert(event.alert_id)
-        message = compose_live_email(event, self.settings.alert_sender,
-                                     self.settings.alert_recipients, live_url(self.settings),
-                                     now=self.clock(), closed_ts=episode["closed_ts"])
+        message = with_message_id(
+            compose_live_email(event, self.settings.alert_sender, self.settings.alert_recipients,
+                               live_url(self.settings), now=self.clock(),
+                               closed_ts=episode["closed_ts"]),
+            alert_key)
         outcome = self._deliver(
             message, episode["email_attempts"],
             lambda **values: self.store.update_live_email(event.alert_id, **values),
-            body, routing_key, stop)
+            body, routing_key, stop, claim)
+        self._end_cooldown(cooldown, alert_key, outcome)
         if outcome != "sent":
             return outcome
         self.store.update_live_email(event.alert_id, webhook_state=self._webhook(
             live_webhook_payload(event, live_url(self.settings), self.clock())))
         return "live_emailed"
 
-    def _live_email_state(self, event: LiveAlertMessage) -> str:
+    def _live_email_state(self, event: LiveAlertMessage, alert_key: str,
+                          cooldown_key: str) -> str:
         """`pending` (to email) or `suppressed` (its connector flaps with this fault)."""
         last = self.store.last_live_email_ts(*live_cooldown_key(event))
-        return "suppressed" if in_cooldown(last, self.clock(), self.settings.alert_cooldown_s) \
+        return "suppressed" if self._in_cooldown(cooldown_key, alert_key, last, self.clock()) \
             else "pending"
 
     def _deliver(self, message: EmailMessage, attempts: int, record: Callable[..., None],
-                 body: bytes, routing_key: str, stop: threading.Event) -> str | None:
-        """Send with backoff while SMTP fails; `record(**values)` keeps the state in the store.
+                 body: bytes, routing_key: str, stop: threading.Event,
+                 claim: Claim) -> str | None:
+        """Send with backoff while SMTP fails; `record(**values)` keeps the state in the store,
+        and the claim is renewed to cover each wait.
 
         Returns `sent`, `dead_lettered` after `alert_max_attempts` (the message then went to
-        the dead-letter queue), or None when `stop` interrupted a wait.
+        the dead-letter queue), `requeued` when the claim was lost to another consumer, or
+        None when `stop` interrupted a wait.
         """
         subject = message["Subject"]
         while True:
@@ -261,6 +407,9 @@ class AlertConsumer:
                     log.error("%s: dead-lettered after %d attempts: %s", subject, attempts, exc)
                     return "dead_lettered"
                 delay = self.delivery_retry.delay(attempts - 1)
+                if not claim.renew(extra_s=delay):
+                    log.warning("%s: taken over by another consumer; requeued", subject)
+                    return REQUEUE
                 log.warning("%s: not delivered (attempt %d), retry in %.1fs: %s",
                             subject, attempts, delay, exc)
                 if not self.rabbit.sleep(delay, stop):
@@ -305,7 +454,10 @@ class AlertConsumer:
                     outcome = self.handle(body, method.routing_key, stop)
                     if outcome is None:
                         break
-                    self.rabbit.channel.basic_ack(method.delivery_tag)
+                    if outcome == REQUEUE:
+                        self.rabbit.channel.basic_nack(method.delivery_tag, requeue=True)
+                    else:
+                        self.rabbit.channel.basic_ack(method.delivery_tag)
                     self.outcomes[outcome] += 1
                     if finished():
                         break

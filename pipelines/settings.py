@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     alert_max_attempts: int = Field(8, description="SMTP attempts before an alert is dead-lettered")
     alert_retry_base_s: float = Field(2.0, description="First SMTP retry delay, then doubling")
     alert_retry_max_s: float = Field(60.0, description="Longest delay between SMTP attempts")
+    alert_claim_lease_s: float = Field(
+        60.0, gt=0, description="How long an alert consumer's claim on an alert lasts unrenewed: "
+                                "a crashed consumer's alert is taken over after this")
     alert_major_margin: float = Field(0.05, description="Score over threshold by this fraction = major")
     alert_critical_margin: float = Field(0.15, description="Score over threshold by this fraction = critical")
     smtp_timeout_s: float = Field(10.0, description="SMTP connect/send timeout")

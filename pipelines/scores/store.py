@@ -7,6 +7,13 @@ buckets are plain arithmetic on every database. Writes of scores and alerts are
 idempotent on (session_id, model_version); station alert events and their email
 notices on (alert_id, status); live alert events on (alert_id, status), kept as one row
 per episode. A connector snapshot replaces the stored one only when it is newer.
+
+Alert consumers share two tables, so that any number of them can run on one queue:
+`alert_claims` says which consumer handles an alert now (a lease, taken over once it runs
+out), and `alert_cooldowns` says which alert holds a station's or a connector's cooldown.
+Both are taken with one conditional INSERT ... ON CONFLICT DO UPDATE ... WHERE ... RETURNING:
+the row that comes back says who won, on SQLite (one writer at a time) and on PostgreSQL
+(the conflicting row is locked and re-checked).
 """
 
 from __future__ import annotations
@@ -32,16 +39,20 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    case,
     create_engine,
+    delete,
     event,
     exists,
     func,
     insert,
+    or_,
     select,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from pipelines.contracts.connector_status import ConnectorStatusMessage
 from pipelines.contracts.live_alert import LiveAlertMessage
@@ -183,6 +194,29 @@ live_alerts = Table(
     Index("ix_live_alerts_status", "status"),
 )
 
+# which alert consumer is handling an alert (an anomaly, a station alert episode, a live alert
+# episode) right now; holder "" = released. A lease that ran out may be taken by another one.
+alert_claims = Table(
+    "alert_claims", metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("alert_key", String(400), nullable=False),
+    Column("holder", String(200), nullable=False),
+    Column("lease_until_ts", Float, nullable=False),
+    Column("claimed_ts", Float, nullable=False),
+    Column("takeovers", Integer, nullable=False, default=0),  # claims taken from a lapsed lease
+    UniqueConstraint("alert_key", name="uq_alert_claims_key"),
+)
+
+# the alert that started each cooldown (per station, station and kind, or connector and kind)
+alert_cooldowns = Table(
+    "alert_cooldowns", metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("cooldown_key", String(400), nullable=False),
+    Column("holder", String(400), nullable=False),  # the alert's key
+    Column("since_ts", Float, nullable=False),  # when it was claimed, then when it was delivered
+    UniqueConstraint("cooldown_key", name="uq_alert_cooldowns_key"),
+)
+
 # the newest snapshot of each connector (contract §5c), for the live view
 connectors = Table(
     "connectors", metadata,
@@ -250,10 +284,24 @@ def connect(url: str) -> Engine:
             cur.close()
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    metadata.create_all(engine)
-    for index in scores.indexes:  # create_all adds no index to a table that already exists
-        index.create(engine, checkfirst=True)
+    create_schema(engine)
     return engine
+
+
+def create_schema(engine: Engine, tries: int = 5) -> None:
+    """Create the missing tables and indexes. Consumers started together on a new database
+    race to create the same table: the loser's CREATE fails ("already exists"), and trying
+    again finds the table there."""
+    for attempt in range(tries):
+        try:
+            metadata.create_all(engine)
+            for index in scores.indexes:  # create_all adds no index to a table that exists
+                index.create(engine, checkfirst=True)
+            return
+        except (OperationalError, ProgrammingError, IntegrityError):
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def _upsert(engine: Engine, table: Table):
@@ -466,6 +514,67 @@ class MonitoringStore:
             live_alerts.c.email_state == "sent")
         with self.engine.connect() as conn:
             return conn.execute(query).scalar_one_or_none()
+
+    # ---- claims and cooldowns shared by the alert consumers -----------------
+    def claim_alert(self, alert_key: str, holder: str, now: float, lease_s: float) -> bool:
+        """Take (or renew) the claim on an alert until `now + lease_s`. Wins when the alert is
+        unclaimed, released, already this holder's, or its lease ran out (a takeover, counted).
+        Returns whether `holder` now has it."""
+        stmt = _upsert(self.engine, alert_claims).values(
+            alert_key=alert_key, holder=holder, lease_until_ts=now + lease_s, claimed_ts=now,
+            takeovers=0)
+        held, new = alert_claims.c, stmt.excluded
+        free = or_(held.holder == new.holder, held.holder == "")
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["alert_key"],
+            set_={"holder": new.holder, "lease_until_ts": new.lease_until_ts,
+                  "claimed_ts": case((held.holder == new.holder, held.claimed_ts),
+                                     else_=new.claimed_ts),
+                  "takeovers": held.takeovers + case((free, 0), else_=1)},
+            where=or_(free, held.lease_until_ts <= new.claimed_ts))
+        with self.engine.begin() as conn:
+            return conn.execute(stmt.returning(alert_claims.c.id)).first() is not None
+
+    def release_alert(self, alert_key: str, holder: str) -> None:
+        """Give the claim up (if `holder` still has it), so a redelivery need not wait."""
+        with self.engine.begin() as conn:
+            conn.execute(update(alert_claims)
+                         .where(alert_claims.c.alert_key == alert_key,
+                                alert_claims.c.holder == holder)
+                         .values(holder="", lease_until_ts=0.0))
+
+    def take_cooldown(self, cooldown_key: str, holder: str, now: float,
+                      cooldown_s: float) -> bool:
+        """Start the cooldown `cooldown_key` for the alert `holder`, unless another alert started
+        it less than `cooldown_s` ago. Taking it again for the same alert wins (a redelivery
+        after a crash decides as before). Returns whether `holder` has it."""
+        stmt = _upsert(self.engine, alert_cooldowns).values(
+            cooldown_key=cooldown_key, holder=holder, since_ts=now)
+        held, new = alert_cooldowns.c, stmt.excluded
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["cooldown_key"],
+            set_={"holder": new.holder,
+                  "since_ts": case((held.holder == new.holder, held.since_ts),
+                                   else_=new.since_ts)},
+            where=or_(held.holder == new.holder, held.since_ts <= new.since_ts - cooldown_s))
+        with self.engine.begin() as conn:
+            return conn.execute(stmt.returning(alert_cooldowns.c.id)).first() is not None
+
+    def restart_cooldown(self, cooldown_key: str, holder: str, delivered_ts: float) -> None:
+        """The alert holding the cooldown was delivered: the cooldown counts from then."""
+        with self.engine.begin() as conn:
+            conn.execute(update(alert_cooldowns)
+                         .where(alert_cooldowns.c.cooldown_key == cooldown_key,
+                                alert_cooldowns.c.holder == holder)
+                         .values(since_ts=delivered_ts))
+
+    def release_cooldown(self, cooldown_key: str, holder: str) -> None:
+        """The alert holding the cooldown was never delivered (dead-lettered): the next alert
+        may be emailed. The cooldown before it had run out, or this one could not have started."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(alert_cooldowns)
+                         .where(alert_cooldowns.c.cooldown_key == cooldown_key,
+                                alert_cooldowns.c.holder == holder))
 
     # ---- connector snapshots ----------------------------------------------
     def save_connector_statuses(self, snapshots: Sequence[ConnectorStatusMessage],
