@@ -171,13 +171,21 @@ class ManagedProcess:
     def listener_file(self) -> Path:
         return self.run_dir / f"{self.name}.listener.pid"
 
-    def pid(self) -> int | None:
-        """The process started (its launcher, while alive), else this service's own process
-        still listening on its port (an orphan whose launcher died), else None."""
+    def _recorded(self) -> int | None:
+        """The PID in the PID file, unless a live process with that PID provably is not
+        this service's (its PID was reused after the service died)."""
         try:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
-            pid = None
+            return None
+        if self.data_dir is not None and pid_alive(pid) and not refers_to(pid, self.data_dir):
+            return None
+        return pid
+
+    def pid(self) -> int | None:
+        """The process started (its launcher, while alive), else this service's own process
+        still listening on its port (an orphan whose launcher died), else None."""
+        pid = self._recorded()
         if pid is not None and pid_alive(pid):
             return pid
         return self.listener()
@@ -185,10 +193,7 @@ class ManagedProcess:
     def orphan(self) -> int | None:
         """This service's own process on its port when the process started for it (its
         launcher) is gone; None otherwise."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            pid = None
+        pid = self._recorded()
         return None if pid is not None and pid_alive(pid) else self.listener()
 
     def listener(self) -> int | None:
@@ -252,10 +257,7 @@ class ManagedProcess:
         """Stop the process group this service started, and this service's own process on
         its port if that outlived the group (an orphan). Returns True if one was running."""
         listener = self.listener()
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            pid = None
+        pid = self._recorded()
         if listener is not None or (pid is not None and pid_alive(pid)):
             self.before_stop(timeout)
         self.pid_file.unlink(missing_ok=True)

@@ -108,3 +108,18 @@ def test_status_states_the_embedded_brokers_loss_window_and_where_production_bel
     monkeypatch.setenv("EVGUARD_KAFKA_BOOTSTRAP", "127.0.0.1:9")  # a real cluster: no note
     external = CliRunner().invoke(app, ["services", "status"])
     assert external.exit_code == 0 and "not crash-durable" not in external.output
+
+
+def test_down_leaves_alone_a_program_that_reuses_the_recorded_pid(stack):
+    """The broker died and its PID now belongs to another program: not the stack's to stop."""
+    stranger = subprocess.Popen(["sleep", "120"], start_new_session=True)  # a group leader
+    try:
+        kafka = stack.kafka_process()
+        kafka.run_dir.mkdir(parents=True, exist_ok=True)
+        kafka.pid_file.write_text(str(stranger.pid))
+        assert not kafka.running()
+        assert stack.down() == []
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait(10)
