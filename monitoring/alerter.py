@@ -201,8 +201,9 @@ class AlertConsumer:
         self.outcomes: Counter[str] = Counter()
 
     def handle(self, body: bytes, routing_key: str, stop: threading.Event) -> str | None:
-        """Process one message. Returns its outcome, or None if `stop` interrupted a retry
-        (the message must then stay unacked)."""
+        """Process one message. Returns its outcome: `requeued` when another consumer took
+        its alert over (the message goes back to the queue), None if `stop` interrupted a
+        retry or the wait for a claim (the message must then stay unacked)."""
         if routing_key.startswith(STATION_PREFIX):
             return self.handle_station(body, routing_key, stop)
         if routing_key.startswith(LIVE_PREFIX):
