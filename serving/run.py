@@ -6,7 +6,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 
 from pipelines.contracts.sessions import EXAMPLE_SESSION
 from pipelines.data.features import FEATURE_COLUMNS, feature_matrix
@@ -23,6 +23,12 @@ from serving.worker import ScoringWorker, WorkerReport, batch_log
 
 EXIT_OK, EXIT_ERROR, EXIT_NO_MODEL, EXIT_INVALID_RATIO, EXIT_DEAD_LETTER = 0, 1, 2, 3, 4
 EXIT_STATE_WRITE = 5
+log = logging.getLogger("evguard.serving")
+# producer errors a new producer clears: the broker forgot this producer's sequence numbers
+# (e.g. it was restarted after a crash); not a fenced instance id or a config error
+_PRODUCER_STATE_LOST = frozenset({KafkaError._FATAL, KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+                                  KafkaError.UNKNOWN_PRODUCER_ID,
+                                  KafkaError.INVALID_PRODUCER_EPOCH})
 
 
 @dataclass
@@ -40,7 +46,10 @@ def run_worker(settings: Settings, stop: threading.Event | None = None,
 
     Exit codes: 0 stopped cleanly, 1 Kafka unreachable, 2 no usable champion,
     3 invalid-ratio limit, 4 dead letter not acknowledged, 5 station-state changelog write not
-    acknowledged.
+    acknowledged. Codes 4 and 5, and a producer whose broker lost its idempotence state, end
+    the run only after `serve_resume_limit` rebuilds of the worker in place (a new consumer
+    and new producers read on from the last commit; station state restored from the
+    changelog) failed the same way.
     """
     metrics = WorkerMetrics()
     watcher = ChampionWatcher(
@@ -60,20 +69,51 @@ def run_worker(settings: Settings, stop: threading.Event | None = None,
         watcher.stop()
         return ServeOutcome(EXIT_ERROR, f"Kafka is not usable at {settings.kafka_servers} ({exc}); "
                             "start it with `evguard services up`", empty)
-    worker = ScoringWorker(settings, watcher, feature_matrix, metrics)
+    stop = stop or threading.Event()
+    total = WorkerReport()
     try:
-        report = worker.run(stop, idle_exit_s)
-    except InvalidRatioExceeded as exc:
-        return ServeOutcome(EXIT_INVALID_RATIO, f"STOPPED: {exc}", worker.report)
-    except DeadLetterError as exc:
-        return ServeOutcome(EXIT_DEAD_LETTER, f"STOPPED: {exc}", worker.report)
-    except StateWriteError as exc:
-        return ServeOutcome(EXIT_STATE_WRITE, f"STOPPED: {exc}", worker.report)
-    except KafkaException as exc:
-        return ServeOutcome(EXIT_ERROR, f"STOPPED: Kafka: {exc.args[0].str()}", worker.report)
+        for attempt in range(settings.serve_resume_limit + 1):
+            worker = ScoringWorker(settings, watcher, feature_matrix, metrics)
+            try:
+                return ServeOutcome(EXIT_OK, "stopped cleanly",
+                                    _add(total, worker.run(stop, idle_exit_s)))
+            except InvalidRatioExceeded as exc:
+                return ServeOutcome(EXIT_INVALID_RATIO, f"STOPPED: {exc}", _add(total, worker.report))
+            except (DeadLetterError, StateWriteError, KafkaException) as exc:
+                _add(total, worker.report)
+                outcome = _stopped_by(exc, total)
+                if not _resumable(exc) or attempt == settings.serve_resume_limit or stop.is_set():
+                    return outcome
+                # what the failed worker did not commit is read again by the new one, and its
+                # partitions' station state is restored from the changelog: a restart in place
+                log.warning("%s; resuming with a new consumer and producers (%d of %d)",
+                            outcome.message, attempt + 1, settings.serve_resume_limit)
+                stop.wait(min(1.0 + attempt, 5.0))
+        raise AssertionError("unreachable")
     finally:
         watcher.stop()
-    return ServeOutcome(EXIT_OK, "stopped cleanly", report)
+
+
+def _add(total: WorkerReport, report: WorkerReport) -> WorkerReport:
+    for name, value in vars(report).items():
+        setattr(total, name, getattr(total, name) + value)
+    return total
+
+
+def _resumable(exc: Exception) -> bool:
+    """A failure that a worker rebuilt from scratch gets past: a write its producer could not
+    get acknowledged, or a producer whose broker lost its idempotence state."""
+    if isinstance(exc, KafkaException):
+        return exc.args[0].code() in _PRODUCER_STATE_LOST
+    return True
+
+
+def _stopped_by(exc: Exception, report: WorkerReport) -> ServeOutcome:
+    if isinstance(exc, DeadLetterError):
+        return ServeOutcome(EXIT_DEAD_LETTER, f"STOPPED: {exc}", report)
+    if isinstance(exc, StateWriteError):
+        return ServeOutcome(EXIT_STATE_WRITE, f"STOPPED: {exc}", report)
+    return ServeOutcome(EXIT_ERROR, f"STOPPED: Kafka: {exc.args[0].str()}", report)
 
 
 def warm_up(model: Scorer, feature_fn: FeatureFn, top_k: int) -> None:
