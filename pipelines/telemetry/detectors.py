@@ -38,7 +38,6 @@ skips events whose offset the keyed state already applied.
 from __future__ import annotations
 
 import math
-import operator
 import struct
 import zlib
 from array import array
@@ -168,14 +167,21 @@ class LiveAlert:
 
 # ---- the state ------------------------------------------------------------------------
 _STATUS_CODE = {name: i + 1 for i, name in enumerate(STATUSES)}  # 0 = none seen
+# the float fields of a ConnectorState, stored in its `doubles` array. offer_before_drop and
+# offer_drop_ts: the offer before its latest decrease, and when it fell; drawn_ratio:
+# current / offer (or / peak) at the last sample that drew; resolution_wh: the register's
+# step (inf = not known yet, 0 = fine-grained)
 _DOUBLES = ("last_ts", "last_rx", "meter_ts", "meter_rx", "status_ts", "interval_s",
             "tx_start_ts", "tx_start_rx", "tx_start_wh", "energy_wh", "power_w", "current_a",
             "offered_a", "offer_before_drop", "offer_drop_ts", "temperature_c", "active_ts",
-            "peak_current_a",
-            "drawn_ratio", "frozen_wh", "resolution_wh", "q_current_a", "q_power_w",
-            "kwh_requested", "minutes_available", "departure_ts")
-_doubles_of = operator.attrgetter(*_DOUBLES)
+            "peak_current_a", "drawn_ratio", "frozen_wh", "resolution_wh", "q_current_a",
+            "q_power_w", "kwh_requested", "minutes_available", "departure_ts")
 _N = len(KINDS)
+# the `doubles` array: first_ts and first_rx per kind (0 = none), then `_DOUBLES`, whose
+# values before anything is seen are NaN (not seen), except these
+_DOUBLE_DEFAULTS = (0.0,) * (2 * _N) + tuple(
+    {"peak_current_a": 0.0, "drawn_ratio": 0.0, "frozen_wh": 0.0, "resolution_wh": math.inf,
+     "q_current_a": 0.0, "q_power_w": 0.0}.get(name, NAN) for name in _DOUBLES)
 _HEAD = struct.Struct(f"<HHHHHBBHHII{_N}H{RECENT_IDS}I{_N * 2}d{len(_DOUBLES)}d")
 
 
@@ -202,35 +208,11 @@ class ConnectorState:
     # arrays, not lists: a third of the memory per connector
     streaks: array = field(default_factory=lambda: array("H", bytes(2 * _N)))
     recent: array = field(default_factory=lambda: array("I", bytes(4 * RECENT_IDS)))
-    first_ts: array = field(default_factory=lambda: array("d", bytes(8 * _N)))
-    first_rx: array = field(default_factory=lambda: array("d", bytes(8 * _N)))
-    last_ts: float = NAN
-    last_rx: float = NAN
-    meter_ts: float = NAN
-    meter_rx: float = NAN
-    status_ts: float = NAN
-    interval_s: float = NAN
-    tx_start_ts: float = NAN
-    tx_start_rx: float = NAN
-    tx_start_wh: float = NAN
-    energy_wh: float = NAN
-    power_w: float = NAN
-    current_a: float = NAN
-    offered_a: float = NAN
-    offer_before_drop: float = NAN  # the offer before the latest decrease, and when it fell
-    offer_drop_ts: float = NAN
-    temperature_c: float = NAN
-    active_ts: float = NAN
-    peak_current_a: float = 0.0
-    drawn_ratio: float = 0.0  # current / offer (or / peak) at the last sample that drew
-    frozen_wh: float = 0.0
-    resolution_wh: float = math.inf  # inf = not known yet, 0 = fine-grained
     advances: int = 0  # register advances in a row while its resolution is unknown
-    q_current_a: float = 0.0
-    q_power_w: float = 0.0
-    kwh_requested: float = NAN
-    minutes_available: float = NAN
-    departure_ts: float = NAN
+    # first_ts, first_rx and the float fields of `_DOUBLES` (properties below) in one array:
+    # a Python float in a slot costs 24 bytes more than its 8, an array 64 bytes more than
+    # its items (the 1 KB per connector in memory)
+    doubles: array = field(default_factory=lambda: array("d", _DOUBLE_DEFAULTS))
 
     def is_open(self, kind: int) -> bool:
         return bool(self.open_bits >> kind & 1)
@@ -247,7 +229,7 @@ class ConnectorState:
             len(cp), len(site), len(tx), len(error), len(user), _STATUS_CODE.get(self.status, 0),
             self.open_bits, self.connector_id & 0xFFFF, min(self.advances, 65535),
             self.charging_samples & 0xFFFFFFFF, self.last_ended_tx, *self.streaks,
-            *self.recent, *self.first_ts, *self.first_rx, *_doubles_of(self))
+            *self.recent, *self.doubles)
         return b"".join((head, cp, site, tx, error, user, bytes((self.recent_at,))))
 
     @classmethod
@@ -268,12 +250,25 @@ class ConnectorState:
         i += _N
         state.recent = array("I", values[i:i + RECENT_IDS])
         i += RECENT_IDS
-        state.first_ts = array("d", values[i:i + _N])
-        state.first_rx = array("d", values[i + _N:i + 2 * _N])
-        i += 2 * _N
-        for name, value in zip(_DOUBLES, values[i:]):
-            setattr(state, name, value)
+        state.doubles = array("d", values[i:])
         return state
+
+
+def _double_field(index: int) -> property:
+    def get(self: ConnectorState) -> float:
+        return self.doubles[index]
+
+    def put(self: ConnectorState, value: float) -> None:
+        self.doubles[index] = value
+
+    return property(get, put)
+
+
+for _index, _name in enumerate(_DOUBLES):
+    setattr(ConnectorState, _name, _double_field(2 * _N + _index))
+# views of the first 2 x _N doubles, indexed by kind (only on telltale samples and alerts)
+ConnectorState.first_ts = property(lambda self: memoryview(self.doubles)[:_N])
+ConnectorState.first_rx = property(lambda self: memoryview(self.doubles)[_N:2 * _N])
 
 
 class ConnectorStateCodec:
