@@ -143,11 +143,18 @@ class StateView(MutableMapping):
             raise KeyError(key)
         return value
 
+    # get and set go to the partition's dicts directly: domain code calls them several
+    # times per message, and the worker's context step is per-message Python
     def get(self, key: str, default: object | None = None) -> object | None:
-        return self._state.get(key, default)
+        return self._state._values.get(key, default)
 
     def __setitem__(self, key: str, value: object) -> None:
-        self._state.put(key, value, self.offset)
+        if value is None:
+            raise ValueError(f"state value for {key!r} is None; delete the key instead")
+        state = self._state
+        state._values[key] = value
+        state._applied[key] = self.offset
+        state._dirty.add(key)
 
     def __delitem__(self, key: str) -> None:
         if key not in self._state:

@@ -106,26 +106,34 @@ class StationTracker:
         self.redelivered = 0
 
     def process(self, records: Sequence[dict], sources: Sequence[Source]) -> tuple[
-            list[dict], list[tuple[str, bytes]]]:
+            station_context.ContextRows, list[tuple[str, bytes]]]:
         """Contexts of `records` (aligned), and the station alerts they raise or close."""
-        contexts: list[dict] = []
+        rows: list[tuple[float, ...]] = []
         alerts: list = []
+        context_then_observe = station_context.context_then_observe
+        on_session = station_health.on_session
+        observe_clock = self.clock.observe
+        state_of = self._state_of
+        partition, state = None, None
         for record, source in zip(records, sources):
-            state = self._state_of(source.partition)
-            view = state.view(source.offset)
-            contexts.append(station_context.context_of(view, record))
-            station = record.get("stationID")
-            if state.applied_offset(f"profile:{station}") >= source.offset:
-                self.redelivered += 1  # already in the state: applying it again counts twice
+            if source.partition != partition:
+                partition, state = source.partition, state_of(source.partition)
+            offset = source.offset
+            view = state.view(offset)
+            # a session the state already holds (redelivered after a crash) must not count twice
+            applied = state.applied_offset(f"profile:{record.get('stationID')}") >= offset
+            rows.append(context_then_observe(view, record, apply=not applied))
+            if applied:
+                self.redelivered += 1
                 continue
-            station_context.observe(view, record)
-            _keys, raised = station_health.on_session(view, record)
-            alerts.extend(raised)
+            raised = on_session(view, record)[1]
+            if raised:
+                alerts.extend(raised)
             event_s = _event_seconds(record)
             if event_s is not None:
-                self.clock.observe(source.partition, event_s)
+                observe_clock(partition, event_s)
         alerts.extend(self.tick_if_due())
-        return contexts, self._messages(alerts)
+        return station_context.ContextRows(rows), self._messages(alerts)
 
     def dead_lettered(self, messages: Sequence[DeadLetter]) -> list[tuple[str, bytes]]:
         """Count each dead-lettered session of a known station as failed, and the station

@@ -1,10 +1,12 @@
 """A session's station context: one code path for training (replay) and serving (pure).
 
 Serving calls `context_of(state, record)` when a session arrives, then
-`observe(state, record)`; training and evaluation call `replay_contexts(records)`,
-which runs the very same two functions over a plain dict in event time: "query at
-connectionTime" and "observe at disconnectTime", queries first at equal times. A
-session's context therefore uses only sessions that ended before it connected.
+`observe(state, record)` (the worker both at once: `context_then_observe`, one reading
+of the record and of each profile, its contexts kept as `ContextRows`); training and
+evaluation call `replay_contexts(records)`, which runs the very same query and update
+over a plain dict in event time: "query at connectionTime" and "observe at
+disconnectTime", queries first at equal times. A session's context therefore uses
+only sessions that ended before it connected.
 Ties are broken by sessionID, so the input order does not matter.
 
 The context holds the station's view (its profile shrunk towards its site's, the
@@ -136,18 +138,22 @@ def _since_hours_log(connect: float, last_end: float) -> float:
     return math.log10(1.0 + max(connect - last_end, 0.0) / 3600.0)
 
 
-def _query(state: Mapping[str, object], station_key: str, site_key: str,
-           user_key: str | None, connect: float) -> tuple[float, ...]:
-    station = state.get(station_key)
-    view = shrunk(station, shrunk(state.get(site_key), PRIOR))
+def _query_profiles(station: Profile | None, site: Profile | None, user: Profile | None,
+                    connect: float) -> tuple[float, ...]:
+    view = shrunk(station, shrunk(site, PRIOR))
     since = view.gap
     if station is not None and not math.isnan(station.last_end) and not math.isnan(connect):
         since = _since_hours_log(connect, station.last_end)
-    user = state.get(user_key) if user_key is not None else None
     user_view = shrunk(user, view)
     return (float(station.count if station else 0), view.power, view.power_high, view.energy,
             view.duration, view.gap, since, float(user.count if user else 0),
             user_view.energy, user_view.duration)
+
+
+def _query(state: Mapping[str, object], station_key: str, site_key: str,
+           user_key: str | None, connect: float) -> tuple[float, ...]:
+    return _query_profiles(state.get(station_key), state.get(site_key),
+                           state.get(user_key) if user_key is not None else None, connect)
 
 
 def _power_outlier(profile: Profile, power: float) -> bool:
@@ -159,19 +165,30 @@ def _observe(state: MutableMapping[str, object], station_key: str, site_key: str
              duration: float) -> list[str]:
     if math.isnan(connect) or math.isnan(end):
         return []  # cannot be placed in time
-    station = state.get(station_key) or Profile()
+    return _observe_profiles(
+        state, station_key, site_key, user_key, state.get(station_key), state.get(site_key),
+        state.get(user_key) if user_key is not None else None,
+        connect, end, power, energy, duration)
+
+
+def _observe_profiles(state: MutableMapping[str, object], station_key: str, site_key: str,
+                      user_key: str | None, station: Profile | None, site: Profile | None,
+                      user: Profile | None, connect: float, end: float, power: float,
+                      energy: float, duration: float) -> list[str]:
+    """`_observe` on the profiles already read from `state` (None: not there yet)."""
+    station = station or Profile()
     gap = math.nan if math.isnan(station.last_end) else _since_hours_log(connect,
                                                                           station.last_end)
     with_power = not _power_outlier(station, power)
     station.observe(power, energy, duration, end, gap, STATION_WINDOW, with_power)
     state[station_key] = station
-    site = state.get(site_key) or Profile()
+    site = site or Profile()
     site.observe(power, energy, duration, end, gap, SITE_WINDOW,
                  with_power and not _power_outlier(site, power))
     state[site_key] = site
     if user_key is None:
         return [station_key, site_key]
-    user = state.get(user_key) or Profile()
+    user = user or Profile()
     user.observe(power, energy, duration, end, math.nan, USER_WINDOW)
     state[user_key] = user
     return [station_key, site_key, user_key]
@@ -206,6 +223,43 @@ def observe(state: MutableMapping[str, object], record: dict) -> list[str]:
         The state keys it changed (none when the session has no usable times).
     """
     return _observe(state, *_record_keys(record), *_numbers(record))
+
+
+def context_then_observe(state: MutableMapping[str, object], record: dict,
+                         apply: bool = True) -> tuple[float, ...]:
+    """`context_of(state, record)`, then `observe(state, record)` unless `apply` is False:
+    the worker's step per session, with one reading of the record and of each profile.
+
+    Returns:
+        The context values in `CONTEXT_KEYS` order (the floats `context_of` maps).
+    """
+    station_key, site_key, user_key = _record_keys(record)
+    connect, end, power, energy, duration = _numbers(record)
+    station, site = state.get(station_key), state.get(site_key)
+    user = state.get(user_key) if user_key is not None else None
+    values = _query_profiles(station, site, user, connect)
+    if apply and not (math.isnan(connect) or math.isnan(end)):
+        _observe_profiles(state, station_key, site_key, user_key, station, site, user,
+                          connect, end, power, energy, duration)
+    return values
+
+
+class ContextRows(Sequence):
+    """Contexts as rows of `CONTEXT_KEYS` values: each item reads as `context_of`'s dict, and
+    `context_array` takes the rows as they are, with no dict per session in between."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: list[tuple[float, ...]] | None = None) -> None:
+        self.rows = [] if rows is None else rows
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return ContextRows(self.rows[index])
+        return dict(zip(CONTEXT_KEYS, self.rows[index], strict=True))
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
 
 def replay_context_array(facts: SessionFacts) -> np.ndarray:
@@ -256,8 +310,11 @@ def replay_contexts(records: Sequence[dict]) -> list[dict[str, float]]:
 def context_array(contexts: Sequence[Mapping[str, float]]) -> np.ndarray:
     """Contexts given as dicts (serving) as an array; a missing or non-finite value is
     replaced by what a station without history would get."""
-    out = np.array([[c.get(k, math.nan) if isinstance(c, Mapping) else math.nan
-                     for k in CONTEXT_KEYS] for c in contexts], dtype=float)
+    if isinstance(contexts, ContextRows):
+        out = np.array(contexts.rows, dtype=float)
+    else:
+        out = np.array([[c.get(k, math.nan) if isinstance(c, Mapping) else math.nan
+                         for k in CONTEXT_KEYS] for c in contexts], dtype=float)
     out = out.reshape(len(contexts), len(CONTEXT_KEYS))
     defaults = np.array([_DEFAULTS[k] for k in CONTEXT_KEYS])
     return np.where(np.isfinite(out), out, defaults)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pipelines.contracts.sessions import Source
@@ -49,7 +50,8 @@ class Batch:
     received_at: float = field(default_factory=time.monotonic)
     records: list[dict] = field(default_factory=list)
     sources: list[Source] = field(default_factory=list)
-    contexts: list[dict] = field(default_factory=list)  # station context, aligned with records
+    # station context, aligned with records (rows of `pipelines.stations.context.ContextRows`)
+    contexts: Sequence[Mapping[str, float]] = field(default_factory=list)
     invalid: list[InvalidMessage] = field(default_factory=list)
     results: list[tuple[str, bytes]] = field(default_factory=list)
     anomalies: int = 0
