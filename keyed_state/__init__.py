@@ -13,6 +13,7 @@ from keyed_state.changelog import (
     CHANGELOG_TOPIC_CONFIG,
     ChangelogError,
     changelog_producer_config,
+    producer_state_lost,
     topic_config,
 )
 from keyed_state.partition import Codec, PartitionState, PrefixCodec, StateView
@@ -29,5 +30,6 @@ __all__ = [
     "PrefixCodec",
     "StateView",
     "changelog_producer_config",
+    "producer_state_lost",
     "topic_config",
 ]

@@ -33,6 +33,19 @@ class ChangelogError(RuntimeError):
     """The changelog topic is unusable: wrong layout, not created, or unreadable."""
 
 
+# errors a new idempotent producer clears: the broker forgot this producer's sequence numbers
+# (it was restarted after a crash that lost its last writes); not a fenced or bad config
+_PRODUCER_STATE_LOST = frozenset({KafkaError._FATAL, KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+                                  KafkaError.UNKNOWN_PRODUCER_ID,
+                                  KafkaError.INVALID_PRODUCER_EPOCH})
+
+
+def producer_state_lost(exc: KafkaException) -> bool:
+    """Whether a Kafka failure is an idempotent producer's, that a new producer gets past."""
+    error = exc.args[0] if exc.args else None
+    return isinstance(error, KafkaError) and error.code() in _PRODUCER_STATE_LOST
+
+
 def changelog_producer_config(bootstrap: str) -> dict:
     # idempotent with acks=all: a retried write is neither lost nor duplicated, and the
     # writes of one partition stay in order, so the last one is the key's value

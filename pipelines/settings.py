@@ -128,10 +128,10 @@ class Settings(BaseSettings):
     serve_publish_retry_max_s: float = Field(10.0, description="Longest RabbitMQ reconnect backoff")
     serve_confirm_timeout_s: float = Field(30.0, description="Re-publish when a confirm takes longer")
     serve_shutdown_timeout_s: float = Field(30.0, description="On stop, wait this long for confirms")
-    serve_resume_limit: int = Field(
-        5, ge=0, description="Times a worker rebuilds its consumer and producers after a "
-                             "producer failed for good (e.g. a restarted broker lost its "
-                             "idempotence state) before it exits; 0 = exit at once")
+    stream_resume_limit: int = Field(
+        5, ge=0, description="Times the serving worker rebuilds its consumer and producers in "
+                             "place after a producer failed for good (e.g. a restarted broker "
+                             "lost its idempotence state) before it exits; 0 = exit at once")
     serve_session_timeout_ms: int = Field(
         10000, description="Kafka group session timeout: how soon a dead worker's partitions move")
     serve_instance_id: str = Field(

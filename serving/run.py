@@ -6,8 +6,9 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaException
 
+from keyed_state import producer_state_lost
 from pipelines.contracts.sessions import EXAMPLE_SESSION
 from pipelines.data.features import FEATURE_COLUMNS, feature_matrix
 from pipelines.models import registry
@@ -24,11 +25,6 @@ from serving.worker import ScoringWorker, WorkerReport, batch_log
 EXIT_OK, EXIT_ERROR, EXIT_NO_MODEL, EXIT_INVALID_RATIO, EXIT_DEAD_LETTER = 0, 1, 2, 3, 4
 EXIT_STATE_WRITE = 5
 log = logging.getLogger("evguard.serving")
-# producer errors a new producer clears: the broker forgot this producer's sequence numbers
-# (e.g. it was restarted after a crash); not a fenced instance id or a config error
-_PRODUCER_STATE_LOST = frozenset({KafkaError._FATAL, KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
-                                  KafkaError.UNKNOWN_PRODUCER_ID,
-                                  KafkaError.INVALID_PRODUCER_EPOCH})
 
 
 @dataclass
@@ -47,7 +43,7 @@ def run_worker(settings: Settings, stop: threading.Event | None = None,
     Exit codes: 0 stopped cleanly, 1 Kafka unreachable, 2 no usable champion,
     3 invalid-ratio limit, 4 dead letter not acknowledged, 5 station-state changelog write not
     acknowledged. Codes 4 and 5, and a producer whose broker lost its idempotence state, end
-    the run only after `serve_resume_limit` rebuilds of the worker in place (a new consumer
+    the run only after `stream_resume_limit` rebuilds of the worker in place (a new consumer
     and new producers read on from the last commit; station state restored from the
     changelog) failed the same way.
     """
@@ -72,7 +68,7 @@ def run_worker(settings: Settings, stop: threading.Event | None = None,
     stop = stop or threading.Event()
     total = WorkerReport()
     try:
-        for attempt in range(settings.serve_resume_limit + 1):
+        for attempt in range(settings.stream_resume_limit + 1):
             worker = ScoringWorker(settings, watcher, feature_matrix, metrics)
             try:
                 return ServeOutcome(EXIT_OK, "stopped cleanly",
@@ -82,12 +78,12 @@ def run_worker(settings: Settings, stop: threading.Event | None = None,
             except (DeadLetterError, StateWriteError, KafkaException) as exc:
                 _add(total, worker.report)
                 outcome = _stopped_by(exc, total)
-                if not _resumable(exc) or attempt == settings.serve_resume_limit or stop.is_set():
+                if not _resumable(exc) or attempt == settings.stream_resume_limit or stop.is_set():
                     return outcome
                 # what the failed worker did not commit is read again by the new one, and its
                 # partitions' station state is restored from the changelog: a restart in place
                 log.warning("%s; resuming with a new consumer and producers (%d of %d)",
-                            outcome.message, attempt + 1, settings.serve_resume_limit)
+                            outcome.message, attempt + 1, settings.stream_resume_limit)
                 stop.wait(min(1.0 + attempt, 5.0))
         raise AssertionError("unreachable")
     finally:
@@ -103,9 +99,7 @@ def _add(total: WorkerReport, report: WorkerReport) -> WorkerReport:
 def _resumable(exc: Exception) -> bool:
     """A failure that a worker rebuilt from scratch gets past: a write its producer could not
     get acknowledged, or a producer whose broker lost its idempotence state."""
-    if isinstance(exc, KafkaException):
-        return exc.args[0].code() in _PRODUCER_STATE_LOST
-    return True
+    return producer_state_lost(exc) if isinstance(exc, KafkaException) else True
 
 
 def _stopped_by(exc: Exception, report: WorkerReport) -> ServeOutcome:

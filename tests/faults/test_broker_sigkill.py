@@ -128,5 +128,5 @@ def test_broker_sigkilled_during_a_replay_loses_only_its_loss_window(private_kaf
     assert not lost - may_be_lost, sorted(lost - may_be_lost)[:5]
     assert port_open("127.0.0.1", settings.kafka_port)
     # the worker got past the kill by itself: its producers lose their idempotence state
-    # with the broker's, and it rebuilds them in place (serving/run.py, serve_resume_limit)
+    # with the broker's, and it rebuilds them in place (serving/run.py, stream_resume_limit)
     assert alive_to_the_end and outcome is not None and outcome.code == 0, outcome
