@@ -110,6 +110,22 @@ def test_each_part_has_its_network_policy_after_a_default_deny(docs):
     assert workloads <= selected
 
 
+def test_services_and_ingresses_lead_to_ports_a_container_declares(docs):
+    for service in of_kind(docs, "Service"):
+        selector = service["spec"]["selector"]
+        pods = [c for c in containers(docs) if c.workload["kind"] == "Deployment"
+                and selector.items() <= c.workload["spec"]["template"]["metadata"]["labels"].items()]
+        assert len(pods) == 1, (service["metadata"]["name"], len(pods))
+        for port in service["spec"]["ports"]:
+            pods[0].port(port["targetPort"])  # a name the container does not have raises
+    for ingress in of_kind(docs, "Ingress"):
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                backend = path["backend"]["service"]
+                ports = named(docs, "Service", backend["name"])["spec"]["ports"]
+                assert backend["port"]["name"] in {p["name"] for p in ports}, backend
+
+
 def test_the_ingress_reaches_the_dashboard_and_the_gateway_websocket(docs):
     backends = set()
     for ingress in of_kind(docs, "Ingress"):
