@@ -2,7 +2,10 @@
 acknowledged every event it carried.
 
 One idempotent producer (acks=all) per gateway. A daemon thread polls it; its delivery
-callbacks settle an asyncio future on the gateway's loop, one per batch of events.
+callbacks settle an asyncio future on the gateway's loop, one per batch of events. When
+the producer fails for good (a crashed broker came back without this producer's state:
+every later event would time out), the next send starts a new one; the events the old one
+held fail, and their chargers send them again.
 `message.timeout.ms` is the acknowledgement timeout: an event Kafka does not take in time
 fails, the CALL gets CALLERROR InternalError, and the charger sends it again (OCPP chargers
 queue transaction messages). Kafka may still have stored the first copy; the consumer
@@ -12,14 +15,16 @@ de-duplicates on `event_id`, which the retry repeats.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
 import time
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from keyed_state import producer_state_lost
 from pipelines.contracts.telemetry import TelemetryEvent, encode_telemetry
 from pipelines.settings import Settings
 
@@ -97,7 +102,11 @@ class KafkaSink:
     def __init__(self, settings: Settings, topic: str, ack_timeout_s: float = 10.0) -> None:
         self.topic = topic
         self.ack_timeout_s = ack_timeout_s
-        self._producer = Producer(producer_config(settings, ack_timeout_s))
+        self._config = {**producer_config(settings, ack_timeout_s), "error_cb": self._on_error}
+        self._producer = Producer(self._config)
+        self._failed_for_good = False
+        self._retired: list[Producer] = []  # renewed away: polled until their callbacks ran
+        self.renewals = 0
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="gateway-kafka-poll",
                                         daemon=True)
@@ -105,9 +114,36 @@ class KafkaSink:
         self.last_failure = 0.0
         self._thread.start()
 
+    def _on_error(self, err: KafkaError) -> None:  # on the poll thread
+        if err.fatal():
+            log.warning("Kafka producer failed for good (%s): the next send starts a new one",
+                        err.str())
+            self._failed_for_good = True
+
     def _poll(self) -> None:
         while not self._stopping.is_set():
-            self._producer.poll(0.05)
+            try:
+                self._producer.poll(0.05)
+            except KafkaException as exc:  # a failed producer may raise here: renew it
+                self._on_error(exc.args[0])
+                time.sleep(0.05)
+            for old in list(self._retired):
+                try:
+                    old.poll(0)
+                    done = len(old) == 0
+                except KafkaException:
+                    done = True
+                if done:
+                    self._retired.remove(old)
+
+    def _renew(self) -> None:
+        """A new producer in place of one that failed for good (on the loop's thread)."""
+        old, self._producer = self._producer, Producer(self._config)
+        self._failed_for_good = False
+        with contextlib.suppress(KafkaException):  # its events fail now: their CALLs are
+            old.purge()  # answered with an error and repeated
+        self._retired.append(old)
+        self.renewals += 1
 
     def send(self, events: list[TelemetryEvent]) -> asyncio.Future[None]:
         """Produce `events` in order (each under its charge point's key); the future is done
@@ -116,11 +152,15 @@ class KafkaSink:
         if not events:
             batch.future.set_result(None)
             return batch.future
+        if self._failed_for_good:
+            self._renew()
         try:
             for event in events:
                 self._producer.produce(self.topic, encode_telemetry(event), event.key,
                                        on_delivery=batch.delivered)
         except (BufferError, KafkaException) as exc:  # local queue full: Kafka is far behind
+            if isinstance(exc, KafkaException) and producer_state_lost(exc):
+                self._failed_for_good = True
             # the events queued before still get callbacks; they find the future done
             batch.error = f"cannot queue for Kafka: {exc}"
             batch.future.set_exception(DeliveryFailed(batch.error))
