@@ -147,7 +147,10 @@ class LocalStack:
                      "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
             run_dir=self.run_dir, port=port,
             ready=lambda: _http_ok(f"http://127.0.0.1:{port}/health"),
-            env={"MLFLOW_DISABLE_TELEMETRY": "true"}, start_timeout=90,
+            # MLflow 3's job runner (GenAI jobs, unused here) idles at ~1.4 GB and most of a
+            # core (deploy/kubernetes/measure_footprint.py)
+            env={"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            start_timeout=90,
         )
 
     def prefect_process(self) -> ManagedProcess:
