@@ -86,7 +86,7 @@ from email.message import EmailMessage
 
 from sqlalchemy.exc import OperationalError
 
-from monitoring.rabbit import TRANSIENT_ERRORS, QueueConsumer
+from monitoring.rabbit import TRANSIENT_ERRORS, ConsumerHealth, QueueConsumer
 from pipelines.contracts.live_alert import InvalidLiveAlert, LiveAlertMessage, parse_live_alert
 from pipelines.contracts.score_result import InvalidScoreResult, ScoreResult, parse_score_result
 from pipelines.contracts.station_alert import (
@@ -199,6 +199,8 @@ class AlertConsumer:
         self.rabbit = QueueConsumer(settings, settings.alerts_queue, BINDINGS, prefetch=20)
         self.name = consumer_name()
         self.outcomes: Counter[str] = Counter()
+        self.health = ConsumerHealth(self.rabbit, "alert", lambda: self.outcomes)
+        self.metrics_port: int | None = None  # of /metrics and /healthz, once run() serves them
 
     def handle(self, body: bytes, routing_key: str, stop: threading.Event) -> str | None:
         """Process one message. Returns its outcome: `requeued` when another consumer took
@@ -434,7 +436,17 @@ class AlertConsumer:
 
     def run(self, stop: threading.Event, max_runtime_s: float | None = None,
             idle_exit_s: float | None = None) -> Counter[str]:
-        """Consume until `stop`, the runtime ends, or (if given) the queue is idle that long."""
+        """Consume until `stop`, the runtime ends, or (if given) the queue is idle that long,
+        serving `/metrics` and `/healthz` meanwhile."""
+        server = self.health.serve(self.settings.metrics_host, self.settings.alert_metrics_port)
+        self.metrics_port = server.port
+        try:
+            return self._run(stop, max_runtime_s, idle_exit_s)
+        finally:
+            server.stop()
+
+    def _run(self, stop: threading.Event, max_runtime_s: float | None,
+             idle_exit_s: float | None) -> Counter[str]:
         started = time.monotonic()
         failures = 0
 

@@ -21,11 +21,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from sqlalchemy.exc import OperationalError
 
-from monitoring.rabbit import TRANSIENT_ERRORS, QueueConsumer
+from monitoring.rabbit import TRANSIENT_ERRORS, ConsumerHealth, QueueConsumer
 from pipelines.contracts.connector_status import (
     ConnectorStatusMessage,
     InvalidConnectorStatus,
@@ -121,6 +121,8 @@ class MonitoringConsumer:
         self.rabbit = QueueConsumer(settings, settings.monitoring_queue, BINDINGS,
                                     prefetch=batch_size * 2)
         self.stats = DrainStats()
+        self.health = ConsumerHealth(self.rabbit, "monitor", lambda: asdict(self.stats))
+        self.metrics_port: int | None = None  # of /metrics and /healthz, once run() serves them
 
     def close(self) -> None:
         self.rabbit.close()
@@ -257,8 +259,17 @@ class MonitoringConsumer:
         """Store continuously and evaluate every window until `stop` or the runtime ends.
 
         A broker or database failure closes the channel (its messages are redelivered)
-        and is retried with backoff.
+        and is retried with backoff. `/metrics` and `/healthz` are served meanwhile.
         """
+        server = self.health.serve(self.settings.metrics_host, self.settings.monitor_metrics_port)
+        self.metrics_port = server.port
+        try:
+            return self._run(stop, max_runtime_s, on_report)
+        finally:
+            server.stop()
+
+    def _run(self, stop: threading.Event, max_runtime_s: float | None,
+             on_report: Callable[[dict], None]) -> DrainStats:
         started = time.monotonic()
         window = self.settings.monitor_window_s
         next_window = started + window

@@ -4,6 +4,9 @@ Each consumer owns one durable queue bound to the results exchange, and a
 durable `<queue>.dlq` for poison messages. Dead letters are published by the
 consumer itself (with publisher confirms) so they carry the error as a header;
 the original is acked only after that publish is confirmed.
+
+Each consumer also serves `/metrics` and `/healthz` (`ConsumerHealth`): live while its
+loop turns and its connection to RabbitMQ is open.
 """
 
 from __future__ import annotations
@@ -11,19 +14,24 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import AMQPConnectionError, AMQPError
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from pipelines.contracts.dead_letters import dlq_name, result_dead_letter_headers
+from pipelines.metrics_http import Heartbeat, MetricsServer
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # connection-level trouble: reconnect with backoff, unacked messages come back
 TRANSIENT_ERRORS = (AMQPError, OSError)
+# the loops turn at least every second (idle ticks, backoff waits); this long means stuck
+STUCK_AFTER_S = 60.0
 
 
 class BrokerUnavailable(AMQPConnectionError):
@@ -84,6 +92,13 @@ class QueueConsumer:
         self.prefetch = prefetch
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
+        self.heartbeat = Heartbeat()
+
+    @property
+    def connected(self) -> bool:
+        """True while the connection and channel are open (closed after any broker error)."""
+        return (self._connection is not None and self._connection.is_open
+                and self._channel is not None and self._channel.is_open)
 
     @property
     def channel(self) -> BlockingChannel:
@@ -98,8 +113,11 @@ class QueueConsumer:
         return self._channel
 
     def messages(self, tick_s: float) -> Iterator[tuple]:
-        """(method, properties, body) as they arrive; (None, None, None) every idle tick."""
-        return self.channel.consume(self.queue, inactivity_timeout=tick_s)
+        """(method, properties, body) as they arrive; (None, None, None) every idle tick.
+        Each one is a heartbeat of the consumer's loop."""
+        for message in self.channel.consume(self.queue, inactivity_timeout=tick_s):
+            self.heartbeat.beat()
+            yield message
 
     def stop_consuming(self) -> None:
         """Cancel the consumer; messages it had prefetched go back to the queue."""
@@ -117,6 +135,7 @@ class QueueConsumer:
         """Wait while serving heartbeats; returns False if `stop` was set meanwhile."""
         deadline = time.monotonic() + seconds
         while not stop.is_set():
+            self.heartbeat.beat()  # waiting on purpose (backoff, a claim) is not stuck
             left = deadline - time.monotonic()
             if left <= 0:
                 return True
@@ -134,3 +153,68 @@ class QueueConsumer:
                 connection.close()
             except TRANSIENT_ERRORS as exc:
                 log.debug("closing rabbitmq connection: %s", exc)
+
+
+class ConsumerHealth:
+    """`/healthz` and `/metrics` of one queue consumer.
+
+    Live while its loop turns (`QueueConsumer.heartbeat`) and its connection is open: a
+    consumer cut off from RabbitMQ does no work, however patiently it reconnects.
+
+    Args:
+        rabbit: the consumer's connection to its queue.
+        name: the process (`monitor`, `alert`), a label of every metric.
+        counts: what it has handled since it started (received, stored, poison, ...).
+        stuck_after_s: a loop that has not turned for this long is stuck.
+    """
+
+    def __init__(self, rabbit: QueueConsumer, name: str,
+                 counts: Callable[[], Mapping[str, int]],
+                 stuck_after_s: float = STUCK_AFTER_S) -> None:
+        self.rabbit = rabbit
+        self.name = name
+        self.counts = counts
+        self.stuck_after_s = stuck_after_s
+        self.registry = CollectorRegistry()
+        self.registry.register(self)
+
+    def liveness(self) -> tuple[bool, dict]:
+        """The `/healthz` answer: (alive, detail)."""
+        age = self.rabbit.heartbeat.age()
+        connected = self.rabbit.connected
+        status = ("stuck" if age >= self.stuck_after_s
+                  else "ok" if connected else "disconnected")
+        return status == "ok", {"status": status, "loop_age_s": round(age, 3),
+                                "rabbitmq": "connected" if connected else "unavailable",
+                                "consumer": self.name, "queue": self.rabbit.queue,
+                                "counts": dict(self.counts())}
+
+    def collect(self) -> Iterator:
+        """The metrics, read at each scrape (a Prometheus custom collector)."""
+        labels, values = ["consumer", "queue"], [self.name, self.rabbit.queue]
+        ok, detail = self.liveness()
+        for name, doc, value in (
+                ("up", "1 while /healthz answers 200", ok),
+                ("rabbitmq_connected", "1 while the connection to RabbitMQ is open",
+                 self.rabbit.connected),
+                ("loop_age_seconds", "Seconds since the consume loop last turned",
+                 detail["loop_age_s"])):
+            gauge = GaugeMetricFamily(f"evguard_consumer_{name}", doc, labels=labels)
+            gauge.add_metric(values, float(value))
+            yield gauge
+        events = CounterMetricFamily(
+            "evguard_consumer_events", "Messages handled since the start, by what became of "
+            "them (dead_lettered and poison: sent to the DLQ)", labels=[*labels, "event"])
+        for event, count in sorted(detail["counts"].items()):
+            events.add_metric([*values, event], count)
+        yield events
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def serve(self, host: str, port: int) -> MetricsServer:
+        """Start the HTTP server (on a free port if `port` is taken); stop it when done."""
+        server = MetricsServer(self, self.liveness, host, port, f"{self.name}-metrics").start()
+        log.info("%s consumer: /metrics and /healthz on http://%s:%d", self.name, host,
+                 server.port)
+        return server

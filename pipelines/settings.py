@@ -207,6 +207,10 @@ class Settings(BaseSettings):
                                                      "/healthz")
     telemetry_metrics_port: int = Field(9103, description="Port of the telemetry processor's "
                                                           "/metrics and /healthz")
+    monitor_metrics_port: int = Field(9104, description="Port of the monitoring consumer's "
+                                                        "/metrics and /healthz")
+    alert_metrics_port: int = Field(9105, description="Port of the alert consumer's /metrics "
+                                                      "and /healthz")
 
     @property
     def state_path(self) -> Path:

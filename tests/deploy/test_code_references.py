@@ -34,6 +34,8 @@ EVGUARD_ENDPOINTS = {
     ("telemetry",): ("telemetry_metrics_port", "metrics_host"),
     ("ocpp", "serve"): ("ocpp_metrics_port", "ocpp_host"),
     ("dashboard",): ("dashboard_port", "dashboard_host"),
+    ("monitor",): ("monitor_metrics_port", "metrics_host"),
+    ("alert",): ("alert_metrics_port", "metrics_host"),
 }
 
 
@@ -116,7 +118,7 @@ def test_evguard_probes_call_endpoints_the_processes_serve_on_their_ports(docs):
             assert port == getattr(settings, port_setting), (container.name, path, port)
             assert answers(container, settings, path) == 200, (container.name, path)
             served += 1
-    assert served >= 4
+    assert served >= 6
 
 
 def answers(container: Container, settings: Settings, path: str) -> int:
