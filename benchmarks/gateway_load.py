@@ -34,8 +34,33 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+
+def histogram_quantile(metrics_text: str, name: str, q: float) -> float:
+    """The upper bound of the bucket holding quantile `q` of a Prometheus histogram."""
+    buckets = []
+    for line in metrics_text.splitlines():
+        if line.startswith(f"{name}_bucket{{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float(bound), float(line.rsplit(" ", 1)[1])))
+    buckets.sort()
+    total = buckets[-1][1] if buckets else 0.0
+    for bound, count in buckets:
+        if total and count >= q * total:
+            return bound
+    return float("nan")
+
+
+def cpu_pressure() -> str:
+    """The kernel's share of time some task waited for a CPU, last 60 s (Linux PSI)."""
+    try:
+        return Path("/proc/pressure/cpu").read_text().split()[2].split("=")[1] + " %"
+    except (OSError, IndexError):
+        return "n/a"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -205,6 +230,13 @@ def main() -> None:
             for r in results:
                 for k, v in r[2].items():
                     errors[k] = errors.get(k, 0) + v
+            pressure = cpu_pressure()
+            # the same acknowledgements timed inside the gateway (arrival -> CALLRESULT sent):
+            # the clients' own share of the 2 cores is not in it
+            scraped = httpx.get(f"http://127.0.0.1:{settings.ocpp_metrics_port}/metrics",
+                                timeout=10).text
+            server_p50, server_p99 = (histogram_quantile(scraped, "evguard_gateway_ack_seconds",
+                                                         q) for q in (0.5, 0.99))
             found = {parse_telemetry(m.value()).event_id
                      for m in read_topic(settings, settings.topic_telemetry, len(acked),
                                          timeout=60, quiet_s=2.0)}
@@ -223,6 +255,8 @@ def main() -> None:
               f"{max(latencies, default=float('nan')) * 1000:.1f} ms | {lost} | "
               f"{sum(errors.values())} | {cpu / wall * 100:.0f}% of a core | "
               f"{peak_rss:.0f} MB |")
+        print(f"\nin the gateway (its ack histogram, bucket bounds): p50 <= {server_p50 * 1000:g} ms, "
+              f"p99 <= {server_p99 * 1000:g} ms; CPU pressure (some, avg60) {pressure}")
         if errors:
             print("errors:", errors)
         print(f"\nmean ack {statistics.fmean(latencies) * 1000:.1f} ms over {len(latencies)}; "
