@@ -71,7 +71,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def charger(url: str, cp_id: str, start_at: float, interval: float, stop_at: float,
-                  latencies: list[float], acked: list[str], errors: dict[str, int]) -> None:
+                  latencies: list[float], acked: list[str], errors: dict[str, int],
+                  steady_from: float, steady: list[float]) -> None:
     import orjson
     from websockets.asyncio.client import connect
 
@@ -99,6 +100,8 @@ async def charger(url: str, cp_id: str, start_at: float, interval: float, stop_a
                 answer = orjson.loads(await ws.recv())
                 if answer[0] == 3:
                     latencies.append(time.perf_counter() - sent)
+                    if time.monotonic() >= steady_from:  # every charger connected by now
+                        steady.append(latencies[-1])
                     acked.append(f"{cp_id}:{mid}:0")
                 else:
                     errors[str(answer[2])] = errors.get(str(answer[2]), 0) + 1
@@ -111,6 +114,7 @@ def client_process(url: str, ids: list[str], ramp: float, interval: float, durat
                    t0: float, out) -> None:
     """Runs its share of chargers; sends (latencies, acked ids, errors) back."""
     latencies: list[float] = []
+    steady: list[float] = []
     acked: list[str] = []
     errors: dict[str, int] = {}
     stop_at = t0 + ramp + duration
@@ -118,10 +122,11 @@ def client_process(url: str, ids: list[str], ramp: float, interval: float, durat
     async def run() -> None:
         await asyncio.gather(*(
             charger(url, cp_id, t0 + ramp * i / max(1, len(ids)), interval, stop_at,
-                    latencies, acked, errors) for i, cp_id in enumerate(ids)))
+                    latencies, acked, errors, t0 + ramp + 5.0, steady)
+            for i, cp_id in enumerate(ids)))
 
     asyncio.run(run())
-    out.send((latencies, acked, errors))
+    out.send((latencies, acked, errors, steady))
     out.close()
 
 
@@ -225,6 +230,7 @@ def main() -> None:
                 proc.join()
             cpu = cpu_seconds(gateway.pid) - cpu0
             latencies = [v for r in results for v in r[0]]
+            steady = [v for r in results for v in r[3]]
             acked = [v for r in results for v in r[1]]
             errors: dict[str, int] = {}
             for r in results:
@@ -255,7 +261,10 @@ def main() -> None:
               f"{max(latencies, default=float('nan')) * 1000:.1f} ms | {lost} | "
               f"{sum(errors.values())} | {cpu / wall * 100:.0f}% of a core | "
               f"{peak_rss:.0f} MB |")
-        print(f"\nin the gateway (its ack histogram, bucket bounds): p50 <= {server_p50 * 1000:g} ms, "
+        print(f"\nafter the ramp (all {args.chargers} connected, from 5 s after its end): "
+              f"{len(steady)} acks, p50 {percentile(steady, 0.5) * 1000:.1f} ms, "
+              f"p99 {percentile(steady, 0.99) * 1000:.1f} ms")
+        print(f"in the gateway (its ack histogram, bucket bounds): p50 <= {server_p50 * 1000:g} ms, "
               f"p99 <= {server_p99 * 1000:g} ms; CPU pressure (some, avg60) {pressure}")
         if errors:
             print("errors:", errors)
