@@ -22,10 +22,10 @@ from evguard.services.stack import LocalStack
 from monitoring.alerter import AlertConsumer, stable_message_id
 from pipelines.contracts.score_result import encode_score_result, parse_score_result
 from pipelines.scores.store import MonitoringStore, alert_claims
+from tests.support.postgres import fresh_schemas
 from tests.support.queues import queue_messages
 
 ROOT = Path(__file__).resolve().parents[2]
-POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 DEAD = "dead-host:1:00000000"  # a consumer that crashed holding a claim
 
 
@@ -35,25 +35,8 @@ def new_store_url(request, tmp_path):
     if request.param == "sqlite":
         yield lambda: f"sqlite:///{tmp_path / uuid.uuid4().hex[:8]}.db"
         return
-    admin = sa.create_engine(POSTGRES)
-    try:
-        with admin.connect():
-            pass
-    except sa.exc.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432: {exc}")
-    schemas = []
-
-    def new() -> str:
-        schemas.append(f"evguard_claims_{uuid.uuid4().hex[:8]}")
-        with admin.begin() as conn:
-            conn.execute(sa.text(f"CREATE SCHEMA {schemas[-1]}"))
-        return f"{POSTGRES}?options=-csearch_path%3D{schemas[-1]}"
-
-    yield new
-    with admin.begin() as conn:
-        for schema in schemas:
-            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+    with fresh_schemas("evguard_claims") as new_url:
+        yield new_url
 
 
 RACER = """

@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from email import policy
@@ -38,9 +37,9 @@ from pipelines.contracts.station_alert import (
     station_alert_id,
 )
 from pipelines.settings import Settings, settings_env
+from tests.support.postgres import fresh_schemas
 
 EVGUARD = Path(sys.executable).with_name("evguard")
-POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 LEASE_S = 3  # how long a dead consumer's claim blocks the alert it held
 T0 = 1_556_236_800.0  # Fri, 26 Apr 2019 00:00 UTC
 
@@ -52,19 +51,8 @@ def store_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'monitoring.db'}"
         return
-    admin = sa.create_engine(POSTGRES)
-    try:
-        with admin.connect():
-            pass
-    except sa.exc.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432: {exc}")
-    schema = f"evguard_scale_{uuid.uuid4().hex[:8]}"
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    yield f"{POSTGRES}?options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+    with fresh_schemas("evguard_scale") as new_url:
+        yield new_url()
 
 
 @pytest.fixture

@@ -3,18 +3,16 @@ and on the machine's PostgreSQL (own schema)."""
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import replace
 
 import pytest
-import sqlalchemy as sa
 
 from dashboard import queries
 from pipelines.contracts.connector_status import ConnectorStatusMessage
 from pipelines.contracts.live_alert import LiveAlertMessage, live_alert_id
 from pipelines.scores.store import MonitoringStore, newest_snapshots
+from tests.support.postgres import fresh_schemas
 
-SERVER = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 T0 = 1_556_273_700.0
 
 
@@ -25,21 +23,10 @@ def store(request, tmp_path):
         yield store
         store.close()
         return
-    admin = sa.create_engine(SERVER)
-    try:
-        with admin.connect():
-            pass
-    except sa.exc.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432: {exc}")
-    schema = f"evguard_test_{uuid.uuid4().hex[:8]}"
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    store = MonitoringStore(f"{SERVER}?options=-csearch_path%3D{schema}")
-    yield store
-    store.close()
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+    with fresh_schemas() as new_url:
+        store = MonitoringStore(new_url())
+        yield store
+        store.close()
 
 
 def opened(charge_point: str, kind: str, first: float = T0, connector: int = 1) -> LiveAlertMessage:

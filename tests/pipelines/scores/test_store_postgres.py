@@ -4,34 +4,20 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 
 import pytest
-import sqlalchemy as sa
 
 from dashboard import queries
 from pipelines.contracts.score_result import parse_score_result
 from pipelines.contracts.station_alert import StationAlertMessage
 from pipelines.scores.store import MonitoringStore
-
-SERVER = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+from tests.support.postgres import fresh_schemas
 
 
 @pytest.fixture
 def pg_url():
-    admin = sa.create_engine(SERVER)
-    try:
-        with admin.connect():
-            pass
-    except sa.exc.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432: {exc}")
-    schema = f"evguard_test_{uuid.uuid4().hex[:8]}"
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    yield f"{SERVER}?options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+    with fresh_schemas() as new_url:
+        yield new_url()
 
 
 def test_idempotent_writes_and_dashboard_queries_on_postgresql(pg_url, kit):
