@@ -123,11 +123,12 @@ def alias_champion(dash_settings, tmp_path):
         version = client.create_model_version(dash_settings.model_name,
                                               source=str(tmp_path / "model"),
                                               run_id=run.info.run_id)
-        client.set_registered_model_alias(dash_settings.model_name, CHAMPION, version.version)
         client.set_model_version_tag(dash_settings.model_name, version.version, "decision_reason",
                                      "first valid model: no champion yet")
         record_calibration(dash_settings, version.version, 0.71,
                            {"window": "5000", "reason": "2.4% of the window alerted"})
+        # aliased last: the dashboard polls, and must not catch a champion without its tags
+        client.set_registered_model_alias(dash_settings.model_name, CHAMPION, version.version)
 
     return register
 
