@@ -44,13 +44,11 @@ LEASE_S = 3  # how long a dead consumer's claim blocks the alert it held
 T0 = 1_556_236_800.0  # Fri, 26 Apr 2019 00:00 UTC
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, tmp_path):
-    """The monitoring store both consumers share: a SQLite file, or a schema of its own on the
-    machine's PostgreSQL (dropped afterwards)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'monitoring.db'}"
-        return
+@pytest.fixture
+def store_url():
+    """The monitoring store both consumers share: a schema of its own on the machine's
+    PostgreSQL (dropped afterwards), the docker-compose store. The claim races on SQLite and
+    PostgreSQL alike are in test_alert_claims.py."""
     with fresh_schemas("evguard_scale") as new_url:
         yield new_url()
 
