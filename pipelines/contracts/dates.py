@@ -61,13 +61,14 @@ def _days_from_civil(year: int, month: int, day: int) -> int:
 
 
 _recent_epochs: dict[str, float | None] = {}
+_RECENT_EPOCHS = 16384  # a batch of 1,000 sessions has ~4,000 dates, each read ~4 times
 
 
 def rfc1123_to_epoch(value: Any) -> float | None:
     """Epoch seconds of an RFC 1123 GMT string, by arithmetic; None for anything else.
 
-    The worker's context, profiles and health detectors each read the same three
-    dates of every session, so the last few thousand answers are kept.
+    The worker's context, profiles, health detectors and features each read the same
+    dates of every session, so the last few batches' answers are kept.
     """
     if type(value) is not str:
         return None
@@ -75,30 +76,61 @@ def rfc1123_to_epoch(value: Any) -> float | None:
         return _recent_epochs[value]
     except KeyError:
         pass
-    if len(_recent_epochs) >= 4096:
+    if len(_recent_epochs) >= _RECENT_EPOCHS:
         _recent_epochs.clear()
     seconds = _rfc1123_seconds(value)
     _recent_epochs[value] = seconds
     return seconds
 
 
+_day_starts: dict[str, int | None] = {}  # "02 Jan 2019" -> epoch seconds of its midnight
+_clock_seconds: dict[str, int | None] = {}  # "14:55:53" -> seconds into the day
+
+
+def _ascii_digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def _day_start(day: str) -> int | None:
+    """`02 Jan 2019` -> epoch seconds of that midnight; None for a date not in the calendar."""
+    month = _MONTH_NUMBERS.get(day[3:6])
+    if month is None or not (_ascii_digits(day[:2]) and _ascii_digits(day[7:])):
+        return None
+    number, year = int(day[:2]), int(day[7:])
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    if not 1 <= number <= _MONTH_DAYS[month] - (month == 2 and not leap):
+        return None
+    return _days_from_civil(year, month, number) * 86400
+
+
+def _clock(text: str) -> int | None:
+    """`14:55:53` -> seconds into the day; None unless two ASCII digits each, in range."""
+    if not (text[2] == text[5] == ":" and _ascii_digits(text[:2] + text[3:5] + text[6:])):
+        return None
+    hour, minute, second = int(text[:2]), int(text[3:5]), int(text[6:])
+    return hour * 3600 + minute * 60 + second if hour < 24 and minute < 60 and second < 60 \
+        else None
+
+
 def _rfc1123_seconds(value: str) -> float | None:
     if len(value) != 29 or not value.endswith(" GMT"):
         return None
-    month = _MONTH_NUMBERS.get(value[8:11])
-    if month is None:
-        return None
+    day, clock = value[5:16], value[17:25]
     try:
-        day, hour, minute, second = (int(value[5:7]), int(value[17:19]), int(value[20:22]),
-                                     int(value[23:25]))
-        year = int(value[12:16])
-    except ValueError:
+        start = _day_starts[day]
+    except KeyError:
+        if len(_day_starts) >= 100_000:
+            _day_starts.clear()
+        start = _day_starts[day] = _day_start(day)
+    try:
+        seconds = _clock_seconds[clock]
+    except KeyError:
+        if len(_clock_seconds) >= 100_000:
+            _clock_seconds.clear()
+        seconds = _clock_seconds[clock] = _clock(clock)
+    if start is None or seconds is None:
         return None
-    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
-    if not (1 <= day <= _MONTH_DAYS[month] - (month == 2 and not leap)
-            and hour < 24 and minute < 60 and second < 60):
-        return None
-    return float(_days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second)
+    return float(start + seconds)
 
 
 def rfc1123_to_iso(value: Any, utc_offset: bool = True) -> str | None:

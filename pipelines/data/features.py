@@ -56,13 +56,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
 
-from pipelines.contracts.dates import parse_dates
+from pipelines.contracts.dates import parse_dates, rfc1123_to_epoch
 from pipelines.contracts.sessions import DATE_FIELDS, SESSION_FIELDS, TEXT_FIELDS
 from pipelines.stations.context import (
     CONTEXT_COLUMNS,
@@ -183,12 +183,13 @@ def _zone(name: str) -> ZoneInfo | None:
         return None
 
 
-def _local_times(connect: pd.Series, timezones: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Fractional local hour and weekday of each connection, one tz conversion per zone."""
+def _local_times(connect: np.ndarray, timezones: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Fractional local hour and weekday of each connection (naive-UTC datetime64[ns]),
+    one tz conversion per zone."""
     hour = np.zeros(len(connect))
     weekday = np.zeros(len(connect))
     zones = np.array([z if isinstance(z, str) else "UTC" for z in timezones], dtype=object)
-    index = pd.DatetimeIndex(connect)
+    index = pd.DatetimeIndex(connect).tz_localize("UTC")
     for name in set(zones):
         mask = zones == name
         zone = _zone(name)  # unknown zone: UTC, as documented
@@ -198,22 +199,97 @@ def _local_times(connect: pd.Series, timezones: pd.Series) -> tuple[np.ndarray, 
     return hour, weekday
 
 
-def _compute_features(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    n_edits = frame["n_edits"].to_numpy(float)
-    has_inputs = (n_edits > 0) & ~np.isnan(frame["kWhRequested"].to_numpy(float))
-    connect, done = _utc_ns(frame, "connectionTime"), _utc_ns(frame, "doneChargingTime")
-    disconnect = _utc_ns(frame, "disconnectTime")
+class _Inputs(NamedTuple):
+    """What the f2 columns are computed from, one array entry per session."""
+
+    kwh: np.ndarray  # kWhDelivered, NaN when not a number
+    n_edits: np.ndarray
+    requested: np.ndarray  # kWhRequested of the last edit, NaN when absent
+    minutes: np.ndarray  # minutesAvailable of the last edit, NaN when absent
+    connect: np.ndarray  # naive-UTC datetime64[ns], NaT when missing or unreadable
+    disconnect: np.ndarray
+    done: np.ndarray
+    departure: np.ndarray  # requestedDeparture of the last edit
+    timezones: Sequence[Any]
+
+
+def _frame_inputs(frame: pd.DataFrame) -> _Inputs:
+    return _Inputs(frame["kWhDelivered"].to_numpy(float), frame["n_edits"].to_numpy(float),
+                   frame["kWhRequested"].to_numpy(float), frame["minutesAvailable"].to_numpy(float),
+                   _utc_ns(frame, "connectionTime"), _utc_ns(frame, "disconnectTime"),
+                   _utc_ns(frame, "doneChargingTime"), _utc_ns(frame, "requestedDeparture"),
+                   frame["timezone"].to_numpy())
+
+
+_NS = 1_000_000_000
+_NAT = np.iinfo(np.int64).min  # NaT as int64
+
+
+def _date_ns(values: list[Any]) -> np.ndarray:
+    """`parse_dates(values)` as naive-UTC datetime64[ns], with RFC 1123 dates read by
+    arithmetic; any other non-null value sends the whole column through `parse_dates`."""
+    out = []
+    for value in values:
+        if value is None:
+            out.append(_NAT)
+            continue
+        seconds = rfc1123_to_epoch(value)
+        if seconds is None:
+            return parse_dates(values).tz_convert(None).to_numpy("datetime64[ns]")
+        out.append(int(seconds) * _NS)
+    return np.array(out, dtype=np.int64).view("datetime64[ns]")
+
+
+def _record_inputs(records: list[dict]) -> _Inputs:
+    """`_frame_inputs(sessions_to_frame(records))` without the frame: one pass over the records,
+    the same values (`tests/pipelines/data/test_fast_features.py`)."""
+    n = len(records)
+    kwh, n_edits, requested, minutes = (np.empty(n) for _ in range(4))
+    dates: tuple[list, list, list, list] = ([], [], [], [])
+    timezones = []
+    nan = np.nan
+    for i, r in enumerate(records):
+        value = r.get("kWhDelivered")
+        kwh[i] = value if type(value) is float else _number(value)
+        inputs = r.get("userInputs")
+        last = inputs[-1] if isinstance(inputs, list) and inputs else None
+        if isinstance(last, dict):
+            n_edits[i] = len(inputs)
+            value = last.get("kWhRequested", nan)
+            requested[i] = value if type(value) is float else _number(value)
+            value = last.get("minutesAvailable", nan)
+            minutes[i] = value if type(value) is float else _number(value)
+            departure = last.get("requestedDeparture")
+        else:
+            n_edits[i] = len(inputs) if isinstance(inputs, list) else 0
+            requested[i] = minutes[i] = nan
+            departure = None
+        dates[0].append(r.get("connectionTime"))
+        dates[1].append(r.get("disconnectTime"))
+        dates[2].append(r.get("doneChargingTime"))
+        dates[3].append(departure)
+        timezones.append(r.get("timezone"))
+    connect, disconnect, done, departure_ns = (_date_ns(d) for d in dates)
+    return _Inputs(kwh, n_edits, requested, minutes, connect, disconnect, done, departure_ns,
+                   [_text(z) for z in timezones])
+
+
+def _compute_features(inputs: _Inputs) -> dict[str, np.ndarray]:
+    n_edits = inputs.n_edits
+    has_inputs = (n_edits > 0) & ~np.isnan(inputs.requested)
+    connect, done = inputs.connect, inputs.done
+    disconnect = inputs.disconnect
     done_missing = np.isnat(done)
     disconnect = np.where(np.isnat(disconnect), done, disconnect)
-    kwh = np.nan_to_num(frame["kWhDelivered"].to_numpy(float), nan=0.0)
+    kwh = np.nan_to_num(inputs.kwh, nan=0.0)
 
     connection_h = np.nan_to_num(_hours(disconnect, connect), nan=0.0)
     charging_h = np.where(done_missing, connection_h, _hours(done, connect))
     idle_h = np.where(done_missing, 0.0, _hours(disconnect, done))
-    requested = np.where(has_inputs, frame["kWhRequested"].to_numpy(float), kwh)
-    minutes = np.where(has_inputs, frame["minutesAvailable"].to_numpy(float), connection_h * 60.0)
-    gap_h = np.where(has_inputs, _hours(disconnect, _utc_ns(frame, "requestedDeparture")), 0.0)
-    hour, weekday = _local_times(frame["connectionTime"], frame["timezone"])
+    requested = np.where(has_inputs, inputs.requested, kwh)
+    minutes = np.where(has_inputs, inputs.minutes, connection_h * 60.0)
+    gap_h = np.where(has_inputs, _hours(disconnect, inputs.departure), 0.0)
+    hour, weekday = _local_times(connect, inputs.timezones)
     angle = 2.0 * np.pi * hour / 24.0
 
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -276,8 +352,8 @@ def add_features(frame: pd.DataFrame,
     """
     facts = session_facts(frame[list(_FACT_FIELDS)].astype(object)
                           .where(frame[list(_FACT_FIELDS)].notna(), None).to_dict("records"))
-    features = pd.DataFrame(_with_context(_compute_features(frame), facts, contexts),
-                            index=frame.index)
+    features = pd.DataFrame(_with_context(_compute_features(_frame_inputs(frame)), facts,
+                                          contexts), index=frame.index)
     return pd.concat([frame.drop(columns=FEATURE_COLUMNS, errors="ignore"), features], axis=1)
 
 
@@ -295,9 +371,9 @@ def feature_matrix(records: Iterable[dict],
         A NaN-free float64 DataFrame with columns `FEATURE_COLUMNS`.
     """
     records = [r if isinstance(r, dict) else {} for r in records]
-    frame = sessions_to_frame(records)
-    features = _with_context(_compute_features(frame), session_facts(records), contexts)
-    return pd.DataFrame(features, index=frame.index, columns=FEATURE_COLUMNS)
+    features = _with_context(_compute_features(_record_inputs(records)), session_facts(records),
+                             contexts)
+    return pd.DataFrame(features, index=pd.RangeIndex(len(records)), columns=FEATURE_COLUMNS)
 
 
 # log column -> (its linear twin, the inverse transform); for people, not for the model
