@@ -18,15 +18,19 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
-from pika.exceptions import AMQPConnectionError, AMQPError
+from pika.exceptions import AMQPError
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from messaging import BrokerUnavailable, connect_blocking
 from pipelines.contracts.dead_letters import dlq_name, result_dead_letter_headers
 from pipelines.metrics_http import Heartbeat, MetricsServer
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
+
+__all__ = ["BrokerUnavailable", "ConsumerHealth", "QueueConsumer", "connect", "declare_queue",
+           "queue_depth"]
 
 # connection-level trouble: reconnect with backoff, unacked messages come back
 TRANSIENT_ERRORS = (AMQPError, OSError)
@@ -34,25 +38,10 @@ TRANSIENT_ERRORS = (AMQPError, OSError)
 STUCK_AFTER_S = 60.0
 
 
-class BrokerUnavailable(AMQPConnectionError):
-    """RabbitMQ cannot be reached; the message says where and what to do."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "RabbitMQ is not reachable"
-
-
 def connect(settings: Settings) -> pika.BlockingConnection:
-    params = pika.URLParameters(settings.rabbitmq_url)
-    params.heartbeat = 60
-    params.blocked_connection_timeout = 60
-    params.connection_attempts = 1
-    try:
-        return pika.BlockingConnection(params)
-    except AMQPConnectionError as exc:
-        cause = repr(exc.args[-1]) if exc.args else type(exc).__name__
-        raise BrokerUnavailable(
-            f"RabbitMQ is not reachable at {params.host}:{params.port} ({cause}). Start it with "
-            "`evguard services up`, or point EVGUARD_RABBITMQ_URL at a running broker.") from exc
+    """A blocking connection to `settings.rabbitmq_url` (amqp:// or amqps://, parameters
+    from `messaging`); raises `BrokerUnavailable` saying where and what to do."""
+    return connect_blocking(settings)
 
 
 def declare_queue(channel: BlockingChannel, exchange: str, queue: str,

@@ -35,6 +35,15 @@ class Settings(BaseSettings):
     # RabbitMQ
     rabbitmq_url: str = Field("amqp://guest:guest@127.0.0.1:5672/%2F", description="AMQP URL")
     rabbitmq_exchange: str = Field("ev.scores", description="Topic exchange of score results")
+    rabbitmq_ca_file: str = Field(
+        "", description="amqps:// only: PEM file of the CA that signed RabbitMQ's certificate; "
+                        "empty = the system's CAs")
+    rabbitmq_client_cert: str = Field(
+        "", description="amqps:// only: PEM client certificate, for brokers that verify peers")
+    rabbitmq_client_key: str = Field(
+        "", description="amqps:// only: PEM key of the client certificate (if not in the cert file)")
+    rabbitmq_tls_verify_hostname: bool = Field(
+        True, description="amqps:// only: check that RabbitMQ's certificate names the URL's host")
 
     # MLflow
     mlflow_tracking_uri: str = Field("", description="Empty = sqlite under the state dir")

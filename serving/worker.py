@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from keyed_state import KeyedStateStore
+from messaging import publisher_parameters
 from pipelines.contracts.sessions import Source
 from pipelines.metrics_http import Heartbeat, MetricsServer
 from pipelines.settings import Settings
@@ -133,7 +134,7 @@ class ScoringWorker:
         server = MetricsServer(self.metrics, self.liveness, s.metrics_host, s.metrics_port).start()
         self.metrics_port = server.port
         self._publisher = RabbitPublisher(
-            s.rabbitmq_url, s.rabbitmq_exchange, self.metrics,
+            publisher_parameters(s), s.rabbitmq_exchange, self.metrics,
             replace(RECONNECT, max_s=s.serve_publish_retry_max_s),
             s.serve_confirm_timeout_s).start()
         self._dead_letters = DeadLetterProducer(

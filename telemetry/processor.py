@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from keyed_state import KeyedStateStore
+from messaging import ConfirmedPublisher
 from pipelines.contracts.connector_status import encode_connector_statuses
 from pipelines.contracts.dead_letters import session_dead_letter_headers
 from pipelines.contracts.live_alert import encode_live_alert, live_routing_key
@@ -56,7 +57,7 @@ from pipelines.telemetry.detectors import (
 from pipelines.telemetry.handoff import assemble_session
 from telemetry.kafka import consumer_config, producer_config
 from telemetry.metrics import ProcessorMetrics
-from telemetry.publish import LivePublisher, Ticket
+from telemetry.publish import Ticket, live_publisher
 
 log = logging.getLogger("evguard.telemetry.processor")
 
@@ -172,7 +173,7 @@ class TelemetryProcessor:
         self._positions: dict[int, int] = {}
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
-        self._publisher: LivePublisher | None = None
+        self._publisher: ConfirmedPublisher | None = None
         self._state: KeyedStateStore | None = None
         self._last_error_log = 0.0
 
@@ -196,7 +197,7 @@ class TelemetryProcessor:
         server = MetricsServer(self.metrics, self.liveness, s.metrics_host,
                                s.telemetry_metrics_port, "telemetry-metrics").start()
         self.metrics_port = server.port
-        self._publisher = LivePublisher(s.rabbitmq_url, s.rabbitmq_exchange).start(wait_s=1.0)
+        self._publisher = live_publisher(s, wait_s=1.0)
         self._producer = Producer(producer_config(s.kafka_servers))
         self._state = KeyedStateStore(s.kafka_servers, s.topic_telemetry_state,
                                       CONNECTOR_STATE_CODEC, s.telemetry_group)

@@ -19,8 +19,8 @@ import grimp
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("pipelines", "keyed_state", "serving", "monitoring", "dashboard", "evaluation", "flows",
-            "evguard")
+PACKAGES = ("pipelines", "keyed_state", "messaging", "serving", "monitoring", "dashboard",
+            "evaluation", "flows", "evguard")
 # the CLI imports the project inside its commands so that `evguard --help` stays instant;
 # each of these modules says so in its docstring
 LAZY_IMPORTS_ALLOWED = ("evguard/commands/",)

@@ -1,4 +1,5 @@
-"""The AMQP publishing connection: frames checked against pika's, behaviour on the real RabbitMQ."""
+"""The worker's publisher (`messaging` underneath), on the real RabbitMQ: batches confirmed in
+order, unroutable results counted, an unreachable or refusing broker retried."""
 
 from __future__ import annotations
 
@@ -7,47 +8,13 @@ import uuid
 
 import pika
 import pytest
-from pika import frame as pika_frame
-from pika import spec
 
+from messaging import publisher_parameters
 from pipelines.retry import RetryPolicy
-from serving.amqp import Endpoint, FrameReader, PublishEncoder
 from serving.prometheus import WorkerMetrics
 from serving.steps.base import Batch, MessageRejected
 from serving.steps.publish import PublishStep, RabbitPublisher
 from tests.serving.stand_ins import RecordingStep
-
-
-def test_publish_frames_are_byte_for_byte_what_pika_sends():
-    body = b'{"sessionID": "s1", "score": 0.7}'
-    encoder = PublishEncoder("ev.scores", frame_max=131072)
-    props = spec.BasicProperties(content_type="application/json", delivery_mode=2,
-                                 app_id="evguard-serving")
-    expected = (pika_frame.Method(1, spec.Basic.Publish(exchange="ev.scores",
-                                                        routing_key="score.0002.anomaly",
-                                                        mandatory=True)).marshal()
-                + pika_frame.Header(1, len(body), props).marshal()
-                + pika_frame.Body(1, body).marshal())
-    assert encoder.encode([("score.0002.anomaly", body)]) == expected
-
-
-def test_bodies_larger_than_a_frame_are_split_and_read_back_whole():
-    encoder = PublishEncoder("x", frame_max=4096)
-    body = bytes(range(256)) * 40  # 10,240 bytes: three body frames
-    data = encoder.encode([("score.1.normal", body)])
-    reader = FrameReader()
-    frames = []
-    for i in range(0, len(data), 1000):  # arrives in pieces
-        frames += reader.feed(data[i:i + 1000])
-    kinds = [kind for kind, _channel, _payload in frames]
-    assert kinds == [1, 2, 3, 3, 3]
-    assert b"".join(payload for kind, _c, payload in frames if kind == 3) == body
-
-
-def test_endpoint_from_url():
-    e = Endpoint.from_url("amqp://user:p%40ss@10.0.0.1:5673/%2F")
-    assert (e.host, e.port, e.user, e.password, e.vhost) == ("10.0.0.1", 5673, "user", "p@ss", "/")
-    assert Endpoint.from_url("amqp://guest:guest@localhost/prod").vhost == "prod"
 
 
 @pytest.fixture
@@ -70,7 +37,7 @@ def batch_of(keys_bodies) -> Batch:
 def test_batches_are_confirmed_in_order_and_arrive_persistent(rabbit_settings, exchange):
     name, channel, queue = exchange
     metrics = WorkerMetrics()
-    publisher = RabbitPublisher(rabbit_settings.rabbitmq_url, name, metrics).start()
+    publisher = RabbitPublisher(publisher_parameters(rabbit_settings), name, metrics).start()
     try:
         assert publisher.wait_ready(10)
         batches = [batch_of([(f"score.0002.{'anomaly' if i % 3 == 0 else 'normal'}",
@@ -104,7 +71,8 @@ def test_unreachable_rabbitmq_means_not_ready_and_the_step_pushes_back(rabbit_se
 
     metrics = WorkerMetrics()
     url = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"
-    publisher = RabbitPublisher(url, "nowhere", metrics, RetryPolicy(initial_s=0.05, max_s=0.1))
+    params = publisher_parameters(rabbit_settings.model_copy(update={"rabbitmq_url": url}))
+    publisher = RabbitPublisher(params, "nowhere", metrics, RetryPolicy(initial_s=0.05, max_s=0.1))
     publisher.start()
     try:
         time.sleep(0.5)
@@ -119,7 +87,8 @@ def test_unreachable_rabbitmq_means_not_ready_and_the_step_pushes_back(rabbit_se
 def test_wrong_credentials_are_retried_not_fatal(rabbit_settings):
     url = rabbit_settings.rabbitmq_url.replace("guest:guest", "guest:wrong")
     metrics = WorkerMetrics()
-    publisher = RabbitPublisher(url, "x", metrics, RetryPolicy(initial_s=0.05, max_s=0.1)).start()
+    params = publisher_parameters(rabbit_settings.model_copy(update={"rabbitmq_url": url}))
+    publisher = RabbitPublisher(params, "x", metrics, RetryPolicy(initial_s=0.05, max_s=0.1)).start()
     try:
         time.sleep(0.6)
         assert not publisher.ready and metrics.publish_retries._value.get() >= 1

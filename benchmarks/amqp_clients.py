@@ -1,0 +1,253 @@
+"""The worker's AMQP clients, raced on one batched workload in one run.
+
+Publishes the same score results to a durable queue of a private RabbitMQ node, persistent
+and confirmed, through
+- `pika`: `messaging.ConfirmedPublisher` (pika's SelectConnection on an I/O thread), the
+  publisher every evguard process uses;
+- `hand-written`: the former `serving.amqp.PublisherConnection`, driven on the calling
+  thread (no hand-off to an I/O thread, so a lower bound of its cost). Only measured at
+  commits that still have it (it was removed after this measurement: see docs).
+
+Workload: micro-batches of `--batch` results, each split into one message per (site,
+normal/anomaly) routing key as contract v2 does; at most `--window` batches await
+confirms (the worker's `max_inflight`). `--single` also runs one message per result.
+
+Reports wall time, messages/s, results/s, CPU of this process per result (both threads)
+and RabbitMQ's CPU (cores), with /proc/pressure/cpu.
+
+    flock /tmp/evg/bench.lock .venv/bin/python benchmarks/amqp_clients.py --results 200000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import selectors
+import tempfile
+import time
+import uuid
+from collections import deque
+from pathlib import Path
+
+import pika
+
+from evguard.services.process import free_port
+from evguard.services.stack import LocalStack
+from messaging import ConfirmedPublisher, Ticket, connection_parameters, publisher_parameters
+from pipelines.settings import Settings
+
+try:  # the hand-written client, while it exists
+    from serving import amqp as handwritten
+except ImportError:
+    handwritten = None
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SITES = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def beam_pid(node: str) -> int:
+    """The Erlang VM of RabbitMQ node `node` (found by the node name in its environment)."""
+    wanted = f"RABBITMQ_NODENAME={node}".encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if not (entry / "cmdline").read_bytes().split(b"\0")[0].endswith(b"beam.smp"):
+                    continue
+                if wanted in (entry / "environ").read_bytes().split(b"\0"):
+                    return int(entry.name)
+            except OSError:
+                continue
+    raise RuntimeError(f"no beam.smp process of node {node}")
+
+
+def cpu_pressure() -> str:
+    try:
+        return Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except OSError:
+        return "unknown"
+
+
+def make_batches(results: int, per_batch: int, single: bool, seed: int = 0) -> list[list]:
+    """Batches of (routing key, body, results in it): one body per routing key (contract v2
+    size), or one per result with `single`."""
+    rng = random.Random(seed)
+    batches, n = [], 0
+    while n < results:
+        size = min(per_batch, results - n)
+        by_key: dict[str, list[dict]] = {}
+        for i in range(size):
+            site = rng.choice(SITES)
+            anomaly = rng.random() < 0.03
+            result = {"sessionID": f"s-{n + i:09d}", "stationID": f"{site}-{rng.randrange(99)}",
+                      "siteID": site, "score": round(rng.random(), 6), "threshold": 0.61,
+                      "is_anomaly": anomaly, "model_version": "7",
+                      "connectionTime": "2026-12-04T05:00:00+00:00", "kWhDelivered": 12.5}
+            if anomaly:
+                result["explanation"] = {"kwh_per_hour": 0.41, "duration_h": 0.22}
+            by_key.setdefault(f"score.{site}.{'anomaly' if anomaly else 'normal'}",
+                              []).append(result)
+        if single:
+            batch = [(key, json.dumps(r).encode(), 1) for key, rs in by_key.items() for r in rs]
+        else:
+            batch = [(key, json.dumps({"schema": "evguard.scores/2", "results": rs}).encode(),
+                      len(rs)) for key, rs in by_key.items()]
+        batches.append(batch)
+        n += size
+    return batches
+
+
+def run_pika(settings: Settings, exchange: str, batches: list[list], window: int) -> None:
+    publisher = ConfirmedPublisher(publisher_parameters(settings), exchange).start(wait_s=10)
+    inflight: deque[Ticket] = deque()
+    try:
+        for batch in batches:
+            while len(inflight) >= window:
+                while inflight and inflight[0].done:
+                    inflight.popleft()
+                if len(inflight) >= window:
+                    time.sleep(0.0005)
+            ticket = Ticket()
+            publisher.publish([(key, body) for key, body, _n in batch], ticket)
+            inflight.append(ticket)
+        while inflight:
+            if inflight[0].done:
+                inflight.popleft()
+            else:
+                time.sleep(0.0005)
+    finally:
+        publisher.close(timeout=0)
+
+
+def run_handwritten(settings: Settings, exchange: str, batches: list[list], window: int) -> None:
+    conn = handwritten.PublisherConnection(handwritten.Endpoint.from_url(settings.rabbitmq_url),
+                                           exchange, 30)
+    conn.open()
+    try:
+        inflight: deque[int] = deque()  # last delivery tag of each batch
+        next_tag, floor, acked = 1, 0, set()
+        todo = deque(batches)
+        with selectors.DefaultSelector() as sel:
+            sel.register(conn.sock, selectors.EVENT_READ)
+            writing = False
+            while todo or inflight:
+                while todo and len(inflight) < window:
+                    batch = todo.popleft()
+                    conn.queue(conn.encoder.encode([(key, body) for key, body, _n in batch]))
+                    next_tag += len(batch)
+                    inflight.append(next_tag - 1)
+                conn.flush()
+                if conn.wants_write != writing:
+                    writing = conn.wants_write
+                    sel.modify(conn.sock, selectors.EVENT_READ | (
+                        selectors.EVENT_WRITE if writing else 0))
+                for _key, mask in sel.select(1.0):
+                    if mask & selectors.EVENT_READ:
+                        for event in conn.events():
+                            if event[0] == "ack":
+                                if event[2]:
+                                    floor = max(floor, event[1])
+                                else:
+                                    acked.add(event[1])
+                                while floor + 1 in acked:
+                                    floor += 1
+                                    acked.discard(floor)
+                            elif event[0] == "nack":
+                                raise RuntimeError("nack")
+                    if mask & selectors.EVENT_WRITE:
+                        conn.flush()
+                while inflight and inflight[0] <= floor:
+                    inflight.popleft()
+    finally:
+        conn.close(timeout=1.0)
+
+
+def measure(name: str, run, settings: Settings, rabbit_pid: int, batches: list[list],
+            window: int) -> dict:
+    exchange, queue = f"bench.amqp-{uuid.uuid4().hex[:8]}", f"bench.amqp-{uuid.uuid4().hex[:8]}"
+    with pika.BlockingConnection(connection_parameters(settings)) as conn:
+        channel = conn.channel()
+        channel.exchange_declare(exchange, "topic", durable=True)
+        channel.queue_declare(queue, durable=True)
+        channel.queue_bind(queue, exchange, "#")
+    messages = sum(len(b) for b in batches)
+    results = sum(n for b in batches for *_kb, n in b)
+    rabbit0, cpu0, t0 = cpu_seconds(rabbit_pid), time.process_time(), time.perf_counter()
+    run(settings, exchange, batches, window)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    rabbit = cpu_seconds(rabbit_pid) - rabbit0
+    with pika.BlockingConnection(connection_parameters(settings)) as conn:
+        channel = conn.channel()
+        arrived = channel.queue_declare(queue, passive=True).method.message_count
+        channel.queue_delete(queue)
+        channel.exchange_delete(exchange)
+    if arrived != messages:
+        raise AssertionError(f"{name}: {arrived} of {messages} messages arrived")
+    return {"client": name, "messages": messages, "results": results, "wall_s": round(wall, 3),
+            "messages_per_s": round(messages / wall), "results_per_s": round(results / wall),
+            "client_cpu_us_per_result": round(cpu / results * 1e6, 2),
+            "client_cpu_cores": round(cpu / wall, 2), "rabbitmq_cpu_cores": round(rabbit / wall, 2)}
+
+
+def race(settings: Settings, rabbit_pid: int, clients, workloads, args) -> list[dict]:
+    rows = []
+    for workload, batches in workloads:
+        measure("warm-up", run_pika, settings, rabbit_pid, batches[:20], args.window)
+        for _round in range(args.rounds):
+            for name, run in clients:
+                row = {"workload": workload, **measure(name, run, settings, rabbit_pid,
+                                                       batches, args.window)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", type=int, default=200_000)
+    parser.add_argument("--batch", type=int, default=1_000, help="results per micro-batch")
+    parser.add_argument("--window", type=int, default=8, help="batches awaiting confirms")
+    parser.add_argument("--single", type=int, default=20_000,
+                        help="results for the one-message-per-result case (0 = skip)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per client")
+    args = parser.parse_args()
+    clients = [("pika", run_pika)]
+    if handwritten is not None:
+        clients.insert(0, ("hand-written", run_handwritten))
+    workloads = [("batched", make_batches(args.results, args.batch, single=False))]
+    if args.single:
+        workloads.append(("single", make_batches(args.single, args.batch, single=True)))
+    print(f"cpu pressure before: {cpu_pressure()}")
+    with tempfile.TemporaryDirectory(prefix="amqp-bench-", dir="/tmp/evg") as state:
+        # a private node: its CPU is this benchmark's alone
+        settings = Settings(_env_file=None, state_dir=Path(state),
+                            rabbitmq_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F")
+        stack = LocalStack(settings)
+        stack.up(only=("rabbitmq",))
+        try:
+            rows = race(settings, beam_pid(stack.rabbitmq_process().env["RABBITMQ_NODENAME"]),
+                        clients, workloads, args)
+        finally:
+            stack.down()
+    print(f"cpu pressure after: {cpu_pressure()}")
+    for workload, _batches in workloads:
+        best = {}
+        for row in rows:
+            if row["workload"] == workload:
+                prev = best.get(row["client"])
+                if prev is None or row["wall_s"] < prev["wall_s"]:
+                    best[row["client"]] = row
+        if "hand-written" in best:
+            gain = best["pika"]["wall_s"] / best["hand-written"]["wall_s"] - 1
+            print(f"{workload}: hand-written is {gain:+.0%} faster end to end than pika "
+                  f"(best of {args.rounds}); keep it only if >= +20%")
+
+
+if __name__ == "__main__":
+    main()
