@@ -103,6 +103,7 @@ class ConfirmedPublisher:
         self.exchange = exchange
         self.retry = retry
         self.confirm_timeout_s = confirm_timeout_s
+        self.close_wait_s = 5.0
         self.listener = listener or PublisherListener()
         self.confirmed = 0
         self.returned = 0
@@ -299,7 +300,8 @@ class ConfirmedPublisher:
         if self._stopping:
             return
         unconfirmed = self._unconfirmed
-        if unconfirmed and time.monotonic() - unconfirmed[0][2] > self.confirm_timeout_s:
+        if (self._usable and unconfirmed
+                and time.monotonic() - unconfirmed[0][2] > self.confirm_timeout_s):
             self._close_connection(f"no confirm for {self.confirm_timeout_s:.0f}s")
         self._ioloop.call_later(1.0, self._check_confirm_timeout)
 
@@ -315,6 +317,17 @@ class ConfirmedPublisher:
         connection = self._connection
         if connection is not None and connection.is_open:
             connection.close(reply_text=why[:200])
+            self._ioloop.call_later(self.close_wait_s, lambda: self._abort_if_stuck(connection))
+
+    def _abort_if_stuck(self, connection) -> None:
+        """A broker that stopped answering never confirms the close either: drop the TCP
+        connection as pika's own heartbeat checker does on a missed heartbeat."""
+        if connection is self._connection and connection.is_closing:
+            log.warning("RabbitMQ did not answer the close in %.0fs; dropping the connection",
+                        self.close_wait_s)
+            # a private method, but the one pika's heartbeat checker calls for the same case
+            connection._terminate_stream(
+                pika.exceptions.AMQPConnectionError("no answer to connection.close"))
 
     def _requeue_unconfirmed(self) -> None:
         items = [item for _tag, item, _at in self._unconfirmed if not item.ticket.dropped]

@@ -136,6 +136,26 @@ def test_a_lost_connection_republishes_what_was_not_confirmed(rabbit_settings, q
     assert sorted(bodies) == sorted([f"m{i}".encode() for i in range(20)] * 2)
 
 
+def test_a_confirm_that_never_comes_means_reconnect_and_publish_again(rabbit_settings, queue,
+                                                                     proxy):
+    publisher = ConfirmedPublisher(publisher_parameters(via(rabbit_settings, proxy.port)),
+                                   queue.exchange, retry=FAST, confirm_timeout_s=0.5)
+    publisher.close_wait_s = 1.0
+    publisher.start(wait_s=10)
+    try:
+        proxy.pause(upstream=False)  # RabbitMQ takes the messages, its answers stay stuck
+        ticket = Ticket()
+        publisher.publish([("score.1.normal", b"t0"), ("score.1.normal", b"t1")], ticket)
+        wait_for(lambda: publisher.reconnects >= 1)  # not even the close was answered
+        proxy.resume()
+        wait_for(lambda: ticket.done)
+        assert publisher.ready
+        bodies = sorted(body for *_, body in queue.read())
+    finally:
+        publisher.close()
+    assert bodies == [b"t0", b"t0", b"t1", b"t1"]
+
+
 def test_dropped_tickets_are_not_sent_again_after_a_reconnect(rabbit_settings, queue, proxy):
     publisher = ConfirmedPublisher(publisher_parameters(via(rabbit_settings, proxy.port)),
                                    queue.exchange, retry=FAST).start(wait_s=10)
