@@ -6,9 +6,9 @@ Each session is encoded exactly as the replay producer sends it
 reach Kafka), cut into micro-batches of `serve_batch_size` like the consumer loop
 does, and submitted to the scoring-only chain that
 `serving.chain.build_scoring_chain` builds from the worker's steps. What the
-Score step hands on (routing key, result body) is parsed with the consumers'
-`parse_score_result`, so the evaluation reads the same results that monitoring
-and alerting read. Invalid messages are kept in memory instead of the
+Score step hands on (routing key, result batch) is parsed with the consumers'
+`parse_score_results`, so the evaluation reads the same results that monitoring
+and alerting read; each result finds its session by its Kafka offset. Invalid messages are kept in memory instead of the
 dead-letter topic.
 """
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipelines.contracts.score_result import parse_score_result
+from pipelines.contracts.score_result import ScoreResult, parse_score_results
 from pipelines.contracts.sessions import Source, encode_session, session_key
 from pipelines.data.features import feature_matrix, sessions_to_frame
 from pipelines.models import registry
@@ -97,19 +97,27 @@ def score_through_serving(model: Scorer, records: Sequence[dict], settings: Sett
     served = ServedSessions(np.full(n, np.nan), np.zeros(n, bool), np.full(n, "", object),
                             np.zeros(n, bool), batches=len(chain.collected.batches))
     for batch in chain.collected.batches:
-        for source, (_key, body) in zip(batch.sources, batch.results):
-            result = parse_score_result(body)
-            index = order[source.offset - base]
-            served.scores[index] = result.score
-            served.alerts[index] = result.is_anomaly
-            if result.explanation:
-                served.top_features[index] = result.explanation[0]["feature"]
+        for key, body in batch.results:
+            if not key.startswith("score."):
+                continue  # a station alert
+            found = parse_score_results(body)
+            if found.errors:
+                raise ValueError(f"the Score step wrote invalid results: {found.errors[:3]}")
+            for result in found.results:
+                _record(served, result, order[result.kafka_offset - base])
     letters = chain.dead_letters.messages
     for message in letters:
         served.dead_lettered[order[message.source.offset - base]] = True
     served.dead_letter_reasons = dict(Counter(m.reason.split(",")[0][:80] for m in letters))
     served.seconds = time.perf_counter() - started
     return served
+
+
+def _record(served: ServedSessions, result: ScoreResult, index: int) -> None:
+    served.scores[index] = result.score
+    served.alerts[index] = result.is_anomaly
+    if result.explanation:
+        served.top_features[index] = result.explanation[0]["feature"]
 
 
 def serving_model(settings: Settings, version: str) -> tuple[ChampionModel, bool]:

@@ -3,9 +3,14 @@ number of consumers on one queue.
 
 Queue `settings.alerts_queue` (default `alerts`) is bound to `score.*.anomaly`
 (anomalous sessions, contract §5), `station.*.*` (station alert events, §5a) and
-`live.*.*` (live alert events, §5b). For each anomaly:
+`live.*.*` (live alert events, §5b). Anomalies come one micro-batch of a site per
+message (`evguard.scores/2`), or one per message (version 1, still accepted during a
+rolling upgrade); each is judged on its own, in order, and the message is acked only
+when all of them are finished. For each anomaly:
 
-1. a poison message goes to `alerts.dlq` (and the store), then is acked;
+1. a poison message goes to `alerts.dlq` (and the store), then is acked. In a batch,
+   the bad elements send the batch there once, whole, with `bad_elements` listing
+   `index: reason`, and the good ones are alerted;
 2. an alert already recorded for (sessionID, model version) is a redelivery:
    finished ones are acked, unfinished ones are delivered again;
 3. a station whose last delivered alert is younger than `alert_cooldown_s`, or whose
@@ -87,8 +92,9 @@ from email.message import EmailMessage
 from sqlalchemy.exc import OperationalError
 
 from monitoring.rabbit import TRANSIENT_ERRORS, ConsumerHealth, QueueConsumer
+from pipelines.contracts.dead_letters import bad_element_headers
 from pipelines.contracts.live_alert import InvalidLiveAlert, LiveAlertMessage, parse_live_alert
-from pipelines.contracts.score_result import InvalidScoreResult, ScoreResult, parse_score_result
+from pipelines.contracts.score_result import InvalidScoreResult, ScoreResult, parse_score_results
 from pipelines.contracts.station_alert import (
     InvalidStationAlert,
     StationAlertMessage,
@@ -202,35 +208,61 @@ class AlertConsumer:
         self.health = ConsumerHealth(self.rabbit, "alert", lambda: self.outcomes)
         self.metrics_port: int | None = None  # of /metrics and /healthz, once run() serves them
 
-    def handle(self, body: bytes, routing_key: str, stop: threading.Event) -> str | None:
-        """Process one message. Returns its outcome: `requeued` when another consumer took
-        its alert over (the message goes back to the queue), None if `stop` interrupted a
-        retry or the wait for a claim (the message must then stay unacked)."""
+    def handle(self, body: bytes, routing_key: str,
+               stop: threading.Event) -> list[str | None]:
+        """Process one message. Returns the outcome of each alert it held (one, but for a
+        batch of anomalies), in order; it stops early at `requeued` (another consumer took
+        an alert over: the message goes back to the queue) or None (`stop` interrupted a
+        retry or the wait for a claim: the message must then stay unacked)."""
         if routing_key.startswith(STATION_PREFIX):
-            return self.handle_station(body, routing_key, stop)
+            return [self.handle_station(body, routing_key, stop)]
         if routing_key.startswith(LIVE_PREFIX):
-            return self.handle_live(body, routing_key, stop)
-        return self.handle_session(body, routing_key, stop)
+            return [self.handle_live(body, routing_key, stop)]
+        return self.handle_sessions(body, routing_key, stop)
 
-    def _poison(self, body: bytes, error: str, routing_key: str) -> str:
-        self.rabbit.dead_letter(body, error, routing_key)
+    def _poison(self, body: bytes, error: str, routing_key: str, **headers: object) -> str:
+        self.rabbit.dead_letter(body, error, routing_key, **headers)
         self.store.record_dead_letters(self.settings.alerts_queue, [(error, body)])
         return "poison"
 
-    def handle_session(self, body: bytes, routing_key: str, stop: threading.Event) -> str | None:
-        """An anomalous session: alerted unless its station is in cooldown."""
+    def handle_sessions(self, body: bytes, routing_key: str,
+                        stop: threading.Event) -> list[str | None]:
+        """Anomalous sessions (a batch, or one): each alerted unless its station is in
+        cooldown. Bad elements of a batch dead-letter it first (one outcome `poison` each)."""
         try:
-            result = parse_score_result(body)
+            found = parse_score_results(body)
         except InvalidScoreResult as exc:
-            return self._poison(body, str(exc), routing_key)
+            return [self._poison(body, str(exc), routing_key)]
+        outcomes: list[str | None] = []
+        total = len(found.results) + len(found.errors)
+        if found.errors:
+            error, headers = bad_element_headers(found.errors, total)
+            self._poison(body, error, routing_key, **headers)
+            outcomes += ["poison"] * len(found.errors)
+        for index, result in zip(found.indexes, found.results):
+            # an alert dead-lettered after its retries names its element of a batch
+            where = (index, total) if total > 1 else None
+            outcome = self.handle_session(result, body, routing_key, stop, where)
+            outcomes.append(outcome)
+            if outcome is None or outcome == REQUEUE:
+                break
+        return outcomes
+
+    def handle_session(self, result: ScoreResult, body: bytes, routing_key: str,
+                       stop: threading.Event,
+                       where: tuple[int, int] | None = None) -> str | None:
+        """An anomalous session: alerted unless its station is in cooldown. `body` is the
+        message it came in, dead-lettered if it cannot be delivered; `where` is
+        `(index, results)` when that message is a batch."""
         if not result.is_anomaly:
             return "not_anomalous"
         alert_key = f"session:{result.session_id}:{result.model_version}"
         return self._holding(alert_key, stop, lambda claim: self._alert_session(
-            result, alert_key, claim, body, routing_key, stop))
+            result, alert_key, claim, body, routing_key, stop, where))
 
     def _alert_session(self, result: ScoreResult, alert_key: str, claim: Claim, body: bytes,
-                       routing_key: str, stop: threading.Event) -> str | None:
+                       routing_key: str, stop: threading.Event,
+                       where: tuple[int, int] | None) -> str | None:
         alert = self.store.get_alert(result.session_id, result.model_version)
         if alert is not None and alert["state"] in FINISHED:
             return "redelivered"
@@ -250,7 +282,7 @@ class AlertConsumer:
             alert_key)
         outcome = self._deliver(message, alert["attempts"],
                                 lambda **values: self.store.update_alert(alert["id"], **values),
-                                body, routing_key, stop, claim)
+                                body, routing_key, stop, claim, where)
         self._end_cooldown(cooldown, alert_key, outcome)
         if outcome == "sent":
             self.store.update_alert(alert["id"], webhook_state=self._webhook(
@@ -389,9 +421,10 @@ class AlertConsumer:
 
     def _deliver(self, message: EmailMessage, attempts: int, record: Callable[..., None],
                  body: bytes, routing_key: str, stop: threading.Event,
-                 claim: Claim) -> str | None:
+                 claim: Claim, where: tuple[int, int] | None = None) -> str | None:
         """Send with backoff while SMTP fails; `record(**values)` keeps the state in the store,
-        and the claim is renewed to cover each wait.
+        and the claim is renewed to cover each wait. When the message is a batch, `where` is
+        `(index, results)` of the alert's element, named in the dead letter's headers.
 
         Returns `sent`, `dead_lettered` after `alert_max_attempts` (the message then went to
         the dead-letter queue), `requeued` when the claim was lost to another consumer, or
@@ -405,7 +438,10 @@ class AlertConsumer:
             except DeliveryError as exc:
                 record(state="retrying", attempts=attempts, last_error=str(exc))
                 if attempts >= self.settings.alert_max_attempts:
-                    self.rabbit.dead_letter(body, str(exc), routing_key, attempts=attempts)
+                    element = {} if where is None else bad_element_headers(
+                        [(where[0], str(exc))], where[1])[1]
+                    self.rabbit.dead_letter(body, str(exc), routing_key, attempts=attempts,
+                                            **element)
                     record(state="dead_lettered")
                     log.error("%s: dead-lettered after %d attempts: %s", subject, attempts, exc)
                     return "dead_lettered"
@@ -464,14 +500,14 @@ class AlertConsumer:
                             break
                         continue
                     idle = 0.0
-                    outcome = self.handle(body, method.routing_key, stop)
-                    if outcome is None:
+                    outcomes = self.handle(body, method.routing_key, stop)
+                    self.outcomes.update(o for o in outcomes if o is not None)
+                    if None in outcomes:
                         break
-                    if outcome == REQUEUE:
+                    if REQUEUE in outcomes:  # its finished alerts are acked on redelivery
                         self.rabbit.channel.basic_nack(method.delivery_tag, requeue=True)
                     else:
                         self.rabbit.channel.basic_ack(method.delivery_tag)
-                    self.outcomes[outcome] += 1
                     if finished():
                         break
                 self.rabbit.stop_consuming()

@@ -7,8 +7,12 @@ Messages are stored in micro-batches, one transaction per table, and acked (all
 at once) only after the commits; a redelivery stores nothing twice because the
 store ignores a second (sessionID, model version) and a second (alert_id,
 status), and keeps a connector's snapshot only when it is newer than the stored
-one. Poison messages go to `monitoring.dlq` with their error, and a readable
-copy to the store.
+one. A micro-batch is bounded by results, not messages: a batch of score results
+(`evguard.scores/2`) counts as its results. Poison messages go to `monitoring.dlq`
+with their error, and a readable copy to the store; a batch of score results with
+some bad elements has its good results stored and goes there too, whole, its
+header `bad_elements` listing `index: reason` of the others. Version-1 results
+(one per message) are still accepted.
 
 Every window (`settings.monitor_window_s`) the consumer aggregates the stored
 results, measures drift against the champion's reference, records the report
@@ -31,8 +35,9 @@ from pipelines.contracts.connector_status import (
     InvalidConnectorStatus,
     parse_connector_statuses,
 )
+from pipelines.contracts.dead_letters import bad_element_headers
 from pipelines.contracts.live_alert import InvalidLiveAlert, LiveAlertMessage, parse_live_alert
-from pipelines.contracts.score_result import InvalidScoreResult, ScoreResult, parse_score_result
+from pipelines.contracts.score_result import InvalidScoreResult, ScoreResult, parse_score_results
 from pipelines.contracts.station_alert import (
     InvalidStationAlert,
     StationAlertMessage,
@@ -62,7 +67,8 @@ class DrainStats:
     received: int = 0
     stored: int = 0
     duplicates: int = 0
-    dead_lettered: int = 0
+    dead_lettered: int = 0  # messages sent to the DLQ, wholly bad or with some bad results
+    invalid_results: int = 0  # bad elements of result batches (their good ones are stored)
     batches: int = 0
     station_alerts: int = 0
     station_duplicates: int = 0
@@ -81,9 +87,10 @@ class _Pending:
     station_alerts: list[StationAlertMessage] = field(default_factory=list)
     live_alerts: list[LiveAlertMessage] = field(default_factory=list)
     snapshots: list[ConnectorStatusMessage] = field(default_factory=list)
-    poison: list[tuple[str, bytes, str]] = field(default_factory=list)  # error, body, key
+    # error, body, routing key, extra dead-letter headers
+    poison: list[tuple[str, bytes, str, dict]] = field(default_factory=list)
     since: float = 0.0
-    size: int = 0  # messages, with a status batch counted as its snapshots
+    size: int = 0  # messages, with a batch of results or snapshots counted as what it holds
 
 
 def retrain_policy(settings: Settings) -> RetrainPolicy:
@@ -101,7 +108,8 @@ class MonitoringConsumer:
         store: where results, reports and retraining triggers are written.
         reference: returns the champion's reference sample (or None: no drift check).
         launcher: starts the retraining deployment with a reason; None disables it.
-        batch_size: most messages per transaction.
+        batch_size: most messages per transaction, a batch of results or of connector
+            snapshots counted as what it holds (one such message may overshoot it).
         max_wait_s: longest a received message waits for its batch to fill.
     """
 
@@ -176,9 +184,16 @@ class MonitoringConsumer:
                 pending.snapshots.extend(snapshots)
                 pending.size += len(snapshots) - 1
             else:
-                pending.results.append(parse_score_result(body))
+                found = parse_score_results(body)
+                pending.results.extend(found.results)
+                pending.size += max(len(found.results), 1) - 1
+                if found.errors:
+                    error, headers = bad_element_headers(
+                        found.errors, len(found.results) + len(found.errors))
+                    pending.poison.append((error, body, key, headers))
+                    self.stats.invalid_results += len(found.errors)
         except POISON as exc:
-            pending.poison.append((str(exc), body, key))
+            pending.poison.append((str(exc), body, key, {}))
 
     def _flush(self, pending: _Pending) -> None:
         if not pending.tags:
@@ -187,10 +202,10 @@ class MonitoringConsumer:
         new_station = self.store.save_station_alerts(pending.station_alerts, now=self.clock())
         new_live = self.store.save_live_alerts(pending.live_alerts, now=self.clock())
         applied = self.store.save_connector_statuses(pending.snapshots, now=self.clock())
-        for error, body, key in pending.poison:
-            self.rabbit.dead_letter(body, error, key)
+        for error, body, key, headers in pending.poison:
+            self.rabbit.dead_letter(body, error, key, **headers)
         self.store.record_dead_letters(self.settings.monitoring_queue,
-                                       [(e, b) for e, b, _ in pending.poison])
+                                       [(e, b) for e, b, _, _ in pending.poison])
         self.rabbit.channel.basic_ack(max(pending.tags), multiple=True)
         self.stats.stored += new
         self.stats.duplicates += len(pending.results) - new

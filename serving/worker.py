@@ -371,7 +371,7 @@ class ScoringWorker:
         r = self.report
         r.batches += 1
         r.consumed += batch.size
-        r.scored += len(batch.results) - len(batch.station_alerts)
+        r.scored += len(batch.records)  # results travel as one message per routing key
         r.station_alerts += len(batch.station_alerts)
         r.anomalies += batch.anomalies
         r.dead_lettered += len(batch.invalid)
@@ -380,7 +380,7 @@ class ScoringWorker:
             batch_log.info(
                 "batch n=%d scored=%d anomalies=%d dead=%d model=v%s decode_ms=%.1f "
                 "score_ms=%.1f explain_ms=%.1f encode_ms=%.1f confirm_ms=%.1f batch_ms=%.1f "
-                "e2e_max_ms=%.1f", batch.size, len(batch.results), batch.anomalies,
+                "e2e_max_ms=%.1f", batch.size, len(batch.records), batch.anomalies,
                 len(batch.invalid), batch.model_version, t.get("decode_ms", 0),
                 t.get("score_ms", 0), t.get("explain_ms", 0), t.get("encode_ms", 0),
                 t.get("confirm_ms", 0), t.get("batch_ms", 0), t.get("e2e_max_ms", 0))

@@ -7,16 +7,20 @@ that say why and where from.
   `source_topic`, `source_partition` and `source_offset`.
 - A score result a consumer cannot use goes to the RabbitMQ queue `<queue>.dlq`
   with `error`, `source_queue` and `source_routing_key` (and `attempts` for an
-  alert that could not be delivered).
+  alert that could not be delivered). A batch of results (`evguard.scores/2`) whose
+  good elements were used goes there too, whole, when some of its elements were
+  not: `bad_elements` lists them as `index: reason` (`bad_element_headers`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 from pipelines.contracts.sessions import Source
 
 MAX_ERROR_CHARS = 1000  # a header, not a log: enough to say which rule broke
+MAX_LISTED_ELEMENTS = 100  # of a batch's bad elements, listed one by one (all are counted)
+MAX_ELEMENT_REASON_CHARS = 200
 
 
 def dlq_name(queue: str) -> str:
@@ -45,3 +49,34 @@ def result_dead_letter_headers(error: str, queue: str, routing_key: str,
     """AMQP headers of a score result that went to `<queue>.dlq`."""
     return {"error": error[:MAX_ERROR_CHARS], "source_queue": queue,
             "source_routing_key": routing_key, **extra}
+
+
+def bad_element_headers(errors: Sequence[tuple[int, str]],
+                        total: int) -> tuple[str, dict[str, object]]:
+    """`(error, extra headers)` of a result batch that goes to `<queue>.dlq` because of some of
+    its elements (pure).
+
+    Args:
+        errors: `(index in the batch, reason)` of each element that was not used.
+        total: how many results the batch holds.
+
+    Returns:
+        The `error` text (a summary naming the first elements) and the headers
+        `bad_elements` (a list of `index: reason`, the first `MAX_LISTED_ELEMENTS`),
+        `bad_element_count` and `result_count`, for `result_dead_letter_headers`.
+    """
+    listed = [f"{index}: {reason[:MAX_ELEMENT_REASON_CHARS]}"
+              for index, reason in errors[:MAX_LISTED_ELEMENTS]]
+    error = f"{len(errors)} of {total} results rejected: " + "; ".join(listed)
+    return error, {"bad_elements": listed, "bad_element_count": len(errors),
+                   "result_count": total}
+
+
+def read_bad_elements(headers: Mapping[str, object]) -> list[tuple[int, str]]:
+    """`(index, reason)` of each element listed in a dead-lettered batch's headers."""
+    found = []
+    for item in headers.get("bad_elements") or []:
+        text = item.decode(errors="replace") if isinstance(item, bytes) else str(item)
+        index, _, reason = text.partition(": ")
+        found.append((int(index), reason))
+    return found

@@ -59,9 +59,10 @@ class ScoreStep(TransformStep):
         anomalous = np.flatnonzero(scores >= model.threshold)
         explanations = self._explain(model, features, anomalous)
         t2 = time.perf_counter()
+        # one evguard.scores/2 message per routing key, encoded from the arrays themselves
         batch.results = build_results(
             batch.records, batch.sources, list(features.columns),
-            features.to_numpy(dtype=np.float64).tolist(), scores.tolist(), float(model.threshold),
+            features.to_numpy(dtype=np.float64), scores, float(model.threshold),
             explanations,
             {"name": model.name, "version": str(model.version),
              "feature_version": model.feature_version},

@@ -19,11 +19,13 @@ from monitoring.monitor import BINDINGS as MONITOR_BINDINGS
 from monitoring.rabbit import declare_queue
 from pipelines.contracts.dead_letters import dlq_name
 from pipelines.settings import Settings
+from tests.support.score_messages import result_objects
 
 
 @dataclass
 class Results:
-    """Results received from the exchange, by sessionID."""
+    """Results received from the exchange, by sessionID: one version-1 object per result (a
+    batch of results is read as its results, `result_objects`), with its routing key."""
 
     bodies: list[dict] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
@@ -74,9 +76,10 @@ class ResultQueue:
                         if self._stop.is_set():
                             break
                         if method is not None:
+                            objects = result_objects(orjson.loads(body))
                             with self._lock:
-                                self.results.bodies.append(orjson.loads(body))
-                                self.results.keys.append(method.routing_key)
+                                self.results.bodies += objects
+                                self.results.keys += [method.routing_key] * len(objects)
                             channel.basic_ack(method.delivery_tag)
             except pika.exceptions.AMQPError:
                 time.sleep(0.3)  # the broker is restarting

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import orjson
 import pytest
 
+from pipelines.contracts.score_result import parse_score_results
 from pipelines.data.features import feature_matrix
 from serving.chain import in_memory_tracker
 from serving.prometheus import WorkerMetrics
@@ -113,12 +113,13 @@ def test_score_flags_by_threshold_explains_only_anomalies_and_routes_by_site():
     step.submit(batch)
     keys = [k for k, _ in batch.results]
     assert keys == ["score.0002.normal", "score.0002.anomaly", "score.0001.normal"]
-    bodies = [orjson.loads(b) for _, b in batch.results]
-    assert [b["is_anomaly"] for b in bodies] == [False, True, False]
-    assert bodies[1]["explanation"][0]["feature"] == "avg_kw" and bodies[0]["explanation"] == []
+    # one evguard.scores/2 message per routing key, here one result each
+    results = [r for _, b in batch.results for r in parse_score_results(b).results]
+    assert [r.is_anomaly for r in results] == [False, True, False]
+    assert results[1].explanation[0]["feature"] == "avg_kw" and results[0].explanation == []
     assert model.explained_rows == 1
-    assert {b["model"]["version"] for b in bodies} == {"7"} and batch.anomalies == 1
-    assert bodies[1]["kafka"]["offset"] == 1 and bodies[1]["features"]["avg_kw"] == 60.0
+    assert {r.model_version for r in results} == {"7"} and batch.anomalies == 1
+    assert results[1].kafka_offset == 1 and results[1].features["avg_kw"] == 60.0
 
 
 def test_model_swaps_only_between_batches():
@@ -127,8 +128,8 @@ def test_model_swaps_only_between_batches():
     step.submit(decoded_batch([encoded(0)]))
     holder["model"] = PowerScorer(version="2")
     step.submit(decoded_batch([encoded(1), encoded(2)]))
-    versions = [{orjson.loads(b)["model"]["version"] for _, b in batch.results}
-                for batch in nxt.received]
+    versions = [{r.model_version for _, b in batch.results
+                 for r in parse_score_results(b).results} for batch in nxt.received]
     assert versions == [{"1"}, {"2"}]
 
 
@@ -140,7 +141,8 @@ def test_records_the_model_cannot_score_are_isolated_and_dead_lettered():
     assert [m.source.offset for m in dead.sent] == [3, 6]
     assert all(m.stage == "features" and "poisoned" in m.reason for m in dead.sent)
     assert dead.sent[0].value == encoded(3, kwh=13.0)
-    scored = [orjson.loads(b)["sessionID"] for _, b in batch.results]
+    assert len(batch.results) == 1  # one site, no anomaly: one message
+    scored = [r.session_id for r in parse_score_results(batch.results[0][1]).results]
     assert scored == [f"s{i}" for i in range(9) if i not in (3, 6)]
 
 
