@@ -4,9 +4,12 @@ Publishes the same score results to a durable queue of a private RabbitMQ node, 
 and confirmed, through
 - `pika`: `messaging.ConfirmedPublisher` (pika's SelectConnection on an I/O thread), the
   publisher every evguard process uses;
-- `hand-written`: the former `serving.amqp.PublisherConnection`, driven on the calling
-  thread (no hand-off to an I/O thread, so a lower bound of its cost). Only measured at
-  commits that still have it (it was removed after this measurement: see docs).
+- `hand-written`: the worker's former `RabbitPublisher` (its own I/O thread on the
+  hand-written `serving.amqp` connection), loaded from commit `HANDWRITTEN_AT`; only while
+  `serving/amqp.py` exists (it was removed after this measurement: see docs/benchmarks.md).
+
+Both go through the worker's interface (`publish(batch)`, `take_completed()`), driven the
+way `PublishStep` drives them.
 
 Workload: micro-batches of `--batch` results, each split into one message per (site,
 normal/anomaly) routing key as contract v2 does; at most `--window` batches await
@@ -24,25 +27,31 @@ import argparse
 import json
 import os
 import random
-import selectors
+import statistics
+import subprocess
 import tempfile
 import time
+import types
 import uuid
-from collections import deque
 from pathlib import Path
 
 import pika
 
 from evguard.services.process import free_port
 from evguard.services.stack import LocalStack
-from messaging import ConfirmedPublisher, Ticket, connection_parameters, publisher_parameters
+from messaging import connection_parameters, publisher_parameters
 from pipelines.settings import Settings
+from serving.prometheus import WorkerMetrics
+from serving.steps.base import Batch
+from serving.steps.publish import RabbitPublisher
 
 try:  # the hand-written client, while it exists
     from serving import amqp as handwritten
 except ImportError:
     handwritten = None
 
+ROOT = Path(__file__).resolve().parents[1]
+HANDWRITTEN_AT = "e7f05ed"  # the last commit whose worker published through serving/amqp.py
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SITES = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008")
 
@@ -103,69 +112,53 @@ def make_batches(results: int, per_batch: int, single: bool, seed: int = 0) -> l
     return batches
 
 
-def run_pika(settings: Settings, exchange: str, batches: list[list], window: int) -> None:
-    publisher = ConfirmedPublisher(publisher_parameters(settings), exchange).start(wait_s=10)
-    inflight: deque[Ticket] = deque()
-    try:
-        for batch in batches:
-            while len(inflight) >= window:
-                while inflight and inflight[0].done:
-                    inflight.popleft()
-                if len(inflight) >= window:
-                    time.sleep(0.0005)
-            ticket = Ticket()
-            publisher.publish([(key, body) for key, body, _n in batch], ticket)
-            inflight.append(ticket)
-        while inflight:
-            if inflight[0].done:
-                inflight.popleft()
-            else:
+def handwritten_publisher():
+    """The former `serving.steps.publish.RabbitPublisher`, as it was at `HANDWRITTEN_AT`."""
+    if handwritten is None:
+        return None
+    source = subprocess.run(["git", "show", f"{HANDWRITTEN_AT}:serving/steps/publish.py"],
+                            cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    module = types.ModuleType("handwritten_publish")
+    exec(compile(source, f"{HANDWRITTEN_AT}:serving/steps/publish.py", "exec"),  # noqa: S102
+         module.__dict__)
+    return module.RabbitPublisher
+
+
+def drive(publisher, batches: list[list], window: int) -> tuple[float, float]:
+    """Publish every batch with at most `window` awaiting confirms, as `PublishStep` does;
+    (wall seconds, CPU seconds of this process) from the first publish to the last confirm."""
+    if not publisher.wait_ready(20):
+        raise RuntimeError("publisher not ready")
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    inflight = 0
+    for batch in batches:
+        while inflight >= window:
+            inflight -= len(publisher.take_completed())
+            if inflight >= window:
                 time.sleep(0.0005)
-    finally:
-        publisher.close(timeout=0)
+        publisher.publish(Batch(offsets={}, results=[(key, body) for key, body, _n in batch]))
+        inflight += 1
+    while inflight:
+        inflight -= len(publisher.take_completed())
+        if inflight:
+            time.sleep(0.0005)
+    return time.perf_counter() - t0, time.process_time() - cpu0
 
 
-def run_handwritten(settings: Settings, exchange: str, batches: list[list], window: int) -> None:
-    conn = handwritten.PublisherConnection(handwritten.Endpoint.from_url(settings.rabbitmq_url),
-                                           exchange, 30)
-    conn.open()
+def run_pika(settings: Settings, exchange: str, batches: list[list], window: int):
+    publisher = RabbitPublisher(publisher_parameters(settings), exchange, WorkerMetrics()).start()
     try:
-        inflight: deque[int] = deque()  # last delivery tag of each batch
-        next_tag, floor, acked = 1, 0, set()
-        todo = deque(batches)
-        with selectors.DefaultSelector() as sel:
-            sel.register(conn.sock, selectors.EVENT_READ)
-            writing = False
-            while todo or inflight:
-                while todo and len(inflight) < window:
-                    batch = todo.popleft()
-                    conn.queue(conn.encoder.encode([(key, body) for key, body, _n in batch]))
-                    next_tag += len(batch)
-                    inflight.append(next_tag - 1)
-                conn.flush()
-                if conn.wants_write != writing:
-                    writing = conn.wants_write
-                    sel.modify(conn.sock, selectors.EVENT_READ | (
-                        selectors.EVENT_WRITE if writing else 0))
-                for _key, mask in sel.select(1.0):
-                    if mask & selectors.EVENT_READ:
-                        for event in conn.events():
-                            if event[0] == "ack":
-                                if event[2]:
-                                    floor = max(floor, event[1])
-                                else:
-                                    acked.add(event[1])
-                                while floor + 1 in acked:
-                                    floor += 1
-                                    acked.discard(floor)
-                            elif event[0] == "nack":
-                                raise RuntimeError("nack")
-                    if mask & selectors.EVENT_WRITE:
-                        conn.flush()
-                while inflight and inflight[0] <= floor:
-                    inflight.popleft()
+        return drive(publisher, batches, window)
     finally:
-        conn.close(timeout=1.0)
+        publisher.close()
+
+
+def run_handwritten(settings: Settings, exchange: str, batches: list[list], window: int):
+    publisher = handwritten_publisher()(settings.rabbitmq_url, exchange, WorkerMetrics()).start()
+    try:
+        return drive(publisher, batches, window)
+    finally:
+        publisher.close()
 
 
 def measure(name: str, run, settings: Settings, rabbit_pid: int, batches: list[list],
@@ -178,10 +171,9 @@ def measure(name: str, run, settings: Settings, rabbit_pid: int, batches: list[l
         channel.queue_bind(queue, exchange, "#")
     messages = sum(len(b) for b in batches)
     results = sum(n for b in batches for *_kb, n in b)
-    rabbit0, cpu0, t0 = cpu_seconds(rabbit_pid), time.process_time(), time.perf_counter()
-    run(settings, exchange, batches, window)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    rabbit = cpu_seconds(rabbit_pid) - rabbit0
+    rabbit0 = cpu_seconds(rabbit_pid)
+    wall, cpu = run(settings, exchange, batches, window)
+    rabbit = cpu_seconds(rabbit_pid) - rabbit0  # includes the connect and close: an upper bound
     with pika.BlockingConnection(connection_parameters(settings)) as conn:
         channel = conn.channel()
         arrived = channel.queue_declare(queue, passive=True).method.message_count
@@ -210,12 +202,12 @@ def race(settings: Settings, rabbit_pid: int, clients, workloads, args) -> list[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", type=int, default=200_000)
+    parser.add_argument("--results", type=int, default=400_000)
     parser.add_argument("--batch", type=int, default=1_000, help="results per micro-batch")
     parser.add_argument("--window", type=int, default=8, help="batches awaiting confirms")
     parser.add_argument("--single", type=int, default=20_000,
                         help="results for the one-message-per-result case (0 = skip)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per client")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per client")
     args = parser.parse_args()
     clients = [("pika", run_pika)]
     if handwritten is not None:
@@ -237,16 +229,17 @@ def main() -> None:
             stack.down()
     print(f"cpu pressure after: {cpu_pressure()}")
     for workload, _batches in workloads:
-        best = {}
-        for row in rows:
-            if row["workload"] == workload:
-                prev = best.get(row["client"])
-                if prev is None or row["wall_s"] < prev["wall_s"]:
-                    best[row["client"]] = row
-        if "hand-written" in best:
-            gain = best["pika"]["wall_s"] / best["hand-written"]["wall_s"] - 1
-            print(f"{workload}: hand-written is {gain:+.0%} faster end to end than pika "
-                  f"(best of {args.rounds}); keep it only if >= +20%")
+        median = {name: {key: statistics.median(r[key] for r in rows
+                                                if r["workload"] == workload
+                                                and r["client"] == name)
+                          for key in ("wall_s", "client_cpu_us_per_result",
+                                      "rabbitmq_cpu_cores")}
+                  for name, _run in clients}
+        print(f"{workload} (median of {args.rounds}): {json.dumps(median)}")
+        if "hand-written" in median:
+            gain = median["pika"]["wall_s"] / median["hand-written"]["wall_s"] - 1
+            print(f"{workload}: the hand-written client is {gain:+.0%} faster end to end than "
+                  "pika; keep it only if >= +20%")
 
 
 if __name__ == "__main__":
