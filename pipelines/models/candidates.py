@@ -74,12 +74,25 @@ class SearchSpace:
 
 @dataclass
 class EvalSplit:
-    """Training rows, held-out rows, their anomaly types and impossible-power probes."""
+    """Training rows, held-out rows, their anomaly types and impossible-power probes.
+
+    A split made by `pipelines.models.sampling.sample_split` holds samples of both: the
+    held-out rows carry `eval_weights` (rows of the full held-out set each one stands
+    for; None = 1 each), and the `*_total` counts are the sizes before sampling.
+    """
 
     X_train: np.ndarray
     X_eval: np.ndarray
     eval_types: np.ndarray | None = None  # object array, "" for normal rows
     X_probe: np.ndarray | None = None  # rows every shipped model must flag
+    eval_weights: np.ndarray | None = None
+    train_rows_total: int | None = None
+    eval_rows_total: int | None = None
+
+    @property
+    def sampled(self) -> bool:
+        return (self.eval_weights is not None
+                or (self.train_rows_total or 0) > len(self.X_train))
 
     @property
     def has_labels(self) -> bool:

@@ -35,6 +35,7 @@ MetricName = Literal[
     "em",                # Excess-Mass area, label-free, higher is better
     "mv",                # Mass-Volume area, label-free, lower is better
     "pr_auc",            # average precision of the scores against labels
+    "pr_auc_se",         # standard error of a sampled pr_auc (0 = every held-out row)
     "roc_auc",
     "precision_at_k",    # precision among the k highest scores, k = budget * rows
     "recall_at_budget",  # share of labelled anomalies with score >= threshold
@@ -45,7 +46,7 @@ MetricName = Literal[
 ]
 METRIC_NAMES: tuple[MetricName, ...] = get_args(MetricName)
 HIGHER_IS_BETTER: dict[MetricName, bool] = {
-    "em": True, "mv": False, "pr_auc": True, "roc_auc": True, "precision_at_k": True,
+    "em": True, "mv": False, "pr_auc": True, "pr_auc_se": False, "roc_auc": True, "precision_at_k": True,
     "recall_at_budget": True, "alert_rate": False, "probe_recall": True, "fit_seconds": False,
     "score_rows_per_s": True,
 }
@@ -144,7 +145,8 @@ def mass_volume(scores: np.ndarray, uniform_scores: np.ndarray, volume: float,
 
 
 def label_metrics(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float,
-                  alert_budget: float) -> dict[MetricName, float]:
+                  alert_budget: float,
+                  weights: np.ndarray | None = None) -> dict[MetricName, float]:
     """PR-AUC, ROC-AUC, precision@k, recall at the alert budget and alert rate.
 
     Args:
@@ -152,21 +154,35 @@ def label_metrics(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float,
         is_anomaly: boolean labels of those rows.
         threshold: the calibrated threshold (alert when `score >= threshold`).
         alert_budget: share of rows that may alert; sets `k = ceil(budget * rows)`.
+        weights: rows each evaluation row stands for (a stratified sample,
+            `pipelines.models.sampling`); None = 1 each. Weighted, every metric
+            estimates its value on the rows the sample was drawn from.
 
     Returns:
         Metric name -> value; AUCs are NaN when only one class is present.
     """
     scores = np.asarray(scores, float)
     labels = np.asarray(is_anomaly, bool)
+    if weights is None:
+        weights = np.ones(scores.size)
+    weights = np.asarray(weights, float)
+    sample_weight = None if np.all(weights == 1) else weights
     alerts = scores >= threshold
-    out: dict[MetricName, float] = {"alert_rate": float(alerts.mean()) if scores.size else math.nan}
+    out: dict[MetricName, float] = {
+        "alert_rate": float(np.average(alerts, weights=weights)) if scores.size else math.nan}
     both = labels.any() and not labels.all()
-    out["pr_auc"] = float(average_precision_score(labels, scores)) if both else math.nan
-    out["roc_auc"] = float(roc_auc_score(labels, scores)) if both else math.nan
-    k = max(1, math.ceil(alert_budget * scores.size))
-    top = np.argsort(-scores, kind="stable")[:k]
-    out["precision_at_k"] = float(labels[top].mean()) if scores.size else math.nan
-    out["recall_at_budget"] = float(alerts[labels].mean()) if labels.any() else math.nan
+    out["pr_auc"] = float(average_precision_score(labels, scores, sample_weight=sample_weight)) \
+        if both else math.nan
+    out["roc_auc"] = float(roc_auc_score(labels, scores, sample_weight=sample_weight)) \
+        if both else math.nan
+    # the k highest scores of the rows sampled from: the top rows until their weight reaches k
+    k = max(1, math.ceil(alert_budget * weights.sum()))
+    top = np.argsort(-scores, kind="stable")
+    within = top[np.cumsum(weights[top]) - weights[top] < k]
+    out["precision_at_k"] = float(np.average(labels[within], weights=weights[within])) \
+        if scores.size else math.nan
+    out["recall_at_budget"] = float(np.average(alerts[labels], weights=weights[labels])) \
+        if labels.any() else math.nan
     return out
 
 

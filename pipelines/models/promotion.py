@@ -35,6 +35,7 @@ from pipelines.models.registry import (
     load_model_version,
     mlflow_client,
 )
+from pipelines.models.sampling import uniform_subset
 from pipelines.models.selection import Criterion
 from pipelines.models.tuning import probe_recall
 from pipelines.settings import Settings
@@ -46,13 +47,18 @@ Decision = Literal["promoted", "challenger", "rejected"]
 
 def comparison_value(model: SessionAnomalyModel, split: EvalSplit, criterion: Criterion, seed: int) -> float:
     """The promotion criterion of a fitted model on the evaluation split (higher = better)."""
-    scores = model.detector.score_samples(split.X_eval)
+    if criterion == "pr_auc":
+        scores = model.detector.score_samples(split.X_eval)
+        if not np.isfinite(scores).all():
+            return math.nan
+        return label_metrics(scores, split.eval_labels, model.threshold,
+                             model.alert_budget, split.eval_weights)["pr_auc"]
+    rows = uniform_subset(split.eval_weights, seed)  # a stratified sample's uniform part
+    X_eval = split.X_eval if rows is None else split.X_eval[rows]
+    scores = model.detector.score_samples(X_eval)
     if not np.isfinite(scores).all():
         return math.nan
-    if criterion == "pr_auc":
-        return label_metrics(scores, split.eval_labels, model.threshold,
-                             model.alert_budget)["pr_auc"]
-    uniform, _ = uniform_box_sample(split.X_eval, 20_000, np.random.default_rng(seed))
+    uniform, _ = uniform_box_sample(X_eval, 20_000, np.random.default_rng(seed))
     return excess_mass(scores, model.detector.score_samples(uniform), 1.0)
 
 
@@ -65,7 +71,8 @@ def split_for_columns(split: EvalSplit, columns: Sequence[str],
         return None
     take = [index[name] for name in wanted]
     return EvalSplit(split.X_train[:, take], split.X_eval[:, take], split.eval_types,
-                     None if split.X_probe is None else split.X_probe[:, take])
+                     None if split.X_probe is None else split.X_probe[:, take],
+                     split.eval_weights, split.train_rows_total, split.eval_rows_total)
 
 
 @dataclass(frozen=True)

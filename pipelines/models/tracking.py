@@ -167,7 +167,9 @@ def log_tuning(settings: Settings, info: DatasetInfo, split: EvalSplit, tuning: 
         parent_id = parent.info.run_id
         mlflow.log_params({k: str(v) for k, v in run_params.items()})
         mlflow.log_params({"chosen_candidate": best.candidate.name, "rows": info.rows,
-                           "train_rows": len(split.X_train), "eval_rows": len(split.X_eval)})
+                           "train_rows": len(split.X_train), "eval_rows": len(split.X_eval),
+                           "train_rows_total": split.train_rows_total or len(split.X_train),
+                           "eval_rows_total": split.eval_rows_total or len(split.X_eval)})
         children = []
         for i, result in enumerate(tuning.results):
             selected = i == tuning.best_index

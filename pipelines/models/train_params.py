@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from pipelines.models.candidates import SearchSpace
+from pipelines.models.sampling import SamplePlan
 from pipelines.models.tuning import TuningConfig
 
 # measured on the real exports (docs/benchmarks.md, "Training against contaminated history")
@@ -49,8 +50,17 @@ class TrainParams(BaseModel):
                              "ties go to the cheaper candidate")
     seed: int = Field(42, description="Seed of split, detectors, injection and Monte Carlo")
     n_jobs: int = Field(2, ge=1, le=64, description="Parallel candidate evaluations")
+    max_fit_rows: int = Field(SamplePlan.fit_rows, ge=0, description="Training sessions "
+                              "the candidates learn from (a uniform sample; forests draw "
+                              "max_samples rows per tree anyway); 0 = all")
+    max_eval_rows: int = Field(SamplePlan.eval_rows, ge=0, description="Held-out sessions "
+                               "candidates are scored on (stratified by anomaly type, "
+                               "weighted; the PR-AUC's standard error is logged as "
+                               "pr_auc_se); 0 = all")
     em_draws: int = Field(5, ge=0, le=50, description="Feature subsets averaged for EM/MV")
     em_uniform: int = Field(10_000, ge=500, description="Uniform Monte Carlo points for EM/MV")
+    em_rows: int = Field(5_000, ge=0, description="Held-out sessions EM/MV are estimated on "
+                         "(a uniform sample); 0 = all")
     log_figures: bool = Field(True, description="Log PNG figures to MLflow")
 
     def search_space(self) -> SearchSpace:
@@ -59,8 +69,12 @@ class TrainParams(BaseModel):
                            max_features=tuple(self.max_features),
                            extension_levels=tuple(self.extension_levels))
 
+    def sample_plan(self) -> SamplePlan:
+        return SamplePlan(fit_rows=self.max_fit_rows, eval_rows=self.max_eval_rows)
+
     def tuning_config(self) -> TuningConfig:
         return TuningConfig(alert_budget=self.alert_budget, seed=self.seed, n_jobs=self.n_jobs,
                             tolerance=self.tolerance, em_draws=self.em_draws,
-                            em_uniform=self.em_uniform, min_probe_recall=self.min_probe_recall,
+                            em_uniform=self.em_uniform, em_rows=self.em_rows,
+                            min_probe_recall=self.min_probe_recall,
                             trim=self.trim)

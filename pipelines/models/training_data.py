@@ -6,6 +6,8 @@ ones they learned from, as in serving. When the dataset has no labels, a share
 `inject_rate` of the held-out sessions is turned into labelled anomalies with
 `pipelines.data.anomalies.inject_anomalies` (training rows stay untouched), so the
 labelled criterion (PR-AUC) is available; `inject_rate=0` selects by EM/MV.
+Large data sets are then cut to `fit_rows` training and `eval_rows` held-out rows
+(`pipelines.models.sampling`), so tuning costs the same at any size.
 Probes are held-out sessions rewritten to impossible power; every model that
 is chosen or promoted must flag most of them. Station context (feature version
 f3) is replayed in event time over the whole dataset: held-out sessions, planted
@@ -23,6 +25,7 @@ from pipelines.data.anomalies import inject_anomalies
 from pipelines.data.datasets import Dataset
 from pipelines.data.features import FEATURE_COLUMNS, FEATURE_VERSION, feature_matrix
 from pipelines.models.candidates import EvalSplit
+from pipelines.models.sampling import sample_split
 from pipelines.models.tracking import DatasetInfo
 from pipelines.models.train_params import TrainParams
 from pipelines.settings import Settings
@@ -100,6 +103,7 @@ def prepare_data(dataset: Dataset, params: TrainParams) -> TrainingData:
     split = EvalSplit(X[:n_train], X_eval, types,
                       impossible_power_probes(eval_records, params.probes, params.seed,
                                               history=records[:n_train]))
+    split = sample_split(split, params.sample_plan(), params.seed)
     return TrainingData(dataset.dataset_id, info, split, list(FEATURE_COLUMNS), FEATURE_VERSION)
 
 
