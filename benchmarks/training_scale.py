@@ -12,6 +12,12 @@ logged). The parent samples the resident memory of the child and all its descend
 turns the evaluation sample off (`max_fit_rows=0, max_eval_rows=0`), the behaviour
 before issue 14; code without those fields simply runs its own defaults.
 
+`--acn DIR` runs the selection check instead: the real ACN exports in DIR (never
+copied into the project) are ingested and trained on with a fixed seed and the grid of
+`benchmarks/evaluate_acn.py`, once per sample plan (`--plans`, e.g. `default,every-row,
+2000/1000` = fit rows/eval rows), and the chosen candidate and its PR-AUC (standard
+error) are recorded under `acn_selection` in the JSON.
+
 Writes `<out-dir>/training_scale.json` (results of every label run so far, merged by
 label and size) and `<out-dir>/training_scale.png` (time and peak RSS against sessions,
 one line per label). Record `/proc/pressure/cpu` with the numbers: the JSON holds it.
@@ -70,6 +76,50 @@ def child(sessions: int, workdir: Path, every_row: bool) -> dict:
             "pr_auc": best.metrics.get("pr_auc"), "pr_auc_se": best.metrics.get("pr_auc_se"),
             "train_rows": len(data.split.X_train), "eval_rows": len(data.split.X_eval),
             "decision": decision.decision}
+
+
+ACN_GRID = {"max_samples": [256, 512, 1024, 2048]}  # as benchmarks/evaluate_acn.py
+
+
+def acn_selection(acn: Path, plans: list[str], seed: int) -> list[dict]:
+    """Chosen candidate and PR-AUC on the real exports, once per sample plan."""
+    from pipelines.data.ingest import FileSource, run_ingest
+    from pipelines.models import training
+    from pipelines.models.train_params import TrainParams
+    from pipelines.settings import Settings
+
+    files = tuple(str(p) for p in sorted(acn.glob("*.json")))
+    if not files:
+        sys.exit(f"no ACN export files in {acn}")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="training-acn-") as tmp:
+        settings = Settings(_env_file=None, data_dir=Path(tmp) / "data",
+                            state_dir=Path(tmp) / "state",
+                            mlflow_tracking_uri=f"sqlite:///{Path(tmp) / 'mlflow.db'}")
+        run_ingest(settings, FileSource(files), max_failure_rate=1.0)
+        dataset = training.resolve_dataset(settings, None)
+        for plan in plans:
+            limits = {} if plan == "default" else \
+                {"max_fit_rows": 0, "max_eval_rows": 0} if plan == "every-row" else \
+                dict(zip(("max_fit_rows", "max_eval_rows"), map(int, plan.split("/")),
+                         strict=True))
+            params = TrainParams(seed=seed, log_figures=False, **ACN_GRID, **limits)
+            started = time.perf_counter()
+            data = training.prepare_data(dataset, params)
+            tuning = training.tune_candidates(data, params)
+            best = tuning.best
+            rows.append({"plan": plan, "chosen": best.candidate.name,
+                         "pr_auc": best.metrics.get("pr_auc"),
+                         "pr_auc_se": best.metrics.get("pr_auc_se"),
+                         "train_rows": len(data.split.X_train),
+                         "eval_rows": len(data.split.X_eval),
+                         "tune_seconds": round(time.perf_counter() - started, 1),
+                         "pr_auc_by_candidate": {r.candidate.name: r.metrics.get("pr_auc")
+                                                 for r in tuning.results}})
+            print(f"ACN, plan {plan}: chose {best.candidate.name}, PR-AUC "
+                  f"{best.metrics.get('pr_auc'):.4f} (se {best.metrics.get('pr_auc_se')}), "
+                  f"{rows[-1]['tune_seconds']} s", file=sys.stderr, flush=True)
+    return rows
 
 
 def _tree_rss_kb(root: int) -> int:
@@ -162,6 +212,11 @@ def main() -> None:
                         help="seconds after which one size is killed (default %(default)s)")
     parser.add_argument("--every-row", action="store_true",
                         help="no evaluation sample (the behaviour before issue 14)")
+    parser.add_argument("--acn", type=Path, help="run the selection check on the ACN "
+                        "exports in this folder instead (e.g. ../shared/acn)")
+    parser.add_argument("--plans", default="default,2000/1000",
+                        help="with --acn: sample plans to compare (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=1, help="with --acn: the training seed")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -174,6 +229,12 @@ def main() -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     json_path = args.out_dir / "training_scale.json"
     stored = json.loads(json_path.read_text()) if json_path.exists() else {"runs": {}}
+    if args.acn is not None:
+        stored.setdefault("acn_selection", {})[args.label] = \
+            acn_selection(args.acn, args.plans.split(","), args.seed)
+        json_path.write_text(json.dumps(stored, indent=2))
+        print(f"results: {json_path}")
+        return
     pressure = Path("/proc/pressure/cpu").read_text().split("\n")[0] \
         if Path("/proc/pressure/cpu").exists() else ""
     rows = []
