@@ -84,7 +84,6 @@ def rfc1123_to_epoch(value: Any) -> float | None:
 
 
 _day_starts: dict[str, int | None] = {}  # "02 Jan 2019" -> epoch seconds of its midnight
-_clock_seconds: dict[str, int | None] = {}  # "14:55:53" -> seconds into the day
 
 
 def _ascii_digits(text: str) -> bool:
@@ -103,34 +102,25 @@ def _day_start(day: str) -> int | None:
     return _days_from_civil(year, month, number) * 86400
 
 
-def _clock(text: str) -> int | None:
-    """`14:55:53` -> seconds into the day; None unless two ASCII digits each, in range."""
-    if not (text[2] == text[5] == ":" and _ascii_digits(text[:2] + text[3:5] + text[6:])):
-        return None
-    hour, minute, second = int(text[:2]), int(text[3:5]), int(text[6:])
-    return hour * 3600 + minute * 60 + second if hour < 24 and minute < 60 and second < 60 \
-        else None
-
-
 def _rfc1123_seconds(value: str) -> float | None:
-    if len(value) != 29 or not value.endswith(" GMT"):
+    """Strict: two ASCII digits per day, hour, minute and second, four per year (what
+    `parse_dates` reads the same way), a real calendar day and clock time."""
+    if len(value) != 29 or not value.endswith(" GMT") or value[19] != ":" or value[22] != ":":
         return None
-    day, clock = value[5:16], value[17:25]
+    day = value[5:16]
     try:
         start = _day_starts[day]
     except KeyError:
-        if len(_day_starts) >= 100_000:
+        if len(_day_starts) >= 4096:
             _day_starts.clear()
         start = _day_starts[day] = _day_start(day)
-    try:
-        seconds = _clock_seconds[clock]
-    except KeyError:
-        if len(_clock_seconds) >= 100_000:
-            _clock_seconds.clear()
-        seconds = _clock_seconds[clock] = _clock(clock)
-    if start is None or seconds is None:
+    clock = value[17:19] + value[20:22] + value[23:25]
+    if start is None or not _ascii_digits(clock):
         return None
-    return float(start + seconds)
+    hour, minute, second = int(clock[:2]), int(clock[2:4]), int(clock[4:])
+    if hour > 23 or minute > 59 or second > 59:
+        return None
+    return float(start + hour * 3600 + minute * 60 + second)
 
 
 def rfc1123_to_iso(value: Any, utc_offset: bool = True) -> str | None:
