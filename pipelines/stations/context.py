@@ -34,14 +34,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from pipelines.contracts.dates import date_to_epoch
+from pipelines.contracts.dates import date_to_epoch, rfc1123_to_epoch
 from pipelines.stations.profiles import (
     PRIOR,
     SITE_WINDOW,
     STATION_WINDOW,
     USER_WINDOW,
     Profile,
-    shrunk,
+    shrunk_values,
 )
 
 MIN_HISTORY = 5
@@ -90,7 +90,9 @@ class SessionFacts(NamedTuple):
 
 def _epoch(value: Any) -> float:
     """`date_to_epoch`, NaN when unreadable (the profiles' arithmetic carries NaN)."""
-    epoch = date_to_epoch(value)
+    epoch = rfc1123_to_epoch(value)  # what sessions carry: skip the other forms' checks
+    if epoch is None:
+        epoch = date_to_epoch(value)
     return math.nan if epoch is None else epoch
 
 
@@ -140,14 +142,14 @@ def _since_hours_log(connect: float, last_end: float) -> float:
 
 def _query_profiles(station: Profile | None, site: Profile | None, user: Profile | None,
                     connect: float) -> tuple[float, ...]:
-    view = shrunk(station, shrunk(site, PRIOR))
-    since = view.gap
+    view = shrunk_values(station, shrunk_values(site, PRIOR))
+    power, power_high, energy, duration, gap = view
+    since = gap
     if station is not None and not math.isnan(station.last_end) and not math.isnan(connect):
         since = _since_hours_log(connect, station.last_end)
-    user_view = shrunk(user, view)
-    return (float(station.count if station else 0), view.power, view.power_high, view.energy,
-            view.duration, view.gap, since, float(user.count if user else 0),
-            user_view.energy, user_view.duration)
+    user_view = shrunk_values(user, view)
+    return (float(station.count if station else 0), power, power_high, energy, duration, gap,
+            since, float(user.count if user else 0), user_view[2], user_view[3])
 
 
 def _query(state: Mapping[str, object], station_key: str, site_key: str,

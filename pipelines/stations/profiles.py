@@ -97,26 +97,49 @@ class Profile:
         `with_power=False` leaves the power aggregates alone: the caller judged the
         session's power an outlier for its station.
         """
-        self.count += 1
-        rate = 1.0 / min(self.count, window)
-        if self.count == 1:
+        # `_ew_step` written out: this runs three times per session in the worker
+        count = self.count = self.count + 1
+        rate = 1.0 / min(count, window)
+        if count == 1:
             self.energy, self.duration = energy, duration
         else:
-            self.energy, self.energy_dev = _ew_step(self.energy, self.energy_dev, energy, rate)
-            self.duration, self.duration_dev = _ew_step(self.duration, self.duration_dev,
-                                                        duration, rate)
+            dev = self.energy_dev
+            limit = CLIP_DEVS * max(MIN_DEV, dev)
+            step = energy - self.energy
+            if step > limit:
+                step = limit
+            elif step < -limit:
+                step = -limit
+            self.energy += rate * step
+            self.energy_dev = dev + rate * ((step if step > 0 else -step) - dev)
+            dev = self.duration_dev
+            limit = CLIP_DEVS * max(MIN_DEV, dev)
+            step = duration - self.duration
+            if step > limit:
+                step = limit
+            elif step < -limit:
+                step = -limit
+            self.duration += rate * step
+            self.duration_dev = dev + rate * ((step if step > 0 else -step) - dev)
         if with_power:
             if math.isnan(self.power):  # the first power seen
                 self.power = self.power_high = power
             else:
-                limit = CLIP_DEVS * max(MIN_DEV, self.power_dev)
+                dev = self.power_dev
+                limit = CLIP_DEVS * max(MIN_DEV, dev)
                 step = power - self.power_high
                 if step > limit:
                     step = limit
                 elif step < -limit:
                     step = -limit
                 self.power_high += rate * step * (1.0 if step > 0 else _HIGH_DOWN)
-                self.power, self.power_dev = _ew_step(self.power, self.power_dev, power, rate)
+                step = power - self.power
+                if step > limit:
+                    step = limit
+                elif step < -limit:
+                    step = -limit
+                self.power += rate * step
+                self.power_dev = dev + rate * ((step if step > 0 else -step) - dev)
         if not math.isnan(gap):
             self.gap_count += 1
             if self.gap_count == 1:
@@ -146,17 +169,30 @@ def shrunk(profile: Profile | None, prior: View) -> View:
 
     No profile, or one without sessions, gives `prior` itself.
     """
-    if profile is None or profile.count == 0:
+    values = shrunk_values(profile, prior)
+    return values if values is prior else View(*values)
+
+
+def shrunk_values(profile: Profile | None, prior: tuple[float, ...]) -> tuple[float, ...]:
+    """`shrunk` as a plain tuple in `View` order (no `View` built: the worker's context
+    query calls it three times per session); `prior` itself when there is no history."""
+    if profile is None:
         return prior
-    w = profile.count / (profile.count + SHRINK_SESSIONS)
-    if math.isnan(profile.power):
-        power, high = prior.power, prior.power_high
+    count = profile.count
+    if count == 0:
+        return prior
+    prior_power, prior_high, prior_energy, prior_duration, prior_gap = prior
+    w = count / (count + SHRINK_SESSIONS)
+    rest = 1.0 - w
+    power = profile.power
+    if math.isnan(power):  # no power observed
+        power, high = prior_power, prior_high
     else:
-        power = w * profile.power + (1.0 - w) * prior.power
-        high = w * profile.power_high + (1.0 - w) * prior.power_high
-    gap = prior.gap
+        power = w * power + rest * prior_power
+        high = w * profile.power_high + rest * prior_high
+    gap = prior_gap
     if profile.gap_count:
         w_gap = profile.gap_count / (profile.gap_count + SHRINK_SESSIONS)
-        gap = w_gap * profile.gap + (1.0 - w_gap) * prior.gap
-    return View(power, high, w * profile.energy + (1.0 - w) * prior.energy,
-                w * profile.duration + (1.0 - w) * prior.duration, gap)
+        gap = w_gap * profile.gap + (1.0 - w_gap) * prior_gap
+    return (power, high, w * profile.energy + rest * prior_energy,
+            w * profile.duration + rest * prior_duration, gap)
