@@ -151,7 +151,7 @@ class ConfirmedPublisher:
 
     @property
     def backlog(self) -> int:
-        """Messages not yet confirmed (queued or in flight)."""
+        """Messages not yet confirmed (queued or in flight; dropped ones until skipped)."""
         return len(self._pending) + len(self._unconfirmed)
 
     def publish(self, messages: Sequence[tuple], ticket: Ticket) -> None:
@@ -168,9 +168,10 @@ class ConfirmedPublisher:
 
     def drop(self, tickets: Iterable[Ticket]) -> None:
         """Neither send nor re-send the messages of these tickets any more."""
+        # the I/O thread skips them when it sends or re-sends (the queue is not rebuilt here:
+        # the caller's thread may be appending to it at the same time)
         for ticket in tickets:
             ticket.dropped = True
-        self._ioloop.add_callback_threadsafe(self._forget_dropped)
 
     def close(self, timeout: float = 10.0, join_s: float = 5.0) -> int:
         """Wait up to `timeout` for the messages not yet confirmed, then disconnect; how
@@ -304,10 +305,6 @@ class ConfirmedPublisher:
                 and time.monotonic() - unconfirmed[0][2] > self.confirm_timeout_s):
             self._close_connection(f"no confirm for {self.confirm_timeout_s:.0f}s")
         self._ioloop.call_later(1.0, self._check_confirm_timeout)
-
-    def _forget_dropped(self) -> None:
-        if any(item.ticket.dropped for item in self._pending):
-            self._pending = deque(item for item in self._pending if not item.ticket.dropped)
 
     def _close_connection(self, why: str) -> None:
         log.warning("%s; reconnecting to publish %d unconfirmed messages again", why,
