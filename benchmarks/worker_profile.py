@@ -16,7 +16,8 @@ memory here, not through MLflow). Each stage is timed with the thread's CPU cloc
 - `encode`: the rest of the Score step: thresholds and the result bodies.
 
 The first round fills the station state; the median batch of the later rounds is reported,
-per stage, in us per session. Publish and commit are not included (see
+per stage, in us per session, and the process's RSS before and after the batches (the messages are built
+before). Publish and commit are not included (see
 `benchmarks/serving_throughput.py` for the whole worker with its brokers).
 """
 
@@ -103,6 +104,7 @@ def profile(args: argparse.Namespace) -> dict:
     score.transform = clock.timed("encode", score.transform)  # minus its inner stages below
 
     work = message_batches(args.sessions, args.rounds, args.batch_size)
+    rss_before = rss_mb()
     per_batch: list[dict[str, float]] = []
     anomalies = 0
     for raw in work:
@@ -119,7 +121,16 @@ def profile(args: argparse.Namespace) -> dict:
     return {"model": args.model, "trees": args.trees, "batch_size": args.batch_size,
             "sessions": args.sessions * args.rounds, "anomalies": anomalies,
             "us_per_session": {k: round(v, 2) for k, v in figures.items()},
-            "total_us": round(sum(figures.values()), 2)}
+            "total_us": round(sum(figures.values()), 2),
+            "rss_mb": {"before_batches": rss_before, "after_batches": rss_mb()}}
+
+
+def rss_mb() -> float:
+    """This process's resident memory: what the chain's state and caches add to it."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
 
 
 def cpu_pressure() -> str:

@@ -42,11 +42,12 @@ LIBRARIES = ("pandas", "sklearn", "scipy", "shap", "mlflow", "numba", "llvmlite"
 
 
 def memory(pid: int) -> dict[str, float]:
-    """VmRSS and VmHWM of a process, in MB."""
+    """VmRSS, VmHWM, and the RSS's heap (RssAnon) and mapped-file (RssFile: the libraries'
+    code) parts of a process, in MB."""
     out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             out[key] = round(int(value.split()[0]) / 1024, 1)
     return out
 
