@@ -1,25 +1,37 @@
-"""Serving benchmark: the worker against a naive per-message baseline, in one run.
+"""Serving benchmark: the worker, the peer a user would pick, and the ceilings, in one run.
 
-    .venv/bin/python benchmarks/serving_throughput.py [--sessions 200000] [--queue classic]
+    .venv/bin/python benchmarks/serving_throughput.py [--sessions 200000] \
+        [--parts evguard,quix,bare,seed,scaleout,latency] [--out figures.json]
 
-What it does, on a private embedded Kafka broker and the RabbitMQ of
-EVGUARD_RABBITMQ_URL (a uuid-named exchange and queue, deleted afterwards):
+Everything runs on a private embedded Kafka broker (3 partitions) and the RabbitMQ of
+EVGUARD_RABBITMQ_URL (a uuid-named exchange and one durable queue bound to `score.#`,
+deleted afterwards). One champion (Isolation Forest, or EIF with --model eif) is trained
+and registered in a temporary MLflow store, and the topic is pre-filled once with
+--sessions synthetic sessions; every throughput part then reads the same topic from the
+start in a consumer group of its own, on the same machine, and is timed from its first to
+its last committed offset (each commits only after RabbitMQ confirmed the results).
+After each part a consumer drains the queue and counts the results it delivered, which
+must cover every session. CPU per process is sampled from /proc between 10 % and 90 % of
+the committed sessions. The parts (--parts, in this order):
 
-1. trains and registers a champion (Isolation Forest, or EIF with --model eif)
-   in a temporary MLflow store;
-2. throughput: pre-fills the topic with --sessions synthetic sessions, starts
-   one worker process (`python -m serving`, confirms on, results persistent,
-   routed to one durable queue of type --queue), and times it until RabbitMQ
-   has confirmed every result. CPU of the worker, RabbitMQ and the broker is
-   sampled from /proc, the worker's RSS too, and its per-batch log gives the
-   time per stage;
-3. latency: replays at --latency-rate sessions/s for --latency-seconds; p50
-   and p99 from produce (Kafka timestamp) to confirmed publish come from the
-   worker's histogram, and from produce to receipt by a consumer of the queue;
-4. baseline: the seed's design on the same model and data for
-   --baseline-seconds: one message at a time, a DataFrame and a predict per
-   message, a new RabbitMQ connection per message (with a confirm, as the
-   worker has).
+- evguard: one worker process (`python -m serving`), as deployed;
+- quix: the same pipeline written with Quix Streams 3.28.1 (`benchmarks/race/
+  quix_pipeline.py`: a `BatchingSink` that scores each checkpoint's batch with the same
+  champion, features and result encoder and publishes it with confirms), in a venv of
+  its own under .evguard/race-quix (Quix pins an older confluent-kafka and pydantic);
+- bare: consume -> publish with confirms -> commit, no decoding or scoring
+  (`benchmarks/race/bare_loop.py`): the ceiling the two brokers allow on this machine;
+- seed: the seed's design on the same model for --baseline-seconds: one message at a
+  time, a DataFrame and a predict per message, a new RabbitMQ connection per message
+  (with a confirm, as the worker has);
+- scaleout: --workers worker processes in one group (static membership, a group
+  instance id each), for each count in --workers (1 is the evguard part when it ran);
+- latency: a fresh worker on a topic of its own, fed at --latency-rate sessions/s for
+  --latency-seconds; p50/p99 from produce (Kafka timestamp) to confirmed publish from
+  the worker's histogram, and from produce to receipt by a consumer of the queue.
+
+Each part prints a progress line; the figures are printed as JSON at the end and
+written to --out. Ratios are to the evguard part's steady throughput.
 """
 
 from __future__ import annotations
@@ -147,11 +159,12 @@ def purge(settings: Settings, queue: str) -> None:
 
 
 class Sampler:
-    """CPU seconds of a few processes, sampled with the worker's published count."""
+    """CPU seconds of a few processes, sampled with a progress count (sessions done)."""
 
-    def __init__(self, pids: dict[str, int | None], port: int) -> None:
+    def __init__(self, pids: dict[str, int | None], count, interval_s: float = 0.1) -> None:
         self.pids = {k: v for k, v in pids.items() if v}
-        self.port = port
+        self.count = count
+        self.interval_s = interval_s
         self.rows: list[tuple[float, float, dict[str, float]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -159,12 +172,12 @@ class Sampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                published = metric(scrape(self.port), "evguard_serving_published_total")
+                done = self.count()
                 cpu = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
-                self.rows.append((time.monotonic(), published, cpu))
-            except (httpx.HTTPError, OSError):
+                self.rows.append((time.monotonic(), done, cpu))
+            except (httpx.HTTPError, OSError, RuntimeError):
                 pass
-            time.sleep(0.1)
+            time.sleep(self.interval_s)
 
     def start(self) -> Sampler:
         self._thread.start()
@@ -180,7 +193,8 @@ class Sampler:
             return {}
         first, last = inside[0], inside[-1]
         span = last[0] - first[0]
-        return {name: (last[2][name] - first[2][name]) / span for name in first[2]}
+        return {name: (last[2][name] - first[2][name]) / span
+                for name in first[2] if name in last[2]}
 
 
 def cpu_pressure() -> str:
@@ -220,6 +234,23 @@ def stage_times(rows: list[dict[str, str]], statistic=statistics.mean) -> dict[s
     return out
 
 
+def result_items(body: bytes) -> list[tuple[str | None, float | None]]:
+    """(sessionID, Kafka timestamp ms or None) of each result one message carries: one
+    (contract v1, the seed's and the bare loop's per-session bodies) or many (contract v2's
+    columns under `results`, or the bare loop's JSON list of sessions)."""
+    data = orjson.loads(body)
+    if isinstance(data, list):
+        return [(item.get("sessionID"), None) for item in data]
+    results = data.get("results") if isinstance(data, dict) else None
+    if isinstance(results, dict):  # evguard.scores/2: one list per column
+        ids = results.get("sessionID") or []
+        return list(zip(ids, results.get("kafka_timestamp_ms") or [None] * len(ids)))
+    if isinstance(results, list):
+        return [(item.get("sessionID"), (item.get("kafka") or {}).get("timestamp_ms"))
+                for item in results]
+    return [(data.get("sessionID"), (data.get("kafka") or {}).get("timestamp_ms"))]
+
+
 def latency_consumer(settings: Settings, queue: str, expected: int,
                      out: list[tuple[float, float]], done: threading.Event) -> None:
     """(produced at ms, latency ms) of each result, at receipt by a consumer of the queue."""
@@ -228,10 +259,31 @@ def latency_consumer(settings: Settings, queue: str, expected: int,
         ch.basic_qos(prefetch_count=1000)
         for method, _props, body in ch.consume(queue, auto_ack=True, inactivity_timeout=0.5):
             if method is not None:
-                sent = orjson.loads(body)["kafka"]["timestamp_ms"]
-                out.append((sent, time.time() * 1000 - sent))
+                now = time.time() * 1000
+                out.extend((sent, now - sent) for _id, sent in result_items(body)
+                           if sent is not None)
             if len(out) >= expected or done.is_set():
                 break
+
+
+def drain(settings: Settings, queue: str, quiet_s: float = 1.0) -> dict[str, int]:
+    """Consume everything in `queue`: messages, results in them, distinct sessionIDs."""
+    messages, results, sessions = 0, 0, set()
+    with pika.BlockingConnection(pika.URLParameters(settings.rabbitmq_url)) as conn:
+        ch = conn.channel()
+        ch.basic_qos(prefetch_count=2000)
+        for method, _props, body in ch.consume(queue, auto_ack=True,
+                                               inactivity_timeout=quiet_s):
+            if method is None:
+                if ch.queue_declare(queue, passive=True).method.message_count == 0:
+                    break
+                continue
+            messages += 1
+            for session_id, _sent in result_items(body):
+                results += 1
+                sessions.add(session_id)
+        ch.cancel()
+    return {"messages": messages, "results": results, "distinct_sessions": len(sessions)}
 
 
 def naive_baseline(settings: Settings, seconds: float, records: list[dict]) -> dict:
@@ -282,20 +334,393 @@ def naive_baseline(settings: Settings, seconds: float, records: list[dict]) -> d
     return {"sessions": done, "seconds": elapsed, "rate": done / elapsed}
 
 
+PARTS = ("evguard", "quix", "bare", "seed", "scaleout", "latency")
+RACE = ROOT / "benchmarks" / "race"
+QUIX = "quixstreams==3.28.1"
+QUIX_VENV = ROOT / ".evguard" / "race-quix"
+# what Quix Streams 3.28.1 pins lower than the project does; everything else is shared
+QUIX_OWN = ("confluent-kafka", "pydantic", "pydantic-core", "pydantic-settings")
+
+
+def ensure_quix_venv() -> Path:
+    """The Python of a venv with Quix Streams, made once under .evguard/race-quix.
+
+    Quix Streams 3.28.1 needs confluent-kafka < 2.13 and pydantic < 2.14, older than the
+    project's, so it cannot be a dependency group of the project (uv resolves all groups
+    together and would downgrade the worker's Kafka client). The venv holds Quix and the
+    versions it pins; a `.pth` file then appends the project's venv, so numpy, pandas,
+    scikit-learn, MLflow and the project's own packages are the very ones the worker
+    uses. Every other package is constrained to the project's version.
+    """
+    python = QUIX_VENV / "bin" / "python"
+    probe = [str(python), "-c", "import quixstreams, serving; print(quixstreams.__version__)"]
+    if python.exists() and subprocess.run(probe, capture_output=True, text=True,
+                                          check=False).stdout.strip() == QUIX.split("==")[1]:
+        return python
+    uv = shutil.which("uv") or str(ROOT / ".evguard" / "tools" / "bin" / "uv")
+    print(f"[quix] installing {QUIX} into {QUIX_VENV} (once)", flush=True)
+    subprocess.run([uv, "venv", "-q", "--allow-existing", "--python", sys.executable,
+                    str(QUIX_VENV)], check=True)
+    frozen = subprocess.run([uv, "pip", "freeze", "--python", sys.executable],
+                            capture_output=True, text=True, check=True).stdout.splitlines()
+    constraints = QUIX_VENV / "constraints.txt"
+    constraints.write_text("\n".join(
+        line for line in frozen
+        if "==" in line and line.split("==")[0].lower() not in QUIX_OWN) + "\n")
+    subprocess.run([uv, "pip", "install", "-q", "--python", str(python), "-c",
+                    str(constraints), QUIX], check=True)
+    import sysconfig
+
+    code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    site = subprocess.run([str(python), "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    Path(site, "zz_evguard_project.pth").write_text(
+        f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n")
+    return python
+
+
+def committed(servers: str, topic: str, group: str, partitions: int):
+    """A count of the sessions `group` committed on `topic` (read from the broker), and the
+    consumer to close afterwards. It never joins the group."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": servers, "group.id": group,
+                         "enable.auto.commit": False})
+    wanted = [TopicPartition(topic, p) for p in range(partitions)]
+
+    def count() -> float:
+        return float(sum(max(tp.offset, 0) for tp in consumer.committed(wanted, timeout=5)))
+
+    return count, consumer
+
+
+def timed(name: str, n: int, pids: dict[str, int | None], count, alive,
+          timeout_s: float = 1800) -> Sampler:
+    """Sample CPU and `count()` (sessions committed) until it reaches n."""
+    sampler = Sampler(pids, count, 0.2).start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not (sampler.rows and sampler.rows[-1][1] >= n):
+            if not alive():
+                time.sleep(1.0)  # its last commit may have landed after the last sample
+                if sampler.rows and sampler.rows[-1][1] >= n:
+                    break
+                raise RuntimeError(f"{name} stopped before it committed {n} sessions")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not commit {n} sessions in {timeout_s} s")
+            time.sleep(0.1)
+    finally:
+        sampler.stop()
+    return sampler
+
+
+def progress_rows(log: Path) -> list[tuple[float, float]]:
+    """(monotonic s, sessions done) from a race part's `progress` lines (one per batch)."""
+    rows = []
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("progress "):
+            _, t, done = line.split()
+            rows.append((float(t), float(done)))
+    return rows
+
+
+def rate_figures(rows: list[tuple[float, float]], n: int, sampler: Sampler) -> dict:
+    """Throughput from the first to the last progress row (sessions of the first row not
+    counted), steady throughput and CPU cores per process between 10 % and 90 % of n."""
+    first = next(r for r in rows if r[1] > 0)
+    last = next(r for r in rows if r[1] >= n)
+    lo = next(r for r in rows if r[1] >= 0.1 * n)
+    hi = next(r for r in rows if r[1] >= 0.9 * n)
+    out: dict = {"seconds": last[0] - first[0],
+                 "throughput": (n - first[1]) / max(last[0] - first[0], 1e-9)}
+    out["throughput_steady"] = ((hi[1] - lo[1]) / (hi[0] - lo[0]) if hi[0] > lo[0]
+                                else out["throughput"])
+    # a short part may have fewer than two CPU samples inside its window: take them all
+    cores = sampler.cpu_share(lo[0], hi[0]) or sampler.cpu_share(-1.0, float("inf"))
+    out["cpu_cores"] = {k: round(v, 3) for k, v in cores.items()}
+    out["cpu_us_per_session"] = {k: round(1e6 * v / out["throughput_steady"], 1)
+                                 for k, v in out["cpu_cores"].items()}
+    out["cpu_pressure"] = cpu_pressure()
+    return out
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 60) -> int | None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(10)
+
+
+class Run:
+    """The shared state of one benchmark run: broker, champion, topic, queue, children."""
+
+    def __init__(self, args: argparse.Namespace, settings: Settings, queue: str,
+                 tmp: Path, tag: str) -> None:
+        self.args, self.settings, self.queue, self.tmp, self.tag = args, settings, queue, tmp, tag
+        self.children: list[subprocess.Popen] = []
+        self.figures: dict = {}
+        self.n = 0
+        self.records: list[dict] = []
+
+    def broker_pids(self) -> dict[str, int | None]:
+        return {"rabbitmq": pid_of("beam.smp"),
+                "kafka broker": pid_of("noida-db", self.settings.kafka_port)}
+
+    def verify(self, name: str, expected: int, exact: bool = True) -> dict:
+        """Drain the queue; every session of the part must have its result there."""
+        counted = drain(self.settings, self.queue)
+        counted["expected"] = expected
+        counted["complete"] = (counted["distinct_sessions"] == expected if exact
+                               else counted["results"] == expected)
+        if not counted["complete"]:
+            print(f"[{name}] WARNING: results do not match: {counted}", flush=True)
+        return counted
+
+    # ---- worker processes ----------------------------------------------------
+    def start_workers(self, part: str, k: int, topic: str | None = None,
+                      static: bool = False) -> list[tuple[subprocess.Popen, Settings, Path]]:
+        s = self.settings
+        group = f"bench-{self.tag}-{part}"
+        out = []
+        for i in range(k):
+            ws = s.model_copy(update={
+                "consumer_group": group, "metrics_port": free_port(),
+                "topic_sessions": topic or s.topic_sessions,
+                "topic_station_state": f"bench-{self.tag}-{part}.state",
+                "serve_instance_id": f"{part}-{i}" if static else ""})
+            log = self.tmp / f"worker-{part}-{i}.log"
+            env = {**os.environ, **settings_env(ws)}
+            with open(log, "wb") as sink:
+                proc = subprocess.Popen([sys.executable, "-m", "serving"], cwd=ROOT, env=env,
+                                        stdout=sink, stderr=subprocess.STDOUT)
+            self.children.append(proc)
+            out.append((proc, ws, log))
+        return out
+
+    def workers_part(self, part: str, k: int, static: bool) -> dict:
+        s, n = self.settings, self.n
+        workers = self.start_workers(part, k, static=static)
+        count, reader = committed(s.kafka_servers, s.topic_sessions, workers[0][1].consumer_group,
+                                  s.topic_partitions)
+        pids = {f"worker {i}" if k > 1 else "worker": p.pid for i, (p, _, _) in enumerate(workers)}
+        try:
+            sampler = timed(part, n, {**pids, **self.broker_pids()}, count,
+                            lambda: all(p.poll() is None for p, _, _ in workers))
+            fig = rate_figures([(t, c) for t, c, _ in sampler.rows], n, sampler)
+            fig["workers"] = k
+            fig["worker_memory_mb"] = [memory_mb(p.pid) for p, _, _ in workers]
+            if k == 1:
+                rows = batch_rows(workers[0][2])
+                fig["stages"] = stage_times(rows[len(rows) // 10:])  # skip the warm-up
+        finally:
+            reader.close()
+            for proc, _, _ in workers:
+                stop_process(proc)
+        fig["delivered"] = self.verify(part, n)
+        return fig
+
+    # ---- the parts --------------------------------------------------------------
+    def part_evguard(self) -> dict:
+        return self.workers_part("evguard", 1, static=False)
+
+    def part_scaleout(self) -> dict:
+        out = {}
+        for k in self.args.workers:
+            if k == 1 and "evguard" in self.figures:
+                out["1"] = {**self.figures["evguard"], "note": "the evguard part"}
+                continue
+            print(f"[scaleout] {k} worker(s) in one group (static membership)", flush=True)
+            out[str(k)] = self.workers_part(f"scale{k}", k, static=True)
+            print(f"[scaleout] {k}: {summary(out[str(k)])}", flush=True)
+        return out
+
+    def subprocess_part(self, name: str, command: list[str]) -> dict:
+        s, n = self.settings, self.n
+        group = f"bench-{self.tag}-{name}"
+        command = [*command, "--kafka", s.kafka_servers, "--topic", s.topic_sessions,
+                   "--group", group, "--amqp", s.rabbitmq_url, "--exchange",
+                   s.rabbitmq_exchange, "--expect", str(n)]
+        log = self.tmp / f"{name}.log"
+        with open(log, "wb") as sink:
+            proc = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+        self.children.append(proc)
+        count, reader = committed(s.kafka_servers, s.topic_sessions, group, s.topic_partitions)
+        try:
+            sampler = timed(name, n, {name: proc.pid, **self.broker_pids()}, count,
+                            lambda: proc.poll() is None)
+            fig = {"memory_mb": memory_mb(proc.pid) if proc.poll() is None else None}
+            # its own per-batch progress lines time it more finely than the commits
+            rows = progress_rows(log)
+            timed_by = "progress" if len(rows) >= 5 else "commits"
+            fig.update(rate_figures(rows if len(rows) >= 5 else
+                                    [(t, c) for t, c, _ in sampler.rows], n, sampler))
+            fig["timed_by"] = timed_by
+        except RuntimeError:
+            print(log.read_text(errors="replace")[-3000:], flush=True)
+            raise
+        finally:
+            reader.close()
+            stop_process(proc)
+        fig["delivered"] = self.verify(name, n)
+        return fig
+
+    def part_quix(self) -> dict:
+        python = ensure_quix_venv()
+        fig = self.subprocess_part("quix", [
+            str(python), str(RACE / "quix_pipeline.py"), "--mlflow",
+            self.settings.mlflow_tracking_uri, "--commit-every", str(self.args.quix_commit_every),
+            "--state-dir", str(self.tmp / "quix-state")])
+        fig["commit_every"] = self.args.quix_commit_every
+        return fig
+
+    def part_bare(self) -> dict:
+        grouping = self.args.bare_grouping
+        if grouping == "auto":  # the shape of the worker's results: one per session, or batched
+            seen = self.figures.get("evguard", {}).get("delivered")
+            if seen:
+                batched = seen["messages"] * 2 < seen["results"]
+            else:
+                from pipelines.contracts import score_result
+
+                batched = not str(getattr(score_result, "SCHEMA", "/1")).endswith("/1")
+            grouping = "batch" if batched else "message"
+        fig = self.subprocess_part("bare", [
+            sys.executable, str(RACE / "bare_loop.py"), "--batch-size",
+            str(self.args.batch_size), "--grouping", grouping])
+        fig["grouping"] = grouping
+        return fig
+
+    def part_seed(self) -> dict:
+        fig = naive_baseline(self.settings, self.args.baseline_seconds, self.records[:4000])
+        fig["delivered"] = self.verify("seed", fig["sessions"], exact=False)
+        fig["cpu_pressure"] = cpu_pressure()
+        return fig
+
+    def part_latency(self) -> dict:
+        """A fresh worker on a topic of its own, fed at a steady rate."""
+        from confluent_kafka import Producer
+
+        from pipelines.data.synth import generate_sessions
+        from serving.kafka import ensure_topics, producer_config
+        from serving.replay import ReplayPace, replay
+
+        args = self.args
+        topic = f"bench-{self.tag}-latency"
+        proc, ws, log = self.start_workers("latency", 1, topic=topic)[0]
+        ensure_topics(ws)
+        try:
+            wait_healthy(ws.metrics_port)
+            # the replay producer's own start (metadata, idempotent producer id) delays its
+            # first messages: two seconds at the rate warm everything up before the window
+            warm_n = int(args.latency_rate * 2)
+            expected = int(args.latency_rate * args.latency_seconds)
+            sample, _ = generate_sessions(warm_n + expected, seed=2, anomaly_rate=0.02)
+            sample = [{**r, "sessionID": f"lat-{r['sessionID']}"} for r in sample]
+            observed: list[tuple[float, float]] = []
+            done = threading.Event()
+            reader = threading.Thread(target=latency_consumer, args=(
+                self.settings, self.queue, warm_n + expected, observed, done), daemon=True)
+            reader.start()
+            producer = Producer(producer_config(ws.kafka_servers))
+            replay(ws, sample[:warm_n], ReplayPace(rate=args.latency_rate), producer=producer)
+            time.sleep(1.0)
+            warm_batches = len(batch_rows(log))
+            before = buckets(scrape(ws.metrics_port), "evguard_serving_end_to_end_seconds")
+            window_start_ms = time.time() * 1000
+            replay(ws, sample[warm_n:], ReplayPace(rate=args.latency_rate), producer=producer)
+            reader.join(60)
+            done.set()
+            time.sleep(0.5)
+            after = buckets(scrape(ws.metrics_port), "evguard_serving_end_to_end_seconds")
+            memory = memory_mb(proc.pid)
+        finally:
+            stop_process(proc)
+        latencies = [lat for sent, lat in observed if sent >= window_start_ms]
+        delta = [(le, a - b) for (le, a), (_, b) in zip(after, before)]
+        purge(self.settings, self.queue)
+        return {
+            "rate": args.latency_rate, "sessions": expected, "received": len(latencies),
+            "confirm_p50_ms": 1000 * histogram_quantile(delta, 0.5),
+            "confirm_p99_ms": 1000 * histogram_quantile(delta, 0.99),
+            "consumer_p50_ms": percentile(latencies, 0.5) if latencies else None,
+            "consumer_p99_ms": percentile(latencies, 0.99) if latencies else None,
+            "consumer_max_ms": max(latencies) if latencies else None,
+            "stages_median": stage_times(batch_rows(log)[warm_batches:], statistics.median),
+            "worker_memory_mb": memory, "cpu_pressure": cpu_pressure()}
+
+
+def summary(fig: dict) -> str:
+    cores = ", ".join(f"{k} {v:.2f}" for k, v in fig.get("cpu_cores", {}).items())
+    delivered = fig.get("delivered", {})
+    return (f"{fig.get('throughput', fig.get('rate', 0)):,.0f}/s (steady "
+            f"{fig.get('throughput_steady', fig.get('rate', 0)):,.0f}/s), cores: {cores}; "
+            f"results {delivered.get('results')} in {delivered.get('messages')} messages "
+            f"({'complete' if delivered.get('complete') else 'INCOMPLETE'}); "
+            f"{fig.get('cpu_pressure', '')}")
+
+
+def race_table(figures: dict) -> list[dict]:
+    """Each part's throughput and its ratio to the evguard part's (steady figures)."""
+    ref = figures.get("evguard", {}).get("throughput_steady")
+    rows = []
+    for name in ("evguard", "quix", "bare", "seed"):
+        fig = figures.get(name)
+        if not fig:
+            continue
+        rate = fig.get("throughput_steady", fig.get("rate"))
+        rows.append({"part": name, "sessions_per_s": round(rate, 1),
+                     "ratio_to_evguard": round(rate / ref, 4) if ref else None,
+                     "results_complete": fig.get("delivered", {}).get("complete")})
+    for k, fig in figures.get("scaleout", {}).items():
+        rows.append({"part": f"scaleout x{k}", "sessions_per_s": round(fig["throughput_steady"], 1),
+                     "ratio_to_evguard": round(fig["throughput_steady"] / ref, 4) if ref else None,
+                     "results_complete": fig.get("delivered", {}).get("complete")})
+    return rows
+
+
+def parse_parts(text: str) -> list[str]:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown part(s) {unknown}; choose from {PARTS}")
+    return [p for p in PARTS if p in parts]
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sessions", type=int, default=200_000)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run heavy runs under `flock` on a shared machine; see docs/benchmarks.md.")
+    parser.add_argument("--parts", type=parse_parts, default=list(PARTS),
+                        help=f"comma-separated parts to run, of {','.join(PARTS)} (default: all)")
+    parser.add_argument("--sessions", type=int, default=200_000,
+                        help="sessions pre-filled and read by each throughput part "
+                             "(rounded down to a multiple of 20,000)")
     parser.add_argument("--model", choices=("iforest", "eif"), default="iforest")
-    parser.add_argument("--queue", choices=("classic", "classic-v2", "quorum"), default="classic")
-    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--queue", choices=("classic", "classic-v2", "quorum"), default="classic",
+                        help="type of the results queue")
+    parser.add_argument("--batch-size", type=int, default=1000,
+                        help="worker micro-batch (and the bare loop's consume batch)")
+    parser.add_argument("--workers", type=lambda t: [int(x) for x in t.split(",")],
+                        default=[1, 2, 3], help="worker counts of the scaleout part")
+    parser.add_argument("--quix-commit-every", type=int, default=1000,
+                        help="Quix checkpoint size in messages (its sink's batch)")
+    parser.add_argument("--bare-grouping", choices=("auto", "message", "batch"), default="auto",
+                        help="bare loop: one AMQP message per session or per batch and "
+                             "partition (auto: the shape of the worker's results)")
     parser.add_argument("--latency-rate", type=float, default=1000.0)
     parser.add_argument("--latency-seconds", type=float, default=20.0)
-    parser.add_argument("--baseline-seconds", type=float, default=20.0)
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--baseline-seconds", type=float, default=20.0,
+                        help="how long the seed part runs")
+    parser.add_argument("--out", "--json", dest="out", type=Path,
+                        help="also write the figures here (JSON)")
     args = parser.parse_args()
 
     from pipelines.data.synth import generate_sessions
-    from serving.replay import ReplayPace, replay
+    from serving.replay import replay
 
     tmp = Path(tempfile.mkdtemp(prefix="evguard-bench-"))
     tag = uuid.uuid4().hex[:8]
@@ -309,112 +734,55 @@ def main() -> None:
         serve_batch_size=args.batch_size)
     queue = f"bench-results-{tag}"
     stack = LocalStack(settings)
-    figures: dict = {"sessions": args.sessions, "model": args.model, "queue": args.queue,
-                     "batch_size": args.batch_size, "load_before": os.getloadavg()}
-    worker = None
-    # a stopped benchmark still tears down its broker, worker and RabbitMQ objects
+    run = Run(args, settings, queue, tmp, tag)
+    figures = run.figures
+    figures["run"] = {"parts": args.parts, "model": args.model, "queue": args.queue,
+                      "batch_size": args.batch_size, "partitions": settings.topic_partitions,
+                      "cpus": os.cpu_count(), "load_before": os.getloadavg(),
+                      "cpu_pressure_before": cpu_pressure(),
+                      "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    t_run = time.monotonic()
+    # a stopped benchmark still tears down its broker, children and RabbitMQ objects
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         stack.up(only=("kafka",))
-        figures["champion"] = train_champion(settings, args.model)
+        figures["run"]["champion"] = train_champion(settings, args.model)
         declare_queue(settings, queue, args.queue)
-        records, _ = generate_sessions(20_000, seed=1, anomaly_rate=0.02)
-        rounds = max(1, args.sessions // len(records))
-        n = len(records) * rounds
-        figures["sessions"] = n
-        t = time.monotonic()
-        produced = replay(settings, records, repeat=rounds)
-        figures["prefill_rate"] = produced.delivered / (time.monotonic() - t)
-        print(f"pre-filled {produced.delivered} sessions at {figures['prefill_rate']:.0f}/s",
-              flush=True)
-
-        log = tmp / "worker.log"
-        env = {**os.environ, **settings_env(settings)}
-        with open(log, "wb") as out:
-            worker = subprocess.Popen([sys.executable, "-m", "serving"], cwd=ROOT, env=env,
-                                      stdout=out, stderr=subprocess.STDOUT)
-        sampler = Sampler({"worker": worker.pid, "rabbitmq": pid_of("beam.smp"),
-                           "kafka broker": pid_of("noida-db", settings.kafka_port)},
-                          settings.metrics_port)
-        sampler.start()
-        deadline = time.monotonic() + 1800
-        while time.monotonic() < deadline:
-            text = scrape_safely(settings.metrics_port)
-            if text and metric(text, "evguard_serving_published_total") >= n:
-                break
-            time.sleep(0.05)
-        finished = time.monotonic()
-        time.sleep(0.3)  # let the sampler see the end too
-        rows = sampler.rows
-        started = next(r[0] for r in rows if r[1] > 0)
-        lo = next(r for r in rows if r[1] >= 0.1 * n)
-        hi = next(r for r in rows if r[1] >= 0.9 * n)
-        figures["throughput"] = n / (finished - started)
-        figures["throughput_steady"] = (hi[1] - lo[1]) / (hi[0] - lo[0])
-        figures["cpu_cores"] = sampler.cpu_share(lo[0], hi[0])
-        figures["worker_cpu_us_per_session"] = (
-            1e6 * figures["cpu_cores"].get("worker", float("nan")) / figures["throughput_steady"])
-        figures["cpu_pressure"] = cpu_pressure()
-        figures["worker_memory_mb"] = memory_mb(worker.pid)
-        rows = batch_rows(log)
-        figures["stages"] = stage_times(rows[len(rows) // 10:])  # skip the warm-up
-        throughput_batches = len(rows)
-        figures["queue_depth"] = queue_depth(settings, queue)
-        print(f"throughput {figures['throughput']:.0f}/s (steady {figures['throughput_steady']:.0f}"
-              f"/s), cpu {figures['cpu_cores']}, worker "
-              f"{figures['worker_cpu_us_per_session']:.0f} us CPU/session, memory "
-              f"{figures['worker_memory_mb']}, {figures['cpu_pressure']}", flush=True)
-        purge(settings, queue)
-
-        # the replay producer's own start (metadata, idempotent producer id) delays its first
-        # messages: two seconds at the rate warm everything up before the measured window
-        warm_n = int(args.latency_rate * 2)
-        expected = int(args.latency_rate * args.latency_seconds)
-        sample, _ = generate_sessions(warm_n + expected, seed=2, anomaly_rate=0.02)
-        sample = [{**r, "sessionID": f"lat-{r['sessionID']}"} for r in sample]
-        observed: list[tuple[float, float]] = []
-        done = threading.Event()
-        reader = threading.Thread(target=latency_consumer, args=(
-            settings, queue, warm_n + expected, observed, done), daemon=True)
-        reader.start()
-        from confluent_kafka import Producer
-
-        from serving.kafka import producer_config
-
-        producer = Producer(producer_config(settings.kafka_servers))
-        replay(settings, sample[:warm_n], ReplayPace(rate=args.latency_rate), producer=producer)
-        time.sleep(1.0)
-        before = buckets(scrape(settings.metrics_port), "evguard_serving_end_to_end_seconds")
-        window_start_ms = time.time() * 1000
-        replay(settings, sample[warm_n:], ReplayPace(rate=args.latency_rate), producer=producer)
-        reader.join(60)
-        done.set()
-        time.sleep(0.5)
-        after = buckets(scrape(settings.metrics_port), "evguard_serving_end_to_end_seconds")
-        latencies = [lat for sent, lat in observed if sent >= window_start_ms]
-        figures["latency_stages_median"] = stage_times(
-            batch_rows(log)[throughput_batches + warm_n // 50:], statistics.median)
-        delta = [(le, a - b) for (le, a), (_, b) in zip(after, before)]
-        figures["latency"] = {
-            "rate": args.latency_rate, "sessions": expected, "received": len(latencies),
-            "confirm_p50_ms": 1000 * histogram_quantile(delta, 0.5),
-            "confirm_p99_ms": 1000 * histogram_quantile(delta, 0.99),
-            "consumer_p50_ms": percentile(latencies, 0.5) if latencies else None,
-            "consumer_p99_ms": percentile(latencies, 0.99) if latencies else None,
-            "consumer_max_ms": max(latencies) if latencies else None}
-        print(f"latency {figures['latency']}", flush=True)
-        worker.send_signal(signal.SIGTERM)
-        figures["worker_exit"] = worker.wait(60)
-        sampler.stop()
-        worker = None
-
-        figures["baseline"] = naive_baseline(settings, args.baseline_seconds, records[:4000])
-        figures["speedup"] = figures["throughput"] / figures["baseline"]["rate"]
-        figures["load_after"] = os.getloadavg()
-        print(f"baseline {figures['baseline']}; speed-up {figures['speedup']:.0f}x", flush=True)
+        run.records, _ = generate_sessions(20_000, seed=1, anomaly_rate=0.02)
+        throughput_parts = {"evguard", "quix", "bare", "scaleout"} & set(args.parts)
+        if throughput_parts:
+            rounds = max(1, args.sessions // len(run.records))
+            t = time.monotonic()
+            produced = replay(settings, run.records, repeat=rounds)
+            run.n = produced.delivered
+            figures["run"]["sessions"] = run.n
+            figures["run"]["prefill_rate"] = run.n / (time.monotonic() - t)
+            print(f"pre-filled {run.n} sessions at {figures['run']['prefill_rate']:.0f}/s",
+                  flush=True)
+        for part in args.parts:
+            print(f"[{part}] running ...", flush=True)
+            t = time.monotonic()
+            figures[part] = getattr(run, f"part_{part}")()
+            if part == "latency":
+                lat = figures[part]
+                line = (f"p50/p99 to confirm {lat['confirm_p50_ms']:.0f}/"
+                        f"{lat['confirm_p99_ms']:.0f} ms, at a consumer "
+                        f"{lat['consumer_p50_ms'] or float('nan'):.0f}/"
+                        f"{lat['consumer_p99_ms'] or float('nan'):.0f} ms")
+            elif part == "scaleout":
+                line = "; ".join(f"x{k} {f['throughput_steady']:,.0f}/s"
+                                 for k, f in figures[part].items())
+            else:
+                line = summary(figures[part])
+            print(f"[{part}] done in {time.monotonic() - t:.0f} s: {line}", flush=True)
+        figures["race"] = race_table(figures)
+        figures["run"]["seconds"] = time.monotonic() - t_run
+        figures["run"]["load_after"] = os.getloadavg()
+        figures["run"]["cpu_pressure_after"] = cpu_pressure()
     finally:
-        if worker is not None and worker.poll() is None:
-            worker.kill()
+        for proc in run.children:
+            if proc.poll() is None:
+                proc.kill()
         try:
             with pika.BlockingConnection(pika.URLParameters(settings.rabbitmq_url)) as conn:
                 ch = conn.channel()
@@ -425,15 +793,15 @@ def main() -> None:
         stack.down()
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(figures, indent=2, default=str))
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2, default=str))
-
-
-def scrape_safely(port: int) -> str | None:
-    try:
-        return scrape(port)
-    except httpx.HTTPError:
-        return None
+    if figures.get("race"):
+        print(f"\n{'part':<14}{'sessions/s':>12}{'x evguard':>11}  results")
+        for row in figures["race"]:
+            ratio = row["ratio_to_evguard"]
+            print(f"{row['part']:<14}{row['sessions_per_s']:>12,.0f}"
+                  f"{ratio if ratio is not None else float('nan'):>11.3f}  "
+                  f"{'complete' if row['results_complete'] else 'INCOMPLETE'}")
+    if args.out:
+        args.out.write_text(json.dumps(figures, indent=2, default=str))
 
 
 if __name__ == "__main__":
