@@ -54,6 +54,7 @@ infinite number) becomes 0, so serving never raises on a schema-valid session.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -225,24 +226,29 @@ _NS = 1_000_000_000
 _NAT = np.iinfo(np.int64).min  # NaT as int64
 
 
-def _date_ns(values: list[Any]) -> np.ndarray:
+def _date_ns(values: list[Any]) -> tuple[np.ndarray, list[float] | None]:
     """`parse_dates(values)` as naive-UTC datetime64[ns], with RFC 1123 dates read by
-    arithmetic; any other non-null value sends the whole column through `parse_dates`."""
-    out = []
+    arithmetic; any other non-null value sends the whole column through `parse_dates`.
+    Also the epoch seconds read (NaN for None), or None when the column was sent there."""
+    out, epochs = [], []
+    nan = math.nan
     for value in values:
         if value is None:
             out.append(_NAT)
+            epochs.append(nan)
             continue
         seconds = rfc1123_to_epoch(value)
         if seconds is None:
-            return parse_dates(values).tz_convert(None).to_numpy("datetime64[ns]")
+            return parse_dates(values).tz_convert(None).to_numpy("datetime64[ns]"), None
         out.append(int(seconds) * _NS)
-    return np.array(out, dtype=np.int64).view("datetime64[ns]")
+        epochs.append(seconds)
+    return np.array(out, dtype=np.int64).view("datetime64[ns]"), epochs
 
 
-def _record_inputs(records: list[dict]) -> _Inputs:
-    """`_frame_inputs(sessions_to_frame(records))` without the frame: one pass over the records,
-    the same values (`tests/pipelines/data/test_fast_features.py`)."""
+def _record_inputs(records: list[dict]) -> tuple[_Inputs, SessionFacts]:
+    """`_frame_inputs(sessions_to_frame(records))` and `session_facts(records)` without the
+    frame and with one reading of each date: the same values
+    (`tests/pipelines/data/test_fast_features.py`)."""
     n = len(records)
     kwh, n_edits, requested, minutes = (np.empty(n) for _ in range(4))
     dates: tuple[list, list, list, list] = ([], [], [], [])
@@ -269,9 +275,12 @@ def _record_inputs(records: list[dict]) -> _Inputs:
         dates[2].append(r.get("doneChargingTime"))
         dates[3].append(departure)
         timezones.append(r.get("timezone"))
-    connect, disconnect, done, departure_ns = (_date_ns(d) for d in dates)
+    (connect, connect_s), (disconnect, disconnect_s), (done, done_s), (departure_ns, _) = (
+        _date_ns(d) for d in dates)
+    read = connect_s is not None and done_s is not None and disconnect_s is not None
+    facts = session_facts(records, (connect_s, done_s, disconnect_s) if read else None)
     return _Inputs(kwh, n_edits, requested, minutes, connect, disconnect, done, departure_ns,
-                   [_text(z) for z in timezones])
+                   [_text(z) for z in timezones]), facts
 
 
 def _compute_features(inputs: _Inputs) -> dict[str, np.ndarray]:
@@ -371,8 +380,8 @@ def feature_matrix(records: Iterable[dict],
         A NaN-free float64 DataFrame with columns `FEATURE_COLUMNS`.
     """
     records = [r if isinstance(r, dict) else {} for r in records]
-    features = _with_context(_compute_features(_record_inputs(records)), session_facts(records),
-                             contexts)
+    inputs, facts = _record_inputs(records)
+    features = _with_context(_compute_features(inputs), facts, contexts)
     return pd.DataFrame(features, index=pd.RangeIndex(len(records)), columns=FEATURE_COLUMNS)
 
 

@@ -110,12 +110,16 @@ def _numbers(record: dict) -> tuple[float, float, float, float, float]:
     Imputation follows the f2 features: null or negative energy is 0, a null disconnect is
     the done time, a null done time means charging lasted the whole connection.
     """
-    connect = _epoch(record.get("connectionTime"))
-    done = _epoch(record.get("doneChargingTime"))
-    end = _epoch(record.get("disconnectTime"))
+    return _numbers_at(_epoch(record.get("connectionTime")), _epoch(record.get("doneChargingTime")),
+                       _epoch(record.get("disconnectTime")), record.get("kWhDelivered"))
+
+
+def _numbers_at(connect: float, done: float, end: float,
+                kwh_value: Any) -> tuple[float, float, float, float, float]:
+    """`_numbers` once the three dates are read (epoch seconds, NaN when unknown)."""
     if math.isnan(end):
         end = done
-    kwh = _kwh(record.get("kWhDelivered"))
+    kwh = _kwh(kwh_value)
     connection_h = (end - connect) / 3600.0
     if math.isnan(connection_h):
         connection_h = 0.0
@@ -126,9 +130,22 @@ def _numbers(record: dict) -> tuple[float, float, float, float, float]:
             math.log10(kwh + _LOG_FLOOR), math.log10(max(connection_h, _MIN_CONNECTION_H)))
 
 
-def session_facts(records: Sequence[dict]) -> SessionFacts:
-    """Keys, times and log10 power, energy and duration of each record (pure)."""
-    numbers = np.array([_numbers(r) for r in records], dtype=float).reshape(len(records), 5)
+def session_facts(records: Sequence[dict],
+                  epochs: tuple[Sequence[float], Sequence[float], Sequence[float]] | None = None
+                  ) -> SessionFacts:
+    """Keys, times and log10 power, energy and duration of each record (pure).
+
+    Args:
+        records: session dicts.
+        epochs: their `(connectionTime, doneChargingTime, disconnectTime)` as epoch seconds
+            (NaN when missing), when the caller has read them already; else they are read here.
+    """
+    if epochs is None:
+        rows = [_numbers(r) for r in records]
+    else:
+        rows = [_numbers_at(connect, done, end, r.get("kWhDelivered"))
+                for r, connect, done, end in zip(records, *epochs, strict=True)]
+    numbers = np.array(rows, dtype=float).reshape(len(records), 5)
     user = [r.get("userID") for r in records]
     return SessionFacts(
         [str(r.get("sessionID")) for r in records], [str(r.get("stationID")) for r in records],
