@@ -63,7 +63,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import pandas as pd
 
-from pipelines.contracts.dates import parse_dates, rfc1123_to_epoch
+from pipelines.contracts.dates import parse_dates, read_rfc1123, rfc1123_to_epoch
 from pipelines.contracts.sessions import DATE_FIELDS, SESSION_FIELDS, TEXT_FIELDS
 from pipelines.stations.context import (
     CONTEXT_COLUMNS,
@@ -230,6 +230,7 @@ def _date_ns(values: list[Any]) -> tuple[np.ndarray, list[float] | None]:
     """`parse_dates(values)` as naive-UTC datetime64[ns], with RFC 1123 dates read by
     arithmetic; any other non-null value sends the whole column through `parse_dates`.
     Also the epoch seconds read (NaN for None), or None when the column was sent there."""
+    read_rfc1123(values)
     out, epochs = [], []
     nan = math.nan
     for value in values:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from pipelines.contracts.dates import read_rfc1123
 from serving.stations import StationTracker
 from serving.steps.base import Batch, ProcessingStep, TransformStep
 
@@ -24,6 +25,9 @@ def no_changelog(_on_delivered: Callable[[str | None], None]) -> int:
     return 0
 
 
+_SESSION_DATES = ("connectionTime", "disconnectTime", "doneChargingTime")
+
+
 class ContextStep(TransformStep):
     def __init__(self, next_step: ProcessingStep, tracker: StationTracker,
                  flush_state: FlushState = no_changelog) -> None:
@@ -33,6 +37,8 @@ class ContextStep(TransformStep):
 
     def transform(self, batch: Batch) -> None:
         t0 = time.perf_counter()
+        # the dates the context, the health detectors and the features read, in one go
+        read_rfc1123([r.get(name) for r in batch.records for name in _SESSION_DATES])
         batch.contexts, batch.station_alerts = self._tracker.process(batch.records,
                                                                      batch.sources)
         if batch.invalid:  # what Decode dead-lettered: a failed session of its station
