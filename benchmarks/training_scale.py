@@ -9,7 +9,7 @@ data dir, then the stages of `pipelines.models.training.run_training` with the d
 `TrainParams` (the 32-candidate grid, 2 worker processes, MLflow on sqlite, figures
 logged). The parent samples the resident memory of the child and all its descendants
 (the loky workers) every 0.2 s; the peak of that sum is the peak RSS. `--every-row`
-turns the evaluation sample off (`max_fit_rows=0, max_eval_rows=0`), the behaviour
+turns the evaluation sample off (`max_fit_rows=0, max_eval_rows=0, em_rows=0`), the behaviour
 before issue 14; code without those fields simply runs its own defaults.
 
 `--acn DIR` runs the selection check instead: the real ACN exports in DIR (never
@@ -52,16 +52,25 @@ def child(sessions: int, workdir: Path, every_row: bool) -> dict:
                         mlflow_tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
     stages["import"] = time.perf_counter() - started
 
-    def timed(name: str, fn, *args):
+    def timed(name: str, fn, *args, **kwargs):
         at = time.perf_counter()
         print(f"  [{sessions:,}] {name} ...", file=sys.stderr, flush=True)
-        out = fn(*args)
+        out = fn(*args, **kwargs)
         stages[name] = time.perf_counter() - at
         print(f"  [{sessions:,}] {name}: {stages[name]:.1f} s", file=sys.stderr, flush=True)
         return out
 
-    ingest = timed("ingest", run_ingest, settings, SynthSource(sessions, 1, 0.02))
-    params = TrainParams(max_fit_rows=0, max_eval_rows=0) if every_row else TrainParams()
+    marks = [time.perf_counter()]
+
+    def ingest_step(step: str, done: int, total: int) -> None:
+        # steps: load (synthetic generation), features, validate, quarantine, write
+        marks.append(time.perf_counter())
+        stages[f"ingest.{step}"] = marks[-1] - marks[-2]
+
+    ingest = timed("ingest", run_ingest, settings, SynthSource(sessions, 1, 0.02),
+                   progress=ingest_step)
+    params = TrainParams(max_fit_rows=0, max_eval_rows=0, em_rows=0) if every_row \
+        else TrainParams()
     dataset = timed("resolve", training.resolve_dataset, settings, None)
     data = timed("prepare_data", training.prepare_data, dataset, params)
     tuning = timed("tune", training.tune_candidates, data, params)
@@ -100,7 +109,7 @@ def acn_selection(acn: Path, plans: list[str], seed: int) -> list[dict]:
         dataset = training.resolve_dataset(settings, None)
         for plan in plans:
             limits = {} if plan == "default" else \
-                {"max_fit_rows": 0, "max_eval_rows": 0} if plan == "every-row" else \
+                {"max_fit_rows": 0, "max_eval_rows": 0, "em_rows": 0} if plan == "every-row" else \
                 dict(zip(("max_fit_rows", "max_eval_rows"), map(int, plan.split("/")),
                          strict=True))
             params = TrainParams(seed=seed, log_figures=False, **ACN_GRID, **limits)
@@ -256,12 +265,14 @@ def main() -> None:
         json_path.write_text(json.dumps(stored, indent=2))
         plot(stored["runs"], args.out_dir / "training_scale.png")
 
-    print("| sessions | wall s | ms/session | peak RSS GB | ingest s | prepare s | tune s | "
-          "log s | chosen | PR-AUC (se) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
+    print("| sessions | wall s | ms/session | peak RSS GB | ingest s (of which synth) | "
+          "prepare s | tune s | log s | chosen | PR-AUC (se) |\n"
+          "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
     for r in rows:
         st = r.get("stages", {})
         print(f"| {r['sessions']:,} | {r['wall_seconds']} | {r['ms_per_session']} | "
-              f"{r['peak_rss_gb']} | {st.get('ingest', float('nan')):.1f} | "
+              f"{r['peak_rss_gb']} | {st.get('ingest', float('nan')):.1f} "
+              f"({st.get('ingest.load', float('nan')):.1f}) | "
               f"{st.get('prepare_data', float('nan')):.1f} | {st.get('tune', float('nan')):.1f} | "
               f"{st.get('log_and_register', float('nan')):.1f} | {r.get('chosen')} | "
               f"{r.get('pr_auc')} ({r.get('pr_auc_se')}) |")
