@@ -3,6 +3,7 @@ MeterValues every S seconds; acknowledgement latency and nothing lost.
 
     .venv/bin/python benchmarks/gateway_load.py [--chargers 5000] [--interval 10]
         [--duration 60] [--ramp 30] [--client-processes 2]
+        [--gateway-cpus 1] [--broker-cpus 0] [--client-cpus 0]
 
 Starts a private embedded Kafka-compatible broker (or uses --bootstrap) and one
 `evguard ocpp serve` process (standalone, unknown chargers allowed, so no password
@@ -12,7 +13,13 @@ then MeterValues every --interval seconds (each charger at its own phase) for --
 seconds. The latency of a MeterValues is from just before its send to its CALLRESULT
 received, and the gateway answers only after Kafka acknowledged the event, so it
 includes the Kafka round trip. Afterwards every meter event is read back from the topic:
-lost = acknowledged frames whose event is not there. Prints a markdown table.
+lost = acknowledged frames whose event is not there. Prints a markdown table, and the
+gateway's CPU time per acknowledged MeterValues (from /proc: less sensitive to what else
+runs on the machine than the latencies).
+
+The --*-cpus options pin the gateway, the broker (every thread of its process tree) and
+the client processes to CPU sets (`sched_setaffinity`, as `taskset -c` does); by default
+all share every core.
 
 Target (issue 13): 5,000 chargers every 10 s, p99 <= 50 ms, nothing lost.
 """
@@ -37,6 +44,7 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+SLOW_S = 0.05  # acks slower than the target are also counted by when they came
 sys.path.insert(0, str(ROOT))
 
 
@@ -72,7 +80,8 @@ def percentile(values: list[float], q: float) -> float:
 
 async def charger(url: str, cp_id: str, start_at: float, interval: float, stop_at: float,
                   latencies: list[float], acked: list[str], errors: dict[str, int],
-                  steady_from: float, steady: list[float]) -> None:
+                  steady_from: float, steady: list[float],
+                  slow: list[tuple[float, float]]) -> None:
     import orjson
     from websockets.asyncio.client import connect
 
@@ -102,6 +111,8 @@ async def charger(url: str, cp_id: str, start_at: float, interval: float, stop_a
                     latencies.append(time.perf_counter() - sent)
                     if time.monotonic() >= steady_from:  # every charger connected by now
                         steady.append(latencies[-1])
+                    if latencies[-1] > SLOW_S:
+                        slow.append((time.monotonic(), latencies[-1]))
                     acked.append(f"{cp_id}:{mid}:0")
                 else:
                     errors[str(answer[2])] = errors.get(str(answer[2]), 0) + 1
@@ -110,11 +121,51 @@ async def charger(url: str, cp_id: str, start_at: float, interval: float, stop_a
         errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
 
 
+def cpu_set(text: str) -> set[int] | None:
+    """"0", "0,1", "0-1" -> CPU numbers; "" -> None (no pinning)."""
+    cpus: set[int] = set()
+    for part in filter(None, text.split(",")):
+        low, _, high = part.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return cpus or None
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo.extend(children.get(tree[-1], ()))
+    return tree
+
+
+def pin(pid: int, cpus: set[int] | None) -> None:
+    """Every thread of `pid` and of its descendants onto `cpus`."""
+    if cpus is None:
+        return
+    for process in process_tree(pid):
+        for task in Path(f"/proc/{process}/task").glob("*"):
+            try:
+                os.sched_setaffinity(int(task.name), cpus)
+            except (OSError, ValueError):
+                pass  # exited meanwhile
+
+
 def client_process(url: str, ids: list[str], ramp: float, interval: float, duration: float,
-                   t0: float, out) -> None:
+                   t0: float, out, cpus: set[int] | None = None) -> None:
     """Runs its share of chargers; sends (latencies, acked ids, errors) back."""
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
     latencies: list[float] = []
     steady: list[float] = []
+    slow: list[tuple[float, float]] = []
     acked: list[str] = []
     errors: dict[str, int] = {}
     stop_at = t0 + ramp + duration
@@ -122,11 +173,11 @@ def client_process(url: str, ids: list[str], ramp: float, interval: float, durat
     async def run() -> None:
         await asyncio.gather(*(
             charger(url, cp_id, t0 + ramp * i / max(1, len(ids)), interval, stop_at,
-                    latencies, acked, errors, t0 + ramp + 5.0, steady)
+                    latencies, acked, errors, t0 + ramp + 5.0, steady, slow)
             for i, cp_id in enumerate(ids)))
 
     asyncio.run(run())
-    out.send((latencies, acked, errors, steady))
+    out.send((latencies, acked, errors, steady, [(t - t0, v) for t, v in slow]))
     out.close()
 
 
@@ -173,6 +224,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0, help="gateway port (0 = a free one)")
     parser.add_argument("--bootstrap", default="",
                         help="an existing Kafka; default: a private embedded broker")
+    for part in ("gateway", "broker", "client"):
+        parser.add_argument(f"--{part}-cpus", default="", metavar="CPUS",
+                            help=f"pin the {part} to these CPUs (\"1\", \"0,1\"); "
+                                 "default: not pinned")
     args = parser.parse_args()
 
     from evguard.services.process import free_port
@@ -194,14 +249,24 @@ def main() -> None:
                             ocpp_port=args.port or free_port(), ocpp_metrics_port=free_port(),
                             ocpp_allow_unknown=True,
                             ocpp_max_messages_per_s=max(50.0, 5 / args.interval))
+        gateway_cpus, broker_cpus, client_cpus = (
+            cpu_set(c) for c in (args.gateway_cpus, args.broker_cpus, args.client_cpus))
         stack = LocalStack(settings)
         if settings.kafka_embedded:
             stack.up(only=("kafka",))
+            broker_pid = stack.kafka_process().pid()
+            if broker_pid is not None:
+                pin(broker_pid, broker_cpus)
+        else:
+            broker_pid = None
         env = {**os.environ, **settings_env(settings),
                # settings_env writes an empty path as the working directory
                "EVGUARD_OCPP_CHARGE_POINTS": str(state / "charge_points.json"),
                "EVGUARD_OCPP_TLS_CERT": "", "EVGUARD_OCPP_TLS_KEY": ""}
-        gateway = subprocess.Popen([str(ROOT / ".venv/bin/evguard"), "ocpp", "serve"],
+        # taskset execs the gateway (same pid), whose threads all inherit the CPU set
+        pinned = ["taskset", "-c", ",".join(map(str, sorted(gateway_cpus)))] \
+            if gateway_cpus is not None else []
+        gateway = subprocess.Popen([*pinned, str(ROOT / ".venv/bin/evguard"), "ocpp", "serve"],
                                    env=env, stdout=subprocess.DEVNULL,
                                    stderr=open(state / "gateway.log", "w"))  # noqa: SIM115
         try:
@@ -212,12 +277,15 @@ def main() -> None:
             shares = [ids[k::args.client_processes] for k in range(args.client_processes)]
             t0 = time.monotonic() + 1.0
             cpu0 = cpu_seconds(gateway.pid)
+            broker_tree = process_tree(broker_pid) if broker_pid is not None else []
+            broker0 = sum(cpu_seconds(p) for p in broker_tree)
             context = multiprocessing.get_context("fork")
             pipes, procs = [], []
             for share in shares:
                 receive, send = context.Pipe(duplex=False)
                 proc = context.Process(target=client_process, args=(
-                    url, share, args.ramp, args.interval, args.duration, t0, send))
+                    url, share, args.ramp, args.interval, args.duration, t0, send,
+                    client_cpus))
                 proc.start()
                 pipes.append(receive)
                 procs.append(proc)
@@ -229,8 +297,10 @@ def main() -> None:
             for proc in procs:
                 proc.join()
             cpu = cpu_seconds(gateway.pid) - cpu0
+            broker_cpu = sum(cpu_seconds(p) for p in broker_tree) - broker0
             latencies = [v for r in results for v in r[0]]
             steady = [v for r in results for v in r[3]]
+            slow = sorted(v for r in results for v in r[4])
             acked = [v for r in results for v in r[1]]
             errors: dict[str, int] = {}
             for r in results:
@@ -266,6 +336,19 @@ def main() -> None:
               f"p99 {percentile(steady, 0.99) * 1000:.1f} ms")
         print(f"in the gateway (its ack histogram, bucket bounds): p50 <= {server_p50 * 1000:g} ms, "
               f"p99 <= {server_p99 * 1000:g} ms; CPU pressure (some, avg60) {pressure}")
+        # the ramp's handshakes and the keep-alive pings are in it too: per MeterValues, all in
+        print(f"gateway CPU {cpu:.1f} s = {cpu / max(1, len(acked)) * 1e6:.0f} µs per acked "
+              f"MeterValues; broker CPU {broker_cpu:.1f} s = "
+              f"{broker_cpu / max(1, len(acked)) * 1e6:.0f} µs per MeterValues; cores: gateway "
+              f"{args.gateway_cpus or 'all'}, broker {args.broker_cpus or 'all'}, clients "
+              f"{args.client_cpus or 'all'}")
+        windows: dict[int, list[float]] = {}
+        for at, latency in slow:
+            windows.setdefault(int(at // 10) * 10, []).append(latency)
+        print("acks over 50 ms by 10 s window since the start (count, max): " + (", ".join(
+            f"{w}-{w + 10} s: {len(v)} (max {max(v) * 1000:.0f} ms)"
+            for w, v in sorted(windows.items()))
+            or "none"))
         if errors:
             print("errors:", errors)
         print(f"\nmean ack {statistics.fmean(latencies) * 1000:.1f} ms over {len(latencies)}; "

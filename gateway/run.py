@@ -1,7 +1,11 @@
 """Running a gateway: the WebSocket server, `/metrics` and `/healthz`, and a clean stop.
 
     mode = standalone_mode(settings, metrics)        # or a proxy wrapped in a `Mode`
-    asyncio.run(run_gateway(settings, mode, metrics, Registry(...)))
+    run_loop(run_gateway(settings, mode, metrics, Registry(...)))
+
+`run_loop` is `asyncio.run` on uvloop's event loop (libuv; the socket reads and writes,
+timers and wake-ups of 5,000 connections cost less CPU there than in the selector loop),
+or on asyncio's own when uvloop is not installed.
 
 SIGTERM and Ctrl-C only set the stop event. The server then stops accepting, closes every
 charger's socket (1001 going away: chargers reconnect to the next gateway), and the mode
@@ -16,8 +20,9 @@ import gc
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from gateway.metrics import GatewayMetrics
 from gateway.registry import Registry
@@ -29,6 +34,22 @@ from pipelines.settings import Settings
 log = logging.getLogger("evguard.gateway")
 
 LOOP_STUCK_S = 10.0
+T = TypeVar("T")
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed, else None (asyncio's default)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run(main)` on the gateway's event loop (`loop_factory`)."""
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(main)
 
 
 @dataclass(frozen=True)

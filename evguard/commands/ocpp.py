@@ -76,12 +76,11 @@ def serve(
     _KEY) with subprotocol ocpp1.6 or ocpp2.0.1 and, when the registry holds a password for
     them, HTTP Basic. Add chargers with `evguard ocpp add-charger`.
     """
-    import asyncio
     import logging
 
     from gateway.metrics import GatewayMetrics
     from gateway.registry import Registry, RegistryError, registry_path
-    from gateway.run import run_gateway, standalone_mode
+    from gateway.run import run_gateway, run_loop, standalone_mode
 
     overrides = {"ocpp_mode": mode, "ocpp_port": port, "ocpp_host": host,
                  "ocpp_upstream_url": upstream, "ocpp_metrics_port": metrics_port,
@@ -114,7 +113,7 @@ def serve(
                       f"{ws_port}/<chargePointId>, /metrics and /healthz on port {metrics_at}")
 
     with clear_errors(OSError):
-        asyncio.run(run_gateway(s, gateway_mode, metrics, registry, ready=ready))
+        run_loop(run_gateway(s, gateway_mode, metrics, registry, ready=ready))
     console.print("gateway stopped")
 
 
