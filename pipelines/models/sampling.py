@@ -16,9 +16,9 @@ EM/MV) for every candidate does. `sample_split` caps both:
   metrics of the whole held-out set (Horvitz-Thompson).
 
 **Stated error.** The PR-AUC of the sample comes with `pr_auc_se`, its standard
-error from a stratified bootstrap (`bootstrap` resamples within each stratum; it
-ignores the finite-population correction, so it overstates the error when a stratum
-is mostly kept). The sampled PR-AUC is within `3 * pr_auc_se` of the PR-AUC of
+error from a stratified bootstrap (`bootstrap` resamples within each sampled stratum;
+strata kept whole have no sampling error and are not resampled; it ignores the
+finite-population correction, so it overstates the error of a stratum mostly kept). The sampled PR-AUC is within `3 * pr_auc_se` of the PR-AUC of
 all held-out rows; `tests/pipelines/models/test_sampling.py` checks this against the
 full computation. Every candidate is scored on the same rows, so the difference
 between two candidates has a far smaller error than either value. When nothing is
@@ -179,10 +179,12 @@ def pr_auc_standard_error(scores: np.ndarray, types: np.ndarray, weights: np.nda
     weights = np.asarray(weights, dtype=float)[order]
     rng = np.random.default_rng([seed, 11])
     groups = [np.flatnonzero(types == kind) for kind in sorted(set(types.tolist()))]
+    # a stratum kept whole (weight 1) has no sampling error: it is not resampled
+    groups = [rows for rows in groups if weights[rows].max() > 1]
     values = np.empty(reps)
-    counts = np.empty(len(types))
+    counts = np.ones(len(types))
     for rep in range(reps):
-        for rows in groups:  # resample each stratum to its own size
+        for rows in groups:  # resample each sampled stratum to its own size
             counts[rows] = np.bincount(rng.integers(0, len(rows), len(rows)),
                                        minlength=len(rows))
         values[rep] = _sorted_average_precision(labels, weights * counts, ends)
