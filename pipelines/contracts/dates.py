@@ -139,8 +139,8 @@ def read_rfc1123(values: Sequence[Any]) -> None:
     Python. Strings it does not read with certainty (any doubt: not ASCII, a non-digit,
     a day not in the calendar) are left to `rfc1123_to_epoch`, so the answers are the same.
     """
-    fresh = [v for v in dict.fromkeys(values) if type(v) is str and len(v) == 29
-             and v.isascii() and v not in _recent_epochs]
+    fresh = [v for v in dict.fromkeys(v for v in values if type(v) is str)
+             if len(v) == 29 and v.isascii() and v not in _recent_epochs]
     if not fresh:
         return
     raw = np.array(fresh, dtype="S29")

@@ -15,7 +15,8 @@ EDGES = ["Wed, 29 Feb 2019 10:00:00 GMT", "Thu, 29 Feb 2024 10:00:00 GMT",
          "Wed, 31 Apr 2019 10:00:00 GMT", "Wed, 00 Jan 2019 10:00:00 GMT",
          "Wed, 02 Jan 2019 24:00:00 GMT", "Wed, 02 jan 2019 10:00:00 GMT",
          "Wed, 02 Jan 0000 10:00:00 GMT", "Wed, 02 Jan 2019 10:00:00 UTC",
-         "Wed, 02 Jan 2019 10:00:00 GMT ", "Wed, 0\u0662 Jan 2019 10:00:00 GMT", None, 7]
+         "Wed, 02 Jan 2019 10:00:00 GMT ", "Wed, 0\u0662 Jan 2019 10:00:00 GMT", None, 7,
+         ["Wed, 02 Jan 2019 10:00:00 GMT"], {"date": 1}]  # unhashable: read one by one
 
 
 def _dates(seed: int) -> list:

@@ -32,6 +32,7 @@ ODD_DATES = [
     "Wed, 02 Jan 2019 16:00:00 UTC",
     "junk",
     12345,
+    ["Wed, 02 Jan 2019 16:00:00 GMT"],  # not even hashable
 ]
 
 
