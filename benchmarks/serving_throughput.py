@@ -217,6 +217,38 @@ def wait_healthy(port: int, timeout: float = 120.0) -> None:
     raise RuntimeError("the worker did not start")
 
 
+def partitions_of(port: int) -> list | None:
+    """The partitions a worker owns now, from its /healthz (None: not answering)."""
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).json().get("partitions")
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+class AssignmentWatch:
+    """When every worker of a group first owned partitions at once (the end of the start-up
+    rebalances), and what each owned last."""
+
+    def __init__(self, ports: list[int]) -> None:
+        self.ports = ports
+        self.all_assigned_at: float | None = None
+        self.owned: list[list | None] = [None] * len(ports)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.owned = [partitions_of(port) for port in self.ports]
+            if self.all_assigned_at is None and all(self.owned):
+                self.all_assigned_at = time.monotonic()
+            time.sleep(0.25)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def batch_rows(log: Path) -> list[dict[str, str]]:
     """The fields of the worker's per-batch log lines, in order."""
     return [dict(re.findall(r"(\w+)=([0-9.]+)", line))
@@ -424,13 +456,17 @@ def progress_rows(log: Path) -> list[tuple[float, float]]:
     return rows
 
 
-def rate_figures(rows: list[tuple[float, float]], n: int, sampler: Sampler) -> dict:
+def rate_figures(rows: list[tuple[float, float]], n: int, sampler: Sampler,
+                 not_before: float | None = None) -> dict:
     """Throughput from the first to the last progress row (sessions of the first row not
-    counted), steady throughput and CPU cores per process between 10 % and 90 % of n."""
+    counted), steady throughput and CPU cores per process between 10 % and 90 % of n (or
+    from `not_before` on, if later: when every worker of a group owned partitions)."""
     first = next(r for r in rows if r[1] > 0)
     last = next(r for r in rows if r[1] >= n)
-    lo = next(r for r in rows if r[1] >= 0.1 * n)
     hi = next(r for r in rows if r[1] >= 0.9 * n)
+    lo = next(r for r in rows if r[1] >= 0.1 * n)
+    if not_before is not None and lo[0] < not_before:
+        lo = next((r for r in rows if r[0] >= not_before and r[0] < hi[0]), lo)
     out: dict = {"seconds": last[0] - first[0],
                  "throughput": (n - first[1]) / max(last[0] - first[0], 1e-9)}
     out["throughput_steady"] = ((hi[1] - lo[1]) / (hi[0] - lo[0]) if hi[0] > lo[0]
@@ -438,6 +474,7 @@ def rate_figures(rows: list[tuple[float, float]], n: int, sampler: Sampler) -> d
     # a short part may have fewer than two CPU samples inside its window: take them all
     cores = sampler.cpu_share(lo[0], hi[0]) or sampler.cpu_share(-1.0, float("inf"))
     out["cpu_cores"] = {k: round(v, 3) for k, v in cores.items()}
+    out["cpu_cores_total"] = round(sum(cores.values()), 3)
     out["cpu_us_per_session"] = {k: round(1e6 * v / out["throughput_steady"], 1)
                                  for k, v in out["cpu_cores"].items()}
     out["cpu_pressure"] = cpu_pressure()
@@ -473,6 +510,7 @@ class Run:
         """Drain the queue; every session of the part must have its result there."""
         counted = drain(self.settings, self.queue)
         counted["expected"] = expected
+        counted["duplicates"] = counted["results"] - counted["distinct_sessions"]
         counted["complete"] = (counted["distinct_sessions"] == expected if exact
                                else counted["results"] == expected)
         if not counted["complete"]:
@@ -506,16 +544,21 @@ class Run:
         count, reader = committed(s.kafka_servers, s.topic_sessions, workers[0][1].consumer_group,
                                   s.topic_partitions)
         pids = {f"worker {i}" if k > 1 else "worker": p.pid for i, (p, _, _) in enumerate(workers)}
+        watch = AssignmentWatch([ws.metrics_port for _, ws, _ in workers])
         try:
             sampler = timed(part, n, {**pids, **self.broker_pids()}, count,
                             lambda: all(p.poll() is None for p, _, _ in workers))
-            fig = rate_figures([(t, c) for t, c, _ in sampler.rows], n, sampler)
+            watch.stop()
+            fig = rate_figures([(t, c) for t, c, _ in sampler.rows], n, sampler,
+                               not_before=watch.all_assigned_at if k > 1 else None)
             fig["workers"] = k
+            fig["partitions_owned"] = watch.owned
             fig["worker_memory_mb"] = [memory_mb(p.pid) for p, _, _ in workers]
             if k == 1:
                 rows = batch_rows(workers[0][2])
                 fig["stages"] = stage_times(rows[len(rows) // 10:])  # skip the warm-up
         finally:
+            watch.stop()
             reader.close()
             for proc, _, _ in workers:
                 stop_process(proc)
@@ -659,7 +702,8 @@ def summary(fig: dict) -> str:
     return (f"{fig.get('throughput', fig.get('rate', 0)):,.0f}/s (steady "
             f"{fig.get('throughput_steady', fig.get('rate', 0)):,.0f}/s), cores: {cores}; "
             f"results {delivered.get('results')} in {delivered.get('messages')} messages "
-            f"({'complete' if delivered.get('complete') else 'INCOMPLETE'}); "
+            f"({'complete' if delivered.get('complete') else 'INCOMPLETE'}, "
+            f"{delivered.get('duplicates', 0)} duplicates); "
             f"{fig.get('cpu_pressure', '')}")
 
 
