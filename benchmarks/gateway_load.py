@@ -3,7 +3,7 @@ MeterValues every S seconds; acknowledgement latency and nothing lost.
 
     .venv/bin/python benchmarks/gateway_load.py [--chargers 5000] [--interval 10]
         [--duration 60] [--ramp 30] [--client-processes 2]
-        [--gateway-cpus 1] [--broker-cpus 0] [--client-cpus 0]
+        [--gateway-cpus 1] [--broker-cpus 0] [--client-cpus 0]   (the default on 2 cores)
 
 Starts a private embedded Kafka-compatible broker (or uses --bootstrap) and one
 `evguard ocpp serve` process (standalone, unknown chargers allowed, so no password
@@ -18,8 +18,10 @@ gateway's CPU time per acknowledged MeterValues (from /proc: less sensitive to w
 runs on the machine than the latencies).
 
 The --*-cpus options pin the gateway, the broker (every thread of its process tree) and
-the client processes to CPU sets (`sched_setaffinity`, as `taskset -c` does); by default
-all share every core.
+the client processes to CPU sets (`sched_setaffinity`, as `taskset -c` does). By default
+the gateway has the last core to itself (as it would in production, where the chargers
+are elsewhere) and the broker and the clients share the others; `all` for each lets them
+all share every core (how this benchmark ran before 04 Dec).
 
 Target (issue 13): 5,000 chargers every 10 s, p99 <= 50 ms, nothing lost.
 """
@@ -122,7 +124,9 @@ async def charger(url: str, cp_id: str, start_at: float, interval: float, stop_a
 
 
 def cpu_set(text: str) -> set[int] | None:
-    """"0", "0,1", "0-1" -> CPU numbers; "" -> None (no pinning)."""
+    """"0", "0,1", "0-1" -> CPU numbers; "" or "all" -> None (no pinning)."""
+    if text == "all":
+        return None
     cpus: set[int] = set()
     for part in filter(None, text.split(",")):
         low, _, high = part.partition("-")
@@ -224,10 +228,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0, help="gateway port (0 = a free one)")
     parser.add_argument("--bootstrap", default="",
                         help="an existing Kafka; default: a private embedded broker")
-    for part in ("gateway", "broker", "client"):
-        parser.add_argument(f"--{part}-cpus", default="", metavar="CPUS",
-                            help=f"pin the {part} to these CPUs (\"1\", \"0,1\"); "
-                                 "default: not pinned")
+    cores = os.cpu_count() or 1
+    for part, default in (("gateway", f"{cores - 1}"), ("broker", f"0-{cores - 2}"),
+                          ("client", f"0-{cores - 2}")):
+        parser.add_argument(f"--{part}-cpus", default=default if cores > 1 else "all",
+                            metavar="CPUS", help=f"pin the {part} to these CPUs (\"1\", "
+                            f"\"0-2\"; \"all\": not pinned); default {default}")
     args = parser.parse_args()
 
     from evguard.services.process import free_port
@@ -340,8 +346,7 @@ def main() -> None:
         print(f"gateway CPU {cpu:.1f} s = {cpu / max(1, len(acked)) * 1e6:.0f} µs per acked "
               f"MeterValues; broker CPU {broker_cpu:.1f} s = "
               f"{broker_cpu / max(1, len(acked)) * 1e6:.0f} µs per MeterValues; cores: gateway "
-              f"{args.gateway_cpus or 'all'}, broker {args.broker_cpus or 'all'}, clients "
-              f"{args.client_cpus or 'all'}")
+              f"{args.gateway_cpus}, broker {args.broker_cpus}, clients {args.client_cpus}")
         windows: dict[int, list[float]] = {}
         for at, latency in slow:
             windows.setdefault(int(at // 10) * 10, []).append(latency)
