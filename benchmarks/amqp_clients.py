@@ -16,7 +16,8 @@ normal/anomaly) routing key as contract v2 does; at most `--window` batches awai
 confirms (the worker's `max_inflight`). `--single` also runs one message per result.
 
 Reports wall time, messages/s, results/s, CPU of this process per result (both threads)
-and RabbitMQ's CPU (cores), with /proc/pressure/cpu.
+and RabbitMQ's CPU (cores), with /proc/pressure/cpu; `--paced` batches also measure the
+publish -> confirm latency at a steady 20,000 results/s (persistent, to a durable queue).
 
     flock /tmp/evg/bench.lock .venv/bin/python benchmarks/amqp_clients.py --results 200000
 """
@@ -148,6 +149,24 @@ def drive(publisher, batches: list[list], window: int) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - cpu0
 
 
+def paced(publisher, batches: list[list], interval_s: float) -> dict:
+    """Publish -> confirm latency of each batch, one batch every `interval_s` (a worker at a
+    steady rate, not saturated): p50 and p99 in ms."""
+    if not publisher.wait_ready(20):
+        raise RuntimeError("publisher not ready")
+    latencies = []
+    for batch in batches:
+        t0 = time.perf_counter()
+        publisher.publish(Batch(offsets={}, results=[(key, body) for key, body, _n in batch]))
+        while not publisher.take_completed():
+            time.sleep(0.0002)
+        latencies.append((time.perf_counter() - t0) * 1000)
+        time.sleep(max(0.0, interval_s - (time.perf_counter() - t0)))
+    latencies.sort()
+    return {"p50_ms": round(statistics.median(latencies), 2),
+            "p99_ms": round(latencies[max(0, int(len(latencies) * 0.99) - 1)], 2)}
+
+
 def run_pika(settings: Settings, exchange: str, batches: list[list], window: int):
     publisher = RabbitPublisher(publisher_parameters(settings), exchange, WorkerMetrics()).start()
     try:
@@ -192,6 +211,30 @@ def measure(name: str, run, settings: Settings, rabbit_pid: int, batches: list[l
 
 def race(settings: Settings, rabbit_pid: int, clients, workloads, args) -> list[dict]:
     rows = []
+    if args.paced:
+        batches = workloads[0][1][:args.paced]
+        for _round in range(2):
+            for name, make in (("hand-written", lambda e: handwritten_publisher()(
+                    settings.rabbitmq_url, e, WorkerMetrics())),
+                               ("pika", lambda e: RabbitPublisher(
+                                   publisher_parameters(settings), e, WorkerMetrics()))):
+                exchange, queue = (f"bench.paced-{uuid.uuid4().hex[:8]}",
+                                   f"bench.paced-{uuid.uuid4().hex[:8]}")
+                with pika.BlockingConnection(connection_parameters(settings)) as conn:
+                    channel = conn.channel()
+                    channel.exchange_declare(exchange, "topic", durable=True)
+                    channel.queue_declare(queue, durable=True)
+                    channel.queue_bind(queue, exchange, "#")
+                publisher = make(exchange).start()
+                try:
+                    row = {"workload": f"paced, a batch every {args.interval_ms} ms",
+                           "client": name, **paced(publisher, batches, args.interval_ms / 1000)}
+                finally:
+                    publisher.close()
+                with pika.BlockingConnection(connection_parameters(settings)) as conn:
+                    conn.channel().queue_delete(queue)
+                    conn.channel().exchange_delete(exchange)
+                print(json.dumps(row), flush=True)
     for workload, batches in workloads:
         measure("warm-up", run_pika, settings, rabbit_pid, batches[:20], args.window)
         for _round in range(args.rounds):
@@ -211,6 +254,12 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=20_000,
                         help="results for the one-message-per-result case (0 = skip)")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per client")
+    parser.add_argument("--paced", type=int, default=200,
+                        help="batches for the publish -> confirm latency at a steady rate "
+                             "(0 = skip)")
+    parser.add_argument("--interval-ms", type=float, default=50.0,
+                        help="one batch every this often in the paced case (50 ms of "
+                             "1,000 results = 20,000 results/s)")
     args = parser.parse_args()
     clients = [("hand-written", run_handwritten), ("pika", run_pika)]
     workloads = [("batched", make_batches(args.results, args.batch, single=False))]
