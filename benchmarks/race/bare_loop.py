@@ -38,7 +38,10 @@ def main() -> None:
 
     consumer = Consumer({"bootstrap.servers": args.kafka, "group.id": args.group,
                          "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         "enable.auto.offset.store": False})
+                         "enable.auto.offset.store": False,
+                         # the embedded broker answers a fetch with the whole backlog (it
+                         # ignores fetch.max.bytes): the worker's consumer allows the same
+                         "receive.message.max.bytes": 1_000_000_000})
     consumer.subscribe([args.topic])
     publisher = BatchConfirmPublisher(args.amqp, args.exchange)
     done = 0

@@ -147,7 +147,10 @@ def main() -> None:
     app = Application(broker_address=args.kafka, consumer_group=args.group,
                       auto_offset_reset="earliest", commit_every=args.commit_every,
                       commit_interval=args.commit_interval, loglevel="WARNING",
-                      state_dir=args.state_dir, auto_create_topics=False)
+                      state_dir=args.state_dir, auto_create_topics=False,
+                      # the embedded broker answers a fetch with the whole backlog (it
+                      # ignores fetch.max.bytes): the worker's consumer allows the same
+                      consumer_extra_config={"receive.message.max.bytes": 1_000_000_000})
     topic = app.topic(args.topic, value_deserializer=JSONDeserializer(loads=orjson.loads))
     sink = ScoringSink(settings, args.expect, on_done=app.stop)
     sdf = app.dataframe(topic)
