@@ -576,7 +576,13 @@ class Run:
                 out["1"] = {**self.figures["evguard"], "note": "the evguard part"}
                 continue
             print(f"[scaleout] {k} worker(s) in one group (static membership)", flush=True)
-            out[str(k)] = self.workers_part(f"scale{k}", k, static=True)
+            try:
+                out[str(k)] = self.workers_part(f"scale{k}", k, static=True)
+            except Exception as exc:  # noqa: BLE001 - the other counts still run
+                out[str(k)] = {"error": f"{type(exc).__name__}: {exc}"}
+                print(f"[scaleout] {k}: FAILED: {out[str(k)]['error']}", flush=True)
+                purge(self.settings, self.queue)
+                continue
             print(f"[scaleout] {k}: {summary(out[str(k)])}", flush=True)
         return out
 
@@ -713,13 +719,15 @@ def race_table(figures: dict) -> list[dict]:
     rows = []
     for name in ("evguard", "quix", "bare", "seed"):
         fig = figures.get(name)
-        if not fig:
+        if not fig or "error" in fig:
             continue
         rate = fig.get("throughput_steady", fig.get("rate"))
         rows.append({"part": name, "sessions_per_s": round(rate, 1),
                      "ratio_to_evguard": round(rate / ref, 4) if ref else None,
                      "results_complete": fig.get("delivered", {}).get("complete")})
     for k, fig in figures.get("scaleout", {}).items():
+        if "error" in fig:
+            continue
         rows.append({"part": f"scaleout x{k}", "sessions_per_s": round(fig["throughput_steady"], 1),
                      "ratio_to_evguard": round(fig["throughput_steady"] / ref, 4) if ref else None,
                      "results_complete": fig.get("delivered", {}).get("complete")})
@@ -806,7 +814,14 @@ def main() -> None:
         for part in args.parts:
             print(f"[{part}] running ...", flush=True)
             t = time.monotonic()
-            figures[part] = getattr(run, f"part_{part}")()
+            try:
+                figures[part] = getattr(run, f"part_{part}")()
+            except Exception as exc:  # noqa: BLE001 - a failed part must not lose the others
+                figures[part] = {"error": f"{type(exc).__name__}: {exc}"}
+                print(f"[{part}] FAILED after {time.monotonic() - t:.0f} s: "
+                      f"{figures[part]['error']}", flush=True)
+                purge(settings, queue)  # what it published must not count for the next part
+                continue
             if part == "latency":
                 lat = figures[part]
                 line = (f"p50/p99 to confirm {lat['confirm_p50_ms']:.0f}/"
@@ -814,8 +829,8 @@ def main() -> None:
                         f"{lat['consumer_p50_ms'] or float('nan'):.0f}/"
                         f"{lat['consumer_p99_ms'] or float('nan'):.0f} ms")
             elif part == "scaleout":
-                line = "; ".join(f"x{k} {f['throughput_steady']:,.0f}/s"
-                                 for k, f in figures[part].items())
+                line = "; ".join(f"x{k} {f['throughput_steady']:,.0f}/s" if "error" not in f
+                                 else f"x{k} failed" for k, f in figures[part].items())
             else:
                 line = summary(figures[part])
             print(f"[{part}] done in {time.monotonic() - t:.0f} s: {line}", flush=True)
