@@ -25,9 +25,9 @@ register = task(training.log_and_register, name="log-to-mlflow-and-register",
                 cache_policy=NO_CACHE)
 promote = task(training.promote, name="champion-or-challenger", cache_policy=NO_CACHE)
 
-TABLE_COLUMNS = ("candidate", "pr_auc", "pr_auc_se", "roc_auc", "precision_at_k", "recall_at_budget",
-                 "probe_recall", "em", "mv", "threshold", "fit_seconds", "score_rows_per_s",
-                 "selected")
+TABLE_COLUMNS = ("candidate", "pr_auc", "pr_auc_se", "roc_auc", "precision_at_k",
+                 "recall_at_budget", "probe_recall", "em", "mv", "threshold", "fit_seconds",
+                 "score_rows_per_s", "selected")
 
 
 def _cell(value: object) -> object:

@@ -18,7 +18,8 @@ EM/MV) for every candidate does. `sample_split` caps both:
 **Stated error.** The PR-AUC of the sample comes with `pr_auc_se`, its standard
 error from a stratified bootstrap (`bootstrap` resamples within each sampled stratum;
 strata kept whole have no sampling error and are not resampled; it ignores the
-finite-population correction, so it overstates the error of a stratum mostly kept). The sampled PR-AUC is within `3 * pr_auc_se` of the PR-AUC of
+finite-population correction, so it overstates the error of a stratum mostly kept).
+The sampled PR-AUC is within `3 * pr_auc_se` of the PR-AUC of
 all held-out rows; `tests/pipelines/models/test_sampling.py` checks this against the
 full computation. Every candidate is scored on the same rows, so the difference
 between two candidates has a far smaller error than either value. When nothing is
