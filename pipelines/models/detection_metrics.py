@@ -46,8 +46,8 @@ MetricName = Literal[
 ]
 METRIC_NAMES: tuple[MetricName, ...] = get_args(MetricName)
 HIGHER_IS_BETTER: dict[MetricName, bool] = {
-    "em": True, "mv": False, "pr_auc": True, "pr_auc_se": False, "roc_auc": True, "precision_at_k": True,
-    "recall_at_budget": True, "alert_rate": False, "probe_recall": True, "fit_seconds": False,
+    "em": True, "mv": False, "pr_auc": True, "pr_auc_se": False, "roc_auc": True,
+    "precision_at_k": True, "recall_at_budget": True, "alert_rate": False, "probe_recall": True, "fit_seconds": False,
     "score_rows_per_s": True,
 }
 TYPE_RECALL_PREFIX = "recall_type_"
