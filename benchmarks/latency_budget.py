@@ -60,14 +60,37 @@ def quantiles(samples_ms: list[float]) -> dict[str, float]:
             "max_ms": round(float(values.max()), 2)}
 
 
-def kafka_hop(servers: str, rate: int, seconds: float, linger_ms: int) -> dict:
-    """Produce at `rate`/s, consume at once; receipt minus CreateTime per message."""
+def broker_pid(port: int) -> int | None:
+    """The noida-db broker binary serving `port` (its launcher is a Python script)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if (entry.name.isdigit() and Path(os.readlink(entry / "exe")).name == "noida-db"
+                    and str(port) in (entry / "cmdline").read_text()):
+                return int(entry.name)
+        except OSError:
+            continue
+    return None
+
+
+def cpu_seconds(pid: int | None) -> float:
+    if pid is None:
+        return float("nan")
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def kafka_hop(servers: str, rate: int, seconds: float, linger_ms: int,
+              fetch_min_bytes: int = 1, fetch_wait_ms: int = 500,
+              broker: int | None = None) -> dict:
+    """Produce at `rate`/s, consume at once; receipt minus CreateTime per message, and the
+    CPU the consumer's process and the broker spent on it (cores)."""
     topic = f"latency-{uuid.uuid4().hex[:8]}"
     admin = AdminClient({"bootstrap.servers": servers})
     admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(15)
     consumer = Consumer({"bootstrap.servers": servers, "group.id": topic,
                          "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         "fetch.wait.max.ms": 10})
+                         "fetch.min.bytes": fetch_min_bytes,
+                         "fetch.wait.max.ms": fetch_wait_ms})
     consumer.subscribe([topic])
     producer = Producer({"bootstrap.servers": servers, "acks": "all",
                          "enable.idempotence": True, "linger.ms": linger_ms})
@@ -89,6 +112,7 @@ def kafka_hop(servers: str, rate: int, seconds: float, linger_ms: int) -> dict:
     reader = threading.Thread(target=consume, daemon=True)
     reader.start()
     body = b"x" * 400
+    cpu_before = (sum(os.times()[:2]), cpu_seconds(broker))
     start = time.monotonic()
     for i in range(total):
         while time.monotonic() < start + i / rate:
@@ -97,12 +121,17 @@ def kafka_hop(servers: str, rate: int, seconds: float, linger_ms: int) -> dict:
         producer.poll(0)
     producer.flush(30)
     done.wait(seconds + 30)
+    elapsed = time.monotonic() - start
+    cpu_after = (sum(os.times()[:2]), cpu_seconds(broker))
     done.set()
     reader.join(5)
     consumer.close()
     admin.delete_topics([topic])
     warm = lags[len(lags) // 10:]  # the first tenth includes joining the group
-    return {"hop": "kafka", "linger_ms": linger_ms, **quantiles(warm)}
+    return {"hop": "kafka", "linger_ms": linger_ms, "fetch_min_bytes": fetch_min_bytes,
+            "fetch_wait_ms": fetch_wait_ms, **quantiles(warm),
+            "client_cores": round((cpu_after[0] - cpu_before[0]) / elapsed, 3),
+            "broker_cores": round((cpu_after[1] - cpu_before[1]) / elapsed, 3)}
 
 
 def rabbit_hop(url: str, batches_per_s: int, seconds: float, results: int, queue_type: str,
@@ -140,6 +169,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=int, default=1000, help="sessions per second")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each run")
     parser.add_argument("--linger", default="0,5", help="producer linger.ms values to try")
+    parser.add_argument("--fetch", default="1:500,65536:10",
+                        help="consumer fetch.min.bytes:fetch.wait.max.ms pairs to try (with "
+                             "the last linger value); 1:500 is librdkafka's default")
+    parser.add_argument("--skip-rabbitmq", action="store_true", help="the Kafka hop only")
     parser.add_argument("--batches-per-s", type=int, default=40,
                         help="result messages per second (micro-batches x routing keys)")
     parser.add_argument("--batch-results", type=int, default=25,
@@ -155,25 +188,37 @@ def main(argv: list[str] | None = None) -> None:
         stack = LocalStack(settings)
         stack.up(only=("kafka",))
         try:
-            for linger in (int(v) for v in args.linger.split(",")):
-                print(f"kafka hop, linger.ms={linger}: {args.rate}/s for {args.seconds:.0f} s",
+            broker = broker_pid(settings.kafka_port)
+            lingers = [int(v) for v in args.linger.split(",")]
+            fetches = [tuple(int(x) for x in pair.split(":")) for pair in args.fetch.split(",")]
+            runs = [(linger, *fetches[0]) for linger in lingers]
+            runs += [(lingers[-1], *pair) for pair in fetches[1:]]
+            for linger, min_bytes, wait_ms in runs:
+                print(f"kafka hop, linger.ms={linger}, fetch.min.bytes={min_bytes}, "
+                      f"fetch.wait.max.ms={wait_ms}: {args.rate}/s for {args.seconds:.0f} s",
                       flush=True)
-                rows.append(kafka_hop(settings.kafka_servers, args.rate, args.seconds, linger))
+                rows.append(kafka_hop(settings.kafka_servers, args.rate, args.seconds, linger,
+                                      min_bytes, wait_ms, broker))
         finally:
             stack.kafka_process().stop()
-    for queue_type, persistent in (("classic", True), ("classic", False), ("quorum", True)):
+    for queue_type, persistent in () if args.skip_rabbitmq else (
+            ("classic", True), ("classic", False), ("quorum", True)):
         print(f"rabbitmq hop, {queue_type} queue, {'persistent' if persistent else 'transient'}:"
               f" {args.batches_per_s} messages/s of {args.batch_results} results", flush=True)
         rows.append(rabbit_hop(base.rabbitmq_url, args.batches_per_s, args.seconds,
                                args.batch_results, queue_type, persistent))
     pressure = cpu_pressure()
     print(f"\nCPU pressure at the end: {pressure}\n")
-    print("| hop | setting | n | p50 ms | p99 ms | max ms |\n|---|---|---:|---:|---:|---:|")
+    print("| hop | setting | n | p50 ms | p99 ms | max ms | client / broker cores |\n"
+          "|---|---|---:|---:|---:|---:|---|")
     for row in rows:
-        setting = (f"linger.ms={row['linger_ms']}" if row["hop"] == "kafka"
+        setting = (f"linger.ms={row['linger_ms']}, fetch.min.bytes={row['fetch_min_bytes']}, "
+                   f"fetch.wait.max.ms={row['fetch_wait_ms']}" if row["hop"] == "kafka"
                    else f"{row['queue']}, {row['delivery']}, {row['message_bytes']} B")
+        cores = (f"{row['client_cores']} / {row['broker_cores']}" if row["hop"] == "kafka"
+                 else "")
         print(f"| {row['hop']} | {setting} | {row['n']} | {row['p50_ms']} | {row['p99_ms']} |"
-              f" {row['max_ms']} |")
+              f" {row['max_ms']} | {cores} |")
     if args.out:
         args.out.write_text(json.dumps({"rows": rows, "cpu_pressure": pressure,
                                         "args": {k: str(v) for k, v in vars(args).items()}},

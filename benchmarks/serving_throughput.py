@@ -65,7 +65,8 @@ from pipelines.settings import Settings, settings_env
 from tests.support.champion import register_champion
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-STAGES = ("decode_ms", "score_ms", "explain_ms", "encode_ms", "confirm_ms", "batch_ms")
+STAGES = ("decode_ms", "context_ms", "score_ms", "explain_ms", "encode_ms", "confirm_ms",
+          "batch_ms")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -173,10 +174,18 @@ class Sampler:
         while not self._stop.is_set():
             try:
                 done = self.count()
-                cpu = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
-                self.rows.append((time.monotonic(), done, cpu))
             except (httpx.HTTPError, OSError, RuntimeError):
-                pass
+                done = None
+            if done is not None:
+                # a process that has exited keeps its last CPU figure: its final commit
+                # (a fast part ends within one interval) must still be counted
+                cpu = dict(self.rows[-1][2]) if self.rows else {}
+                for name, pid in self.pids.items():
+                    try:
+                        cpu[name] = cpu_seconds(pid)
+                    except OSError:
+                        pass
+                self.rows.append((time.monotonic(), done, cpu))
             time.sleep(self.interval_s)
 
     def start(self) -> Sampler:
@@ -254,6 +263,19 @@ def batch_rows(log: Path) -> list[dict[str, str]]:
     return [dict(re.findall(r"(\w+)=([0-9.]+)", line))
             for line in log.read_text(errors="replace").splitlines()
             if "evguard.serving.batch" in line]
+
+
+def slowest_batches(rows: list[dict[str, str]], k: int = 5) -> list[dict[str, float]]:
+    """Where the tail goes: the `k` batches whose oldest session waited longest, each with
+    its stages and `before_worker_ms` (produce -> the worker took the batch: the Kafka hop
+    plus the wait for the batch in progress)."""
+    out = []
+    for row in sorted(rows, key=lambda r: -float(r.get("e2e_max_ms", 0)))[:k]:
+        figures = {name: float(row[name]) for name in ("n", *STAGES, "e2e_max_ms") if name in row}
+        figures["before_worker_ms"] = round(
+            figures.get("e2e_max_ms", 0) - figures.get("batch_ms", 0), 1)
+        out.append(figures)
+    return out
 
 
 def stage_times(rows: list[dict[str, str]], statistic=statistics.mean) -> dict[str, float]:
@@ -699,6 +721,7 @@ class Run:
             "consumer_p99_ms": percentile(latencies, 0.99) if latencies else None,
             "consumer_max_ms": max(latencies) if latencies else None,
             "stages_median": stage_times(batch_rows(log)[warm_batches:], statistics.median),
+            "slowest_batches": slowest_batches(batch_rows(log)[warm_batches:]),
             "worker_memory_mb": memory, "cpu_pressure": cpu_pressure()}
 
 

@@ -66,7 +66,11 @@ class WorkerMetrics:
         self.anomalies = Counter(f"{p}_anomalies", "Sessions flagged as anomalies", registry=r)
         self.dead_lettered = Counter(f"{p}_dead_lettered", "Messages written to the DLQ",
                                      ["stage"], registry=r)
-        self.published = Counter(f"{p}_published", "Results confirmed by RabbitMQ", registry=r)
+        self.published = Counter(f"{p}_published", "Session results confirmed by RabbitMQ",
+                                 registry=r)
+        self.published_messages = Counter(
+            f"{p}_published_messages",
+            "AMQP messages confirmed by RabbitMQ (result batches and station alerts)", registry=r)
         self.publish_retries = Counter(
             f"{p}_publish_retries", "RabbitMQ reconnects and re-published batches", registry=r)
         self.unroutable = Counter(f"{p}_unroutable", "Results no queue was bound for",

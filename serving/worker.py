@@ -379,10 +379,10 @@ class ScoringWorker:
             t = batch.timings
             batch_log.info(
                 "batch n=%d scored=%d anomalies=%d dead=%d model=v%s decode_ms=%.1f "
-                "score_ms=%.1f explain_ms=%.1f encode_ms=%.1f confirm_ms=%.1f batch_ms=%.1f "
-                "e2e_max_ms=%.1f", batch.size, len(batch.records), batch.anomalies,
+                "context_ms=%.1f score_ms=%.1f explain_ms=%.1f encode_ms=%.1f confirm_ms=%.1f "
+                "batch_ms=%.1f e2e_max_ms=%.1f", batch.size, len(batch.records), batch.anomalies,
                 len(batch.invalid), batch.model_version, t.get("decode_ms", 0),
-                t.get("score_ms", 0), t.get("explain_ms", 0), t.get("encode_ms", 0),
+                t.get("context_ms", 0), t.get("score_ms", 0), t.get("explain_ms", 0), t.get("encode_ms", 0),
                 t.get("confirm_ms", 0), t.get("batch_ms", 0), t.get("e2e_max_ms", 0))
 
     def _update_lag(self) -> None:

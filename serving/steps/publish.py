@@ -163,7 +163,8 @@ class PublishStep(ProcessingStep):
         self._metrics.end_to_end_seconds.observe_many(e2e)
         if len(e2e):
             batch.timings["e2e_max_ms"] = float(e2e.max() * 1000)
-        self._metrics.published.inc(len(batch.results))
+        self._metrics.published.inc(len(batch.records))  # a message holds many results
+        self._metrics.published_messages.inc(len(batch.results))
 
     @property
     def inflight(self) -> int:

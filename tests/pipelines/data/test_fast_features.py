@@ -130,3 +130,24 @@ def test_the_date_arithmetic_reads_what_parse_dates_reads_or_nothing(value):
     if seconds is None:
         return
     assert seconds == parse_dates([value])[0].timestamp() == date_to_epoch(value)
+
+
+def test_a_sessions_features_do_not_depend_on_the_size_of_its_micro_batch():
+    # small batches convert local times one date at a time, large ones per zone with pandas
+    records = _sessions(8, odd_share=0.2)
+    rng = random.Random(8)
+    transitions = ["Sun, 10 Mar 2019 09:59:00 GMT", "Sun, 10 Mar 2019 10:00:00 GMT",
+                   "Sun, 03 Nov 2019 08:59:00 GMT", "Sun, 03 Nov 2019 09:00:00 GMT",
+                   "Sun, 31 Mar 2019 00:59:59 GMT", "Sun, 31 Mar 2019 01:00:00 GMT"]
+    for i in rng.sample(range(len(records)), 120):
+        records[i] = {**records[i], "connectionTime": rng.choice(transitions),
+                      "timezone": rng.choice(["America/Los_Angeles", "Europe/Amsterdam",
+                                              "Asia/Kolkata", "Mars/Olympus_Mons", None])}
+    contexts = replay_contexts(records)
+    whole = feature_matrix(records, contexts)
+
+    for size in (1, 17, 63):
+        for start in range(0, len(records), size * 7):
+            part = feature_matrix(records[start:start + size], contexts[start:start + size])
+            expected = whole.iloc[start:start + size].reset_index(drop=True)
+            pd.testing.assert_frame_equal(part, expected, check_exact=True)
