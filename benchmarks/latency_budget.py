@@ -10,7 +10,10 @@ that the worker does not control, each alone, at the rate of the latency target:
 
 1. Kafka hop: a producer sends `--rate` small messages/s to a private embedded broker
    (noida-db, one partition) with each `linger.ms` of `--linger`; a consumer polls them
-   and records receipt - CreateTime.
+   and records receipt - CreateTime; then with each consumer `fetch.min.bytes` and
+   `fetch.wait.max.ms` of `--fetch`. The CPU of this process (producer and consumer) and of
+   the broker is recorded for each, and for a consumer of an empty topic: what a consumer
+   costs while nothing arrives.
 2. RabbitMQ hop: at 1,000 sessions/s the worker sends one batched result message per
    micro-batch and routing key, so `--batches-per-s` messages of `--batch-results`
    results each (~500 bytes per result) are published to a uuid-named queue with
@@ -134,6 +137,31 @@ def kafka_hop(servers: str, rate: int, seconds: float, linger_ms: int,
             "broker_cores": round((cpu_after[1] - cpu_before[1]) / elapsed, 3)}
 
 
+def idle_consumer(servers: str, seconds: float, broker: int | None) -> dict:
+    """CPU of a consumer of an empty topic, and of the broker serving it (cores). A broker
+    that keeps to fetch.wait.max.ms answers an empty fetch after that wait; one that answers
+    at once makes the client fetch again at once."""
+    topic = f"idle-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": servers})
+    admin.create_topics([NewTopic(topic, 3, 1)])[topic].result(15)
+    consumer = Consumer({"bootstrap.servers": servers, "group.id": topic,
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    settle = time.monotonic() + 3.0  # join the group first
+    while time.monotonic() < settle:
+        consumer.poll(0.1)
+    before, broker_before, start = sum(os.times()[:2]), cpu_seconds(broker), time.monotonic()
+    while time.monotonic() < start + seconds:
+        consumer.poll(0.1)
+    elapsed = time.monotonic() - start
+    row = {"hop": "kafka idle", "seconds": round(elapsed, 1),
+           "client_cores": round((sum(os.times()[:2]) - before) / elapsed, 3),
+           "broker_cores": round((cpu_seconds(broker) - broker_before) / elapsed, 3)}
+    consumer.close()
+    admin.delete_topics([topic])
+    return row
+
+
 def rabbit_hop(url: str, batches_per_s: int, seconds: float, results: int, queue_type: str,
                persistent: bool) -> dict:
     """Publish one batch-sized message at a time with confirms; publish -> confirm time."""
@@ -193,6 +221,8 @@ def main(argv: list[str] | None = None) -> None:
             fetches = [tuple(int(x) for x in pair.split(":")) for pair in args.fetch.split(",")]
             runs = [(linger, *fetches[0]) for linger in lingers]
             runs += [(lingers[-1], *pair) for pair in fetches[1:]]
+            print("kafka, an idle consumer (no messages)", flush=True)
+            idle = idle_consumer(settings.kafka_servers, min(args.seconds, 10.0), broker)
             for linger, min_bytes, wait_ms in runs:
                 print(f"kafka hop, linger.ms={linger}, fetch.min.bytes={min_bytes}, "
                       f"fetch.wait.max.ms={wait_ms}: {args.rate}/s for {args.seconds:.0f} s",
@@ -209,6 +239,8 @@ def main(argv: list[str] | None = None) -> None:
                                args.batch_results, queue_type, persistent))
     pressure = cpu_pressure()
     print(f"\nCPU pressure at the end: {pressure}\n")
+    print(f"An idle consumer of an empty topic: {idle['client_cores']} cores in the client, "
+          f"{idle['broker_cores']} in the broker\n")
     print("| hop | setting | n | p50 ms | p99 ms | max ms | client / broker cores |\n"
           "|---|---|---:|---:|---:|---:|---|")
     for row in rows:
@@ -220,7 +252,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {row['hop']} | {setting} | {row['n']} | {row['p50_ms']} | {row['p99_ms']} |"
               f" {row['max_ms']} | {cores} |")
     if args.out:
-        args.out.write_text(json.dumps({"rows": rows, "cpu_pressure": pressure,
+        args.out.write_text(json.dumps({"rows": rows, "idle_consumer": idle,
+                                        "cpu_pressure": pressure,
                                         "args": {k: str(v) for k, v in vars(args).items()}},
                                        indent=2))
 
