@@ -19,7 +19,7 @@ Reports wall time, messages/s, results/s, CPU of this process per result (both t
 and RabbitMQ's CPU (cores), with /proc/pressure/cpu; `--paced` batches also measure the
 publish -> confirm latency at a steady 20,000 results/s (persistent, to a durable queue).
 
-    flock /tmp/evg/bench.lock .venv/bin/python benchmarks/amqp_clients.py --results 200000
+    .venv/bin/python benchmarks/amqp_clients.py --results 200000
 """
 
 from __future__ import annotations
@@ -266,7 +266,7 @@ def main() -> None:
     if args.single:
         workloads.append(("single", make_batches(args.single, args.batch, single=True)))
     print(f"cpu pressure before: {cpu_pressure()}")
-    with tempfile.TemporaryDirectory(prefix="amqp-bench-", dir="/tmp/evg") as state:
+    with tempfile.TemporaryDirectory(prefix="amqp-bench-") as state:
         # a private node: its CPU is this benchmark's alone
         settings = Settings(_env_file=None, state_dir=Path(state),
                             rabbitmq_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F")

@@ -71,7 +71,7 @@ def test_acknowledgements_resume_after_the_broker_is_sigkilled_and_restarted(
         asyncio.run(scenario())
         after = {event_id for event_id, t in acked.items() if t > marks["restarted"]}
         stored = {parse_telemetry(m.value()).event_id
-                  for m in read_topic(s, topic, len(acked), quiet_s=0.5)}
+                  for m in read_topic(s, topic, None, quiet_s=0.5)}  # some were lost
     assert failed, "the kill never failed a delivery: nothing was tested"
     assert len(after) >= 200
     assert after <= stored  # acknowledged after the restart: on the topic

@@ -295,26 +295,42 @@ def produce_tracked(settings: Settings, messages: Iterable[tuple[str, bytes | No
     return positions
 
 
-def read_topic(settings: Settings, topic: str, count: int, timeout: float = 30.0,
+def read_topic(settings: Settings, topic: str, count: int | None, timeout: float = 30.0,
                quiet_s: float = 1.0) -> list:
     """Every message of `topic` from the start: until `count` arrived and nothing more came
-    for `quiet_s` (so extra copies are seen too), or `timeout`."""
-    from confluent_kafka import Consumer
+    for `quiet_s` (so extra copies are seen too), or `timeout`. `count=None` reads up to the
+    end the broker reports (its high watermarks when the read starts): for a topic that may
+    hold fewer messages than were sent, such as after a broker crash."""
+    from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer({"bootstrap.servers": settings.kafka_servers,
                          "group.id": f"fault-reader-{uuid.uuid4().hex[:8]}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    ends: dict[int, int] = {}
+    if count is None:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in partitions}
     consumer.subscribe([topic])
     messages: list = []
+    read_to: dict[int, int] = {}
     deadline = time.monotonic() + timeout
     last = time.monotonic()
+
+    def complete() -> bool:
+        if count is not None:
+            return len(messages) >= count
+        return all(read_to.get(p, 0) >= end for p, end in ends.items())
+
     try:
         while time.monotonic() < deadline:
             batch = [m for m in consumer.consume(1000, 0.2) if m.error() is None]
             if batch:
                 messages += batch
+                for m in batch:
+                    read_to[m.partition()] = max(read_to.get(m.partition(), 0), m.offset() + 1)
                 last = time.monotonic()
-            elif len(messages) >= count and time.monotonic() - last >= quiet_s:
+            elif complete() and time.monotonic() - last >= quiet_s:
                 break
     finally:
         consumer.close()
