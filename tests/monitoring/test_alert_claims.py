@@ -42,25 +42,41 @@ def new_store_url(request, tmp_path):
 RACER = """
 import json, sys, time
 from pipelines.scores.store import MonitoringStore
-url, me, start_at = sys.argv[1], sys.argv[2], float(sys.argv[3])
-time.sleep(max(0.0, start_at - time.time()))
+url, me = sys.argv[1], sys.argv[2]
+print("ready", flush=True)
+sys.stdin.readline()
 store = MonitoringStore(url)  # all create the new store's tables at once
-time.sleep(max(0.0, start_at + 2.0 - time.time()))
+print("created", flush=True)
+sys.stdin.readline()
 print(json.dumps({"claim": store.claim_alert("session:s-1:3", me, time.time(), 60),
                   "cooldown": store.take_cooldown("session:CA-7", f"alert-of-{me}",
-                                                  time.time(), 600)}))
+                                                  time.time(), 600)}), flush=True)
 """
 
 
 def race(url: str, racers: int) -> list[dict]:
     """`racers` processes create the new store at once, then claim one alert and take one
-    cooldown at the same instant; what each one got."""
-    start_at = time.time() + 8.0  # after the imports, even on a busy machine
-    procs = [subprocess.Popen([sys.executable, "-c", RACER, url, f"racer-{i}", str(start_at)],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    cooldown at the same instant; what each one got. Each step starts when the parent has
+    heard every racer finish the one before (a line on stdout) and says go to all at once."""
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, url, f"racer-{i}"], cwd=ROOT,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
              for i in range(racers)]
-    outputs = [p.communicate(timeout=60) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [err.decode()[-600:] for _, err in outputs]
+    try:
+        for step in ("ready", "created"):
+            heard = [p.stdout.readline().strip() for p in procs]
+            assert heard == [step] * racers, (heard, [p.stderr.read()[-600:] for p in procs
+                                                     if p.poll() is not None])
+            for p in procs:
+                p.stdin.write("go\n")
+            for p in procs:
+                p.stdin.flush()
+        outputs = [p.communicate(timeout=60) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert all(p.returncode == 0 for p in procs), [err[-600:] for _, err in outputs]
     return [json.loads(out) for out, _ in outputs]
 
 
