@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
 import subprocess
@@ -38,6 +37,7 @@ import uuid
 from pathlib import Path
 
 import pika
+from procstat import cpu_pressure, cpu_seconds
 
 from evguard.services.process import free_port
 from evguard.services.stack import LocalStack
@@ -49,13 +49,9 @@ from serving.steps.publish import RabbitPublisher
 
 ROOT = Path(__file__).resolve().parents[1]
 HANDWRITTEN_AT = "e7f05ed"  # the last commit whose worker published through serving/amqp.py
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SITES = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008")
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def beam_pid(node: str) -> int:
@@ -73,11 +69,6 @@ def beam_pid(node: str) -> int:
     raise RuntimeError(f"no beam.smp process of node {node}")
 
 
-def cpu_pressure() -> str:
-    try:
-        return Path("/proc/pressure/cpu").read_text().splitlines()[0]
-    except OSError:
-        return "unknown"
 
 
 def make_batches(results: int, per_batch: int, single: bool, seed: int = 0) -> list[list]:

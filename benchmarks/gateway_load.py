@@ -44,6 +44,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+from procstat import cpu_seconds_or_nan as cpu_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOW_S = 0.05  # acks slower than the target are also counted by when they came
@@ -206,12 +207,6 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return float("nan")
 
 
 def main() -> None:

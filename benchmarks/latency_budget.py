@@ -44,16 +44,12 @@ from confluent_kafka.admin import AdminClient, NewTopic
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from procstat import cpu_pressure, pid_of
+from procstat import cpu_seconds_or_nan as cpu_seconds
+
 from evguard.services.process import free_port
 from evguard.services.stack import LocalStack
 from pipelines.settings import Settings
-
-
-def cpu_pressure() -> str:
-    try:
-        return Path("/proc/pressure/cpu").read_text().splitlines()[0]
-    except OSError:
-        return "n/a"
 
 
 def quantiles(samples_ms: list[float]) -> dict[str, float]:
@@ -63,23 +59,8 @@ def quantiles(samples_ms: list[float]) -> dict[str, float]:
             "max_ms": round(float(values.max()), 2)}
 
 
-def broker_pid(port: int) -> int | None:
-    """The noida-db broker binary serving `port` (its launcher is a Python script)."""
-    for entry in Path("/proc").iterdir():
-        try:
-            if (entry.name.isdigit() and Path(os.readlink(entry / "exe")).name == "noida-db"
-                    and str(port) in (entry / "cmdline").read_text()):
-                return int(entry.name)
-        except OSError:
-            continue
-    return None
 
 
-def cpu_seconds(pid: int | None) -> float:
-    if pid is None:
-        return float("nan")
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def kafka_hop(servers: str, rate: int, seconds: float, linger_ms: int,
@@ -216,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
         stack = LocalStack(settings)
         stack.up(only=("kafka",))
         try:
-            broker = broker_pid(settings.kafka_port)
+            broker = pid_of("noida-db", settings.kafka_port)
             lingers = [int(v) for v in args.linger.split(",")]
             fetches = [tuple(int(x) for x in pair.split(":")) for pair in args.fetch.split(",")]
             runs = [(linger, *fetches[0]) for linger in lingers]

@@ -59,19 +59,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+from procstat import cpu_pressure, cpu_seconds, pid_of
+
 from evguard.services.process import free_port
 from evguard.services.stack import LocalStack
 from pipelines.settings import Settings, settings_env
 from tests.support.champion import register_champion
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 STAGES = ("decode_ms", "context_ms", "score_ms", "explain_ms", "encode_ms", "confirm_ms",
           "batch_ms")
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def memory_mb(pid: int) -> dict[str, float]:
@@ -83,19 +81,6 @@ def memory_mb(pid: int) -> dict[str, float]:
     return out
 
 
-def pid_of(command: str, port: int | None = None) -> int | None:
-    """The pid of a process by executable name (and port in its arguments), read from /proc."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if Path(os.readlink(entry / "exe")).name != command:
-                continue  # e.g. the Python wrapper script of the noida-db binary
-            if port is None or str(port) in (entry / "cmdline").read_text():
-                return int(entry.name)
-        except OSError:
-            continue
-    return None
 
 
 def scrape(port: int) -> str:
@@ -206,12 +191,6 @@ class Sampler:
                 for name in first[2] if name in last[2]}
 
 
-def cpu_pressure() -> str:
-    """Linux PSI: share of time some runnable task waited for a CPU (other work on the box)."""
-    try:
-        return Path("/proc/pressure/cpu").read_text().splitlines()[0]
-    except OSError:
-        return "unknown"
 
 
 def wait_healthy(port: int, timeout: float = 120.0) -> None:

@@ -34,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
+from procstat import cpu_pressure
 
 from pipelines.contracts.sessions import Source, encode_session, session_key
 from pipelines.data.features import FEATURE_COLUMNS, FEATURE_VERSION, feature_matrix
@@ -133,11 +134,6 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def cpu_pressure() -> str:
-    try:
-        return Path("/proc/pressure/cpu").read_text().splitlines()[0]
-    except OSError:
-        return "n/a"
 
 
 def main() -> None:
