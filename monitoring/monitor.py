@@ -62,6 +62,9 @@ CONNECTOR_PREFIX = "connector."
 POISON = (InvalidScoreResult, InvalidStationAlert, InvalidLiveAlert, InvalidConnectorStatus)
 
 
+MAX_PREFETCH_MESSAGES = 64  # unacked messages held at once (~32 MB of result batches)
+
+
 @dataclass
 class DrainStats:
     received: int = 0
@@ -126,8 +129,10 @@ class MonitoringConsumer:
         self.max_wait_s = max_wait_s
         self.clock = clock
         self.policy = retrain_policy(settings)
+        # prefetch counts messages, and one message may carry a micro-batch of results
+        # (hundreds of KB): a bound in messages keeps a backlog from filling this process
         self.rabbit = QueueConsumer(settings, settings.monitoring_queue, BINDINGS,
-                                    prefetch=batch_size * 2)
+                                    prefetch=min(batch_size * 2, MAX_PREFETCH_MESSAGES))
         self.stats = DrainStats()
         self.health = ConsumerHealth(self.rabbit, "monitor", lambda: asdict(self.stats))
         self.metrics_port: int | None = None  # of /metrics and /healthz, once run() serves them
