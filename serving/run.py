@@ -78,8 +78,14 @@ def run_worker(settings: Settings, stop: threading.Event | None = None,
             except (DeadLetterError, StateWriteError, KafkaException) as exc:
                 _add(total, worker.report)
                 outcome = _stopped_by(exc, total)
-                if not _resumable(exc) or attempt == settings.stream_resume_limit or stop.is_set():
+                if not _resumable(exc) or attempt == settings.stream_resume_limit:
                     return outcome
+                if stop.is_set():
+                    # asked to stop anyway, by a failure a restart gets past: nothing
+                    # uncommitted is lost (the next start reads it again), so it is a stop
+                    log.warning("%s; stopping as asked, the uncommitted batches are read again "
+                                "on the next start", outcome.message)
+                    return ServeOutcome(EXIT_OK, f"stopped; {outcome.message}", total)
                 # what the failed worker did not commit is read again by the new one, and its
                 # partitions' station state is restored from the changelog: a restart in place
                 log.warning("%s; resuming with a new consumer and producers (%d of %d)",
