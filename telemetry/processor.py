@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from keyed_state import KeyedStateStore
+from keyed_state import KeyedStateStore, PartitionState
 from messaging import ConfirmedPublisher
 from pipelines.contracts.connector_status import encode_connector_statuses
 from pipelines.contracts.dead_letters import session_dead_letter_headers
@@ -297,21 +297,24 @@ class TelemetryProcessor:
         observe = self.clock.observe
         kinds: Counter[str] = Counter()
         redelivered = report.redelivered
+        offsets, positions = ticket.offsets, self._positions
+        states: dict[int, PartitionState] = {}  # no rebalance can happen within a batch
         for m in messages:
             err = m.error()
             if err is not None:
                 self._on_kafka_error(err)
                 continue
             p, offset = m.partition(), m.offset()
-            ticket.offsets[(m.topic(), p)] = offset + 1
-            self._positions[p] = offset + 1
+            offsets[(m.topic(), p)] = positions[p] = offset + 1
             report.consumed += 1
             try:
                 event = parse_telemetry(m.value())
             except InvalidTelemetry as exc:
                 self._dead_letter(m, str(exc), ticket)
                 continue
-            state = self._state.partition(p)
+            state = states.get(p)
+            if state is None:
+                state = states[p] = self._state.partition(p)
             key = connector_key(event.charge_point_id, event.connector_id)
             if state.already_applied(key, offset):
                 report.redelivered += 1

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
 import zlib
 from array import array
 from collections.abc import Iterable, Mapping, MutableMapping
@@ -182,7 +183,23 @@ _N = len(KINDS)
 _DOUBLE_DEFAULTS = (0.0,) * (2 * _N) + tuple(
     {"peak_current_a": 0.0, "drawn_ratio": 0.0, "frozen_wh": 0.0, "resolution_wh": math.inf,
      "q_current_a": 0.0, "q_power_w": 0.0}.get(name, NAN) for name in _DOUBLES)
+# where each float field sits in `doubles`: the hot paths index the array directly (a
+# property call per field read costs more than the detector's arithmetic)
+_AT = {name: 2 * _N + i for i, name in enumerate(_DOUBLES)}
+(LAST_TS, LAST_RX, METER_TS, METER_RX, STATUS_TS, INTERVAL_S, TX_START_TS, TX_START_WH,
+ ENERGY_WH, POWER_W, CURRENT_A, OFFERED_A, OFFER_BEFORE_DROP, OFFER_DROP_TS, TEMPERATURE_C,
+ ACTIVE_TS, PEAK_CURRENT_A, DRAWN_RATIO, FROZEN_WH, RESOLUTION_WH, Q_CURRENT_A,
+ Q_POWER_W) = (_AT[name] for name in (
+    "last_ts", "last_rx", "meter_ts", "meter_rx", "status_ts", "interval_s", "tx_start_ts",
+    "tx_start_wh", "energy_wh", "power_w", "current_a", "offered_a", "offer_before_drop",
+    "offer_drop_ts", "temperature_c", "active_ts", "peak_current_a", "drawn_ratio",
+    "frozen_wh", "resolution_wh", "q_current_a", "q_power_w"))
+# the changelog record: the fixed fields, then the arrays' items, all little-endian
 _HEAD = struct.Struct(f"<HHHHHBBHHII{_N}H{RECENT_IDS}I{_N * 2}d{len(_DOUBLES)}d")
+_FIXED = struct.Struct("<HHHHHBBHHII")
+# the arrays' own bytes are that layout on a little-endian machine with 2- and 4-byte ints
+_ARRAYS_AS_RECORD = (sys.byteorder == "little" and array("H").itemsize == 2
+                     and array("I").itemsize == 4)
 
 
 @dataclass(slots=True, eq=False)
@@ -222,15 +239,22 @@ class ConnectorState:
         return tuple(KINDS[k] for k in range(_N) if self.open_bits >> k & 1)
 
     def to_bytes(self) -> bytes:
-        cp, site, tx, error, user = (self.charge_point_id.encode(), self.site_id.encode(),
-                                     self.transaction_id.encode(), self.error_code.encode(),
-                                     self.user_id.encode())
-        head = _HEAD.pack(
-            len(cp), len(site), len(tx), len(error), len(user), _STATUS_CODE.get(self.status, 0),
-            self.open_bits, self.connector_id & 0xFFFF, min(self.advances, 65535),
-            self.charging_samples & 0xFFFFFFFF, self.last_ended_tx, *self.streaks,
-            *self.recent, *self.doubles)
-        return b"".join((head, cp, site, tx, error, user, bytes((self.recent_at,))))
+        cp, site, tx, error, user = texts = (self.charge_point_id, self.site_id,
+                                             self.transaction_id, self.error_code, self.user_id)
+        text = "".join(texts).encode()
+        if len(text) != len(cp) + len(site) + len(tx) + len(error) + len(user):
+            # not all ASCII: the lengths in bytes differ from those in characters
+            cp, site, tx, error, user = (t.encode() for t in texts)
+            text = b"".join((cp, site, tx, error, user))
+        fixed = (len(cp), len(site), len(tx), len(error), len(user),
+                 _STATUS_CODE.get(self.status, 0), self.open_bits, self.connector_id & 0xFFFF,
+                 min(self.advances, 65535), self.charging_samples & 0xFFFFFFFF,
+                 self.last_ended_tx)
+        if _ARRAYS_AS_RECORD:  # the same bytes as _HEAD.pack, without 66 Python numbers
+            return b"".join((_FIXED.pack(*fixed), self.streaks.tobytes(), self.recent.tobytes(),
+                             self.doubles.tobytes(), text, bytes((self.recent_at,))))
+        head = _HEAD.pack(*fixed, *self.streaks, *self.recent, *self.doubles)
+        return b"".join((head, text, bytes((self.recent_at,))))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ConnectorState:
@@ -312,6 +336,7 @@ class EventResult(NamedTuple):
 
 
 DUPLICATE = EventResult(False, [], ())
+APPLIED = EventResult(True, [], ())  # the usual sample's result: applied, nothing to tell
 
 
 def _duration(seconds: float) -> str:
@@ -436,54 +461,59 @@ def _offered(m: Mapping[str, float]) -> float:
 
 def _on_meter(conn: ConnectorState, m: Mapping[str, float], ts: float, rx: float,
               policy: LivePolicy, alerts: list[LiveAlert]) -> None:
+    d = conn.doubles
     current = m.get("current_a", NAN)
     power = m.get("power_w", NAN)
     voltage = m.get("voltage_v", NAN)
     if math.isnan(power) and not math.isnan(current) and voltage > 0:
         power = current * voltage
-    offered = _offered(m)
+    offered = m.get("current_offered_a")
+    if offered is None:
+        offered = _offered(m)
     energy = m.get("energy_wh", NAN)
     temperature = m.get("temperature_c", NAN)
-    dt = ts - conn.meter_ts  # NaN on the first sample
-    gap = rx - conn.meter_rx
+    dt = ts - d[METER_TS]  # NaN on the first sample
+    gap = rx - d[METER_RX]
     if gap > 0:  # the connector's own sample interval, on the gateway's clock
-        interval = conn.interval_s
+        interval = d[INTERVAL_S]
         if math.isnan(interval):
-            conn.interval_s = gap
+            d[INTERVAL_S] = gap
         elif gap < 5 * interval:  # longer gaps are silences, not the cadence
             # up fast, down slowly: the estimate sits near the longer of the usual gaps, so
             # network jitter does not look like silence
             alpha = policy.interval_alpha if gap > interval else policy.interval_alpha / 4
-            conn.interval_s = interval + alpha * (gap - interval)
+            d[INTERVAL_S] = interval + alpha * (gap - interval)
     drawing = current >= policy.zero_current_a or power >= policy.active_power_w
     if drawing:
-        conn.active_ts = ts
+        d[ACTIVE_TS] = ts
     _no_current(conn, current, power, offered, ts, rx, policy, alerts)
     over = _overcurrent(conn, current, offered, ts, rx, policy, alerts)
     if not math.isnan(energy) and dt > 0:
         # energy is expected only over a stretch inside this transaction with no silence in
         # it: across a start or a gap nobody knows what was drawn (the silence is judged on
         # the gateway's clock, like the `silent` detector's)
-        expect = conn.meter_ts >= conn.tx_start_ts and not gap > silence_limit(conn, policy)
+        expect = d[METER_TS] >= d[TX_START_TS] and not gap > silence_limit(conn, policy)
         _register(conn, energy, power, dt, expect, ts, rx, policy, alerts)
     if not math.isnan(temperature):
         _temperature(conn, temperature, ts, rx, policy, alerts)
     if drawing and not over:  # learn the connector's usual maximum from healthy samples
         n = conn.charging_samples
         if not math.isnan(current):
-            conn.q_current_a = _quantile_step(conn.q_current_a, current, policy.quantile, n)
-            conn.peak_current_a = max(conn.peak_current_a, current)
-            conn.drawn_ratio = current / (offered if offered > 0 else conn.peak_current_a)
+            d[Q_CURRENT_A] = _quantile_step(d[Q_CURRENT_A], current, policy.quantile, n)
+            peak = d[PEAK_CURRENT_A] = max(d[PEAK_CURRENT_A], current)
+            d[DRAWN_RATIO] = current / (offered if offered > 0 else peak)
         if not math.isnan(power):
-            conn.q_power_w = _quantile_step(conn.q_power_w, power, policy.quantile, n)
+            d[Q_POWER_W] = _quantile_step(d[Q_POWER_W], power, policy.quantile, n)
         conn.charging_samples = n + 1
-    conn.meter_ts, conn.meter_rx = ts, rx
+    d[METER_TS] = ts
+    d[METER_RX] = rx
     if not math.isnan(energy):
-        conn.energy_wh = energy
-    conn.power_w, conn.current_a = power, current
-    conn.offered_a = offered
+        d[ENERGY_WH] = energy
+    d[POWER_W] = power
+    d[CURRENT_A] = current
+    d[OFFERED_A] = offered
     if not math.isnan(temperature):
-        conn.temperature_c = temperature
+        d[TEMPERATURE_C] = temperature
 
 
 def _no_current(conn: ConnectorState, current: float, power: float, offered: float,
@@ -493,11 +523,12 @@ def _no_current(conn: ConnectorState, current: float, power: float, offered: flo
         offer_ok = status == "Charging"
     else:
         offer_ok = offered >= policy.min_offered_a and status in ("Charging", "Occupied", "")
+    d = conn.doubles
     telltale = (offer_ok and current < policy.zero_current_a
                 and not power >= policy.active_power_w
-                and ts - conn.tx_start_ts >= policy.start_grace_s
-                and (conn.drawn_ratio >= policy.abrupt_fraction
-                     or conn.peak_current_a < policy.zero_current_a))
+                and ts - d[TX_START_TS] >= policy.start_grace_s
+                and (d[DRAWN_RATIO] >= policy.abrupt_fraction
+                     or d[PEAK_CURRENT_A] < policy.zero_current_a))
     is_open = conn.open_bits & 1
     if telltale:
         if _telltale(conn, NO_CURRENT, ts, rx) >= policy.samples and not is_open:
@@ -508,7 +539,7 @@ def _no_current(conn: ConnectorState, current: float, power: float, offered: flo
             alerts.append(_open(conn, NO_CURRENT, ts, (
                 f"current {current:.1f} A{_lasting(seconds)} while {where}, {offer}"),
                 {"current_a": current, "current_offered_a": offered, "seconds": seconds,
-                 "peak_current_a": conn.peak_current_a}))
+                 "peak_current_a": d[PEAK_CURRENT_A]}))
         return
     conn.streaks[NO_CURRENT] = 0
     if is_open:
@@ -522,18 +553,19 @@ def _overcurrent(conn: ConnectorState, current: float, offered: float, ts: float
                  policy: LivePolicy, alerts: list[LiveAlert]) -> bool:
     if math.isnan(current):
         return False
+    d = conn.doubles
     if not math.isnan(offered):
-        previous = conn.offered_a
+        previous = d[OFFERED_A]
         if offered < previous:  # a lowered offer: the car has `follow_s` to follow it
-            recent = ts - conn.offer_drop_ts <= policy.follow_s
-            conn.offer_before_drop = max(previous, conn.offer_before_drop) if recent else previous
-            conn.offer_drop_ts = ts
+            recent = ts - d[OFFER_DROP_TS] <= policy.follow_s
+            d[OFFER_BEFORE_DROP] = max(previous, d[OFFER_BEFORE_DROP]) if recent else previous
+            d[OFFER_DROP_TS] = ts
         limit = offered if math.isnan(previous) else max(offered, previous)
-        if ts - conn.offer_drop_ts <= policy.follow_s:
-            limit = max(limit, conn.offer_before_drop)
+        if ts - d[OFFER_DROP_TS] <= policy.follow_s:
+            limit = max(limit, d[OFFER_BEFORE_DROP])
         source = "offered"
-    elif conn.charging_samples >= policy.learn_min_samples and conn.q_current_a > 0:
-        limit, source = conn.q_current_a, "usual maximum"
+    elif conn.charging_samples >= policy.learn_min_samples and d[Q_CURRENT_A] > 0:
+        limit, source = d[Q_CURRENT_A], "usual maximum"
     else:
         return False
     margin = max(policy.overcurrent_min_a, policy.overcurrent_ratio * limit)
@@ -555,7 +587,8 @@ def _overcurrent(conn: ConnectorState, current: float, offered: float, ts: float
 
 def _register(conn: ConnectorState, energy: float, power: float, dt: float, expect: bool,
               ts: float, rx: float, policy: LivePolicy, alerts: list[LiveAlert]) -> None:
-    last = conn.energy_wh
+    d = conn.doubles
+    last = d[ENERGY_WH]
     if math.isnan(last):
         return
     step = energy - last
@@ -566,18 +599,18 @@ def _register(conn: ConnectorState, energy: float, power: float, dt: float, expe
                 f"energy register went back {-step:.0f} Wh, from {last / 1000:.3f} to "
                 f"{energy / 1000:.3f} kWh"), {"energy_wh": energy, "previous_wh": last,
                                                "step_wh": step}))
-        conn.frozen_wh = 0.0
+        d[FROZEN_WH] = 0.0
         conn.streaks[METER_FROZEN] = 0
         return
     if step > 1e-3:
-        resolution = conn.resolution_wh
+        resolution = d[RESOLUTION_WH]
         if conn.streaks[METER_FROZEN]:  # a stall under power ended: a coarse register's step
-            conn.resolution_wh = step if resolution == 0 else min(resolution, step)
+            d[RESOLUTION_WH] = step if resolution == 0 else min(resolution, step)
         elif resolution == math.inf:
             conn.advances += 1
             if conn.advances >= 3:
-                conn.resolution_wh = 0.0
-        conn.frozen_wh = 0.0
+                d[RESOLUTION_WH] = 0.0
+        d[FROZEN_WH] = 0.0
         conn.streaks[METER_FROZEN] = 0
         if conn.open_bits >> METER_FROZEN & 1:
             alerts.append(_close(conn, METER_FROZEN, ts, f"energy register advances again "
@@ -587,25 +620,26 @@ def _register(conn: ConnectorState, energy: float, power: float, dt: float, expe
         return
     # the lower of the two powers: a car that stopped drawing between the samples may
     # rightly leave the register where it was
-    previous_power = conn.power_w
+    previous_power = d[POWER_W]
     flowing = power if math.isnan(previous_power) else min(power, previous_power)
     if not flowing >= policy.frozen_power_w:  # no power, no expectation (NaN included)
         if not conn.open_bits >> METER_FROZEN & 1:
-            conn.frozen_wh = 0.0
+            d[FROZEN_WH] = 0.0
             conn.streaks[METER_FROZEN] = 0
         return
-    conn.frozen_wh += flowing * dt / 3600.0
+    d[FROZEN_WH] += flowing * dt / 3600.0
     streak = _telltale(conn, METER_FROZEN, ts, rx)
-    resolution = conn.resolution_wh
+    resolution = d[RESOLUTION_WH]
     needed = (max(policy.frozen_min_wh, policy.frozen_resolution_factor * resolution)
               if math.isfinite(resolution) else policy.frozen_unknown_wh)
-    if streak >= policy.frozen_samples and conn.frozen_wh >= needed \
+    uncounted = d[FROZEN_WH]
+    if streak >= policy.frozen_samples and uncounted >= needed \
             and not conn.open_bits >> METER_FROZEN & 1:
         seconds = ts - conn.first_ts[METER_FROZEN]
         alerts.append(_open(conn, METER_FROZEN, ts, (
             f"energy register stuck at {energy / 1000:.3f} kWh for {_duration(seconds)} while "
-            f"drawing {flowing / 1000:.1f} kW ({conn.frozen_wh:.0f} Wh not counted)"),
-            {"energy_wh": energy, "power_w": flowing, "uncounted_wh": conn.frozen_wh,
+            f"drawing {flowing / 1000:.1f} kW ({uncounted:.0f} Wh not counted)"),
+            {"energy_wh": energy, "power_w": flowing, "uncounted_wh": uncounted,
              "seconds": seconds}))
 
 
@@ -632,13 +666,15 @@ def _unplugged(conn: ConnectorState, ts: float, rx: float, policy: LivePolicy,
     """never_unplugged: checked on every event of a transaction and by the timer."""
     if conn.open_bits >> NEVER_UNPLUGGED & 1 or not conn.transaction_id:
         return
-    connected_h = (ts - conn.tx_start_ts) / 3600.0
-    idle_h = (ts - conn.active_ts) / 3600.0 if not math.isnan(conn.active_ts) else connected_h
-    drawing = conn.current_a >= policy.zero_current_a or conn.power_w >= policy.active_power_w
+    d = conn.doubles
+    connected_h = (ts - d[TX_START_TS]) / 3600.0
+    active = d[ACTIVE_TS]
+    idle_h = (ts - active) / 3600.0 if not math.isnan(active) else connected_h
     if connected_h > policy.max_connected_hours:
         why = (f"plugged in for {connected_h:.1f} h, longer than the "
                f"{policy.max_connected_hours:g} h any plausible session takes")
-    elif idle_h > policy.idle_hours and not drawing:
+    elif idle_h > policy.idle_hours and not (d[CURRENT_A] >= policy.zero_current_a
+                                             or d[POWER_W] >= policy.active_power_w):
         why = (f"still plugged in {idle_h:.1f} h after it last drew power "
                f"(connected {connected_h:.1f} h)")
     else:
@@ -700,14 +736,16 @@ def _key_of_transaction(state: Mapping[str, object], charge_point_id: str,
     return None
 
 
-def _stale(conn: ConnectorState, event: TelemetryEvent, tx: str | None) -> bool:
-    """A redelivered or late event that would change nothing true (or count twice)."""
-    kind, ts = event.kind, event.event_ts
+def _stale(conn: ConnectorState, event: TelemetryEvent, tx: str | None, ts: float) -> bool:
+    """A redelivered or late event that would change nothing true (or count twice); `ts` is
+    its `event_ts`."""
+    kind = event.kind
     if kind == "meter":
-        return ts <= conn.meter_ts or bool(tx) and tx != conn.transaction_id \
+        return ts <= conn.doubles[METER_TS] or bool(tx) and tx != conn.transaction_id \
             and _crc(tx) == conn.last_ended_tx
     if kind == "status":
-        return ts < conn.status_ts or ts == conn.status_ts and event.status == conn.status
+        status_ts = conn.doubles[STATUS_TS]
+        return ts < status_ts or ts == status_ts and event.status == conn.status
     if kind == "transaction_started":
         return not tx or tx == conn.transaction_id or _crc(tx) == conn.last_ended_tx
     if kind == "transaction_ended":
@@ -740,12 +778,15 @@ def on_event(state: MutableMapping[str, object], event: TelemetryEvent,
     kind = event.kind
     if kind == "meter" and not tx:  # 1.6 may leave a transaction's samples unlabelled
         tx = conn.transaction_id or None
+    rx = event.received_ts
+    ts = event.charger_ts
+    if ts is None:  # event.event_ts, without the property call
+        ts = rx
     digest = _crc(event.event_id)
-    if digest in conn.recent or _stale(conn, event, tx):
+    if digest in conn.recent or _stale(conn, event, tx, ts):
         return DUPLICATE
     conn.recent[conn.recent_at] = digest
     conn.recent_at = (conn.recent_at + 1) % RECENT_IDS
-    ts, rx = event.event_ts, event.received_ts
     alerts: list[LiveAlert] = []
     changed: tuple[str, ...] = ()
     summary = None
@@ -759,16 +800,18 @@ def on_event(state: MutableMapping[str, object], event: TelemetryEvent,
         if tx and tx != conn.transaction_id:  # a transaction whose start was missed
             _start_transaction(conn, tx, event, ts, rx, alerts)
             changed = (key,)
-        if tx and math.isnan(conn.tx_start_wh):  # 2.0.1 sends the start register apart
-            conn.tx_start_wh = event.measurands.get("energy_wh", NAN)
+        d = conn.doubles
+        if tx and math.isnan(d[TX_START_WH]):  # 2.0.1 sends the start register apart
+            d[TX_START_WH] = event.measurands.get("energy_wh", NAN)
         if tx:
             _on_meter(conn, event.measurands, ts, rx, policy, alerts)
             _unplugged(conn, ts, rx, policy, alerts)
         else:  # outside a transaction only the readings are kept, for the live view
             m = event.measurands
-            conn.energy_wh = m.get("energy_wh", conn.energy_wh)
-            conn.temperature_c = m.get("temperature_c", conn.temperature_c)
-            conn.meter_ts, conn.meter_rx = ts, rx
+            d[ENERGY_WH] = m.get("energy_wh", d[ENERGY_WH])
+            d[TEMPERATURE_C] = m.get("temperature_c", d[TEMPERATURE_C])
+            d[METER_TS] = ts
+            d[METER_RX] = rx
     elif kind == "status":
         if _on_status(conn, event, ts, rx, alerts):
             changed = (key,)
@@ -783,18 +826,22 @@ def on_event(state: MutableMapping[str, object], event: TelemetryEvent,
         changed = _on_disconnected(state, event, ts, rx, alerts)
     if alerts and key not in changed:
         changed = (*changed, key)
-    if not ts <= conn.last_ts:
-        conn.last_ts = ts
-    conn.last_rx = rx
+    d = conn.doubles
+    if not ts <= d[LAST_TS]:
+        d[LAST_TS] = ts
+    d[LAST_RX] = rx
     state[key] = conn
+    if not alerts and not changed and summary is None:
+        return APPLIED
     return EventResult(True, alerts, changed, summary)
 
 
 def silence_limit(conn: ConnectorState, policy: LivePolicy = DEFAULT_POLICY) -> float:
     """Seconds without a message after which the connector is silent (inf: interval unknown)."""
-    if math.isnan(conn.interval_s):
+    interval = conn.doubles[INTERVAL_S]
+    if math.isnan(interval):
         return math.inf
-    return max(policy.silent_min_s, policy.silent_factor * conn.interval_s)
+    return max(policy.silent_min_s, policy.silent_factor * interval)
 
 
 def on_tick(state: Mapping[str, object], now_rx: float, policy: LivePolicy = DEFAULT_POLICY,
@@ -815,19 +862,20 @@ def on_tick(state: Mapping[str, object], now_rx: float, policy: LivePolicy = DEF
     for key, conn in items:
         if type(conn) is not ConnectorState or not conn.transaction_id:
             continue
-        quiet = now_rx - conn.last_rx
+        d = conn.doubles
+        quiet = now_rx - d[LAST_RX]
         alerts: list[LiveAlert] = []
         if not conn.open_bits >> SILENT & 1 and quiet > silence_limit(conn, policy):
-            interval = conn.interval_s
-            conn.first_ts[SILENT] = conn.last_ts + interval
-            conn.first_rx[SILENT] = conn.last_rx + interval
+            interval = d[INTERVAL_S]
+            conn.first_ts[SILENT] = d[LAST_TS] + interval
+            conn.first_rx[SILENT] = d[LAST_RX] + interval
             conn.streaks[SILENT] = 1
-            alerts.append(_open(conn, SILENT, conn.last_ts + quiet, (
+            alerts.append(_open(conn, SILENT, d[LAST_TS] + quiet, (
                 f"no message for {_duration(quiet)} in transaction {conn.transaction_id} "
                 f"(it reports every {interval:.0f} s)"),
                 {"seconds_quiet": quiet, "interval_s": interval}))
         if not conn.open_bits >> NEVER_UNPLUGGED & 1:
-            _unplugged(conn, conn.last_ts + max(quiet, 0.0), now_rx, policy, alerts)
+            _unplugged(conn, d[LAST_TS] + max(quiet, 0.0), now_rx, policy, alerts)
         if alerts:
             out.append((key, alerts))
     return out
