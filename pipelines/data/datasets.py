@@ -15,22 +15,26 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipelines.contracts.sessions import SESSION_FIELDS
 from pipelines.data.features import (
     FEATURE_COLUMNS,
     FEATURE_VERSION,
-    add_features,
-    sessions_to_frame,
+    add_features_in_chunks,
 )
 from pipelines.settings import Settings
 
 FEATURE_KEYS = ["sessionID", "siteID", "stationID", "connectionTime"]
+CHUNK_ROWS = 50_000  # sessions parsed at a time when a whole table is featurised
+# a few distinct values over millions of sessions: one string object per value
+_REPEATED_FIELDS = ("clusterID", "siteID", "spaceID", "stationID", "timezone", "userID")
 
 
 class DatasetNotFound(LookupError):
@@ -80,12 +84,51 @@ def sessions_table(records: list[dict]) -> pd.DataFrame:
 
 def records_from_table(table: pd.DataFrame) -> list[dict]:
     """Inverse of `sessions_table` (pure)."""
-    records = table[list(SESSION_FIELDS)].astype(object).where(table.notna(), None) \
-        .to_dict("records")
-    for record in records:
-        if record["userInputs"] is not None:
-            record["userInputs"] = json.loads(record["userInputs"])
+    records: list[dict] = []
+    shared: dict[str, dict] = {name: {} for name in _REPEATED_FIELDS}
+    for chunk in table_chunks(table, shared):
+        records.extend(chunk)
     return records
+
+
+
+def table_chunks(table: pd.DataFrame, shared: dict[str, dict] | None = None,
+                 chunk_rows: int | None = None) -> Iterator[list[dict]]:
+    """`records_from_table(table)` in consecutive chunks of at most `chunk_rows` records
+    (default `CHUNK_ROWS`).
+
+    Memory: a chunk's dicts are built from that chunk's rows alone, the values of
+    `_REPEATED_FIELDS` are shared through `shared` (value -> the one object, per field),
+    and a chunk's `userInputs` are parsed in one JSON document, so their keys are one
+    string object per chunk rather than per edit. The records compare equal either way.
+    """
+    shared = {name: {} for name in _REPEATED_FIELDS} if shared is None else shared
+    fields = list(SESSION_FIELDS)
+    for start, stop in chunk_bounds(len(table), chunk_rows or CHUNK_ROWS):
+        rows = table.iloc[start:stop]
+        columns = rows[fields].astype(object).where(rows.notna(), None)
+        values = {name: columns[name].tolist() for name in fields}
+        for name, seen in shared.items():
+            values[name] = [seen.setdefault(v, v) if type(v) is str else v
+                            for v in values[name]]
+        values["userInputs"] = _parse_json_column(values["userInputs"])
+        yield [dict(zip(fields, row, strict=True)) for row in zip(*values.values(), strict=True)]
+
+
+def chunk_bounds(n: int, chunk_rows: int) -> list[tuple[int, int]]:
+    """`(start, stop)` of consecutive chunks of nearly equal size, none above `chunk_rows`
+    (and none tiny: a featurised chunk of a few rows takes a slower, equal-valued path)."""
+    edges = np.linspace(0, n, max(1, -(-n // chunk_rows)) + 1).round().astype(int)
+    return list(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True))
+
+
+def _parse_json_column(texts: list[str | None]) -> list:
+    present = [t for t in texts if t is not None]
+    parsed = json.loads(f"[{','.join(present)}]") if present else []
+    if len(parsed) != len(present):  # a cell was not one JSON value: parse each, as it fails
+        parsed = [json.loads(t) for t in present]
+    values = iter(parsed)
+    return [None if t is None else next(values) for t in texts]
 
 
 def features_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -97,8 +140,10 @@ def content_hash(sessions: pd.DataFrame) -> str:
     """Order-independent hash of the sessions and the feature version."""
     ordered = sessions.sort_values("sessionID", kind="stable").reset_index(drop=True)
     digest = hashlib.sha256(FEATURE_VERSION.encode())
-    digest.update(pd.util.hash_pandas_object(ordered.astype(str), index=False).to_numpy()
-                  .tobytes())
+    # row hashes chunk by chunk: the same bytes, without a text copy of the whole table
+    for start, stop in chunk_bounds(len(ordered), CHUNK_ROWS):
+        rows = ordered.iloc[start:stop].astype(str)
+        digest.update(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -141,7 +186,7 @@ def _merge(parent: Dataset | None, sessions: pd.DataFrame, features: pd.DataFram
     order = features.sort_values(["connectionTime", "sessionID"], kind="stable")["sessionID"]
     sessions = sessions.set_index("sessionID").loc[order].reset_index()[list(SESSION_FIELDS)]
     # a row's station context depends on the rows before it: recompute every row's features
-    features = features_table(add_features(sessions_to_frame(records_from_table(sessions))))
+    features = features_table(add_features_in_chunks(table_chunks(sessions), FEATURE_KEYS))
     kept = set(order)
     return sessions, features, {k: v for k, v in labels.items() if k in kept}
 

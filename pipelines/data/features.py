@@ -386,10 +386,50 @@ def add_features(frame: pd.DataFrame,
         `frame` with the feature columns added (replacing any of the same name),
         all finite float64.
     """
-    facts = session_facts(frame[list(_FACT_FIELDS)].astype(object)
-                          .where(frame[list(_FACT_FIELDS)].notna(), None).to_dict("records"))
-    features = pd.DataFrame(_with_context(_compute_features(_frame_inputs(frame)), facts,
-                                          contexts), index=frame.index)
+    features = pd.DataFrame(_with_context(_compute_features(_frame_inputs(frame)),
+                                          _frame_facts(frame), contexts), index=frame.index)
+    return pd.concat([frame.drop(columns=FEATURE_COLUMNS, errors="ignore"), features], axis=1)
+
+
+def _frame_facts(frame: pd.DataFrame) -> SessionFacts:
+    facts = frame[list(_FACT_FIELDS)]
+    return session_facts(facts.astype(object).where(facts.notna(), None).to_dict("records"))
+
+
+def add_features_in_chunks(chunks: Iterable[Sequence[dict]],
+                           columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """`add_features(sessions_to_frame(records))` of the concatenated chunks of records,
+    holding one chunk's parsed frame at a time.
+
+    The f2 columns are computed chunk by chunk (row by row anyway); the station context is
+    replayed once over all the chunks' facts, as in one call. Memory: what stays is the
+    parsed `columns` and the feature columns, not every chunk's dicts.
+
+    Args:
+        chunks: session dicts in order, e.g. slices of one list or read from a table
+            chunk by chunk (a generator is consumed once).
+        columns: the parsed session columns to keep besides `FEATURE_COLUMNS` (all when None).
+
+    Returns:
+        The same frame as one `add_features(sessions_to_frame(...))` (restricted to
+        `columns` and the features), with a RangeIndex.
+    """
+    kept, f2_parts, facts_parts = [], [], []
+    for records in chunks:
+        frame = sessions_to_frame(records)
+        kept.append(frame if columns is None else frame[list(columns)])
+        f2_parts.append(_compute_features(_frame_inputs(frame)))
+        facts_parts.append(_frame_facts(frame))
+        del frame
+    if not kept:
+        return add_features_in_chunks([[]], columns)
+    frame = pd.concat(kept, ignore_index=True) if len(kept) > 1 else kept[0]
+    del kept
+    f2 = {name: np.concatenate([part[name] for part in f2_parts]) for name in F2_COLUMNS}
+    facts = SessionFacts(*(np.concatenate(parts) if isinstance(parts[0], np.ndarray)
+                           else [value for part in parts for value in part]
+                           for parts in zip(*facts_parts, strict=True)))
+    features = pd.DataFrame(_with_context(f2, facts, None), index=frame.index)
     return pd.concat([frame.drop(columns=FEATURE_COLUMNS, errors="ignore"), features], axis=1)
 
 

@@ -18,14 +18,16 @@ import pandas as pd
 
 from pipelines.data.acn import client_from_settings, download_sessions
 from pipelines.data.datasets import (
+    CHUNK_ROWS,
     Dataset,
+    chunk_bounds,
     features_table,
     list_datasets,
     sessions_table,
     write_dataset,
 )
 from pipelines.data.exports import load_exports
-from pipelines.data.features import add_features, sessions_to_frame
+from pipelines.data.features import add_features_in_chunks
 from pipelines.data.synth import generate_sessions
 from pipelines.data.validation import (
     ValidationReport,
@@ -91,6 +93,7 @@ class IngestBatch:
     known: int
     previously_quarantined: int
     parent: Dataset | None
+    new_rows: int  # len(records), kept when `publish` lets the records go
 
 
 @dataclass
@@ -165,12 +168,13 @@ def prepare_batch(settings: Settings, records: list[dict], labels: dict[str, str
         else new
     requarantined = len(new) - len(fresh_rows)
     new = fresh_rows
-    frame = add_features(sessions_to_frame(new))
+    frame = add_features_in_chunks(new[start:stop] for start, stop in
+                                   chunk_bounds(len(new), CHUNK_ROWS))
     new_ids = {r.get("sessionID") for r in new}
     return IngestBatch(run_id, new, {k: v for k, v in labels.items() if k in new_ids}, frame,
                        source, rows_in=len(records), duplicates=len(records) - len(unique),
                        known=len(unique) - len(new) - requarantined,
-                       previously_quarantined=requarantined, parent=parent)
+                       previously_quarantined=requarantined, parent=parent, new_rows=len(new))
 
 
 def validate(batch: IngestBatch, max_failure_rate: float) -> ValidationReport:
@@ -186,16 +190,21 @@ def quarantine(settings: Settings, batch: IngestBatch, report: ValidationReport)
 
 def publish(settings: Settings, batch: IngestBatch, report: ValidationReport,
             quarantine_path: Path | None) -> tuple[Dataset | None, int]:
-    """Write the passing rows as a new dataset version; refuse a failed batch."""
+    """Write the passing rows as a new dataset version; refuse a failed batch.
+
+    The batch's records and frame are released once their tables are built (run it after
+    `quarantine`): they are most of ingest's memory, and the dataset holds the rows now.
+    """
     if not report.passed:
         raise ValidationFailed(report, quarantine_path)
     keep = [i for i in range(len(batch.records)) if i not in report.failures]
     if not keep:
         return batch.parent, 0
-    frame = batch.frame.iloc[keep]
-    records = [batch.records[i] for i in keep]
-    return write_dataset(settings.data_dir, sessions_table(records), features_table(frame),
-                         batch.labels, report.summary(), batch.source, batch.parent)
+    sessions = sessions_table([batch.records[i] for i in keep])
+    features = features_table(batch.frame).iloc[keep].reset_index(drop=True)
+    batch.records, batch.frame = [], batch.frame.iloc[:0]
+    return write_dataset(settings.data_dir, sessions, features, batch.labels, report.summary(),
+                         batch.source, batch.parent)
 
 
 def make_report(batch: IngestBatch, report: ValidationReport, quarantine_path: Path | None,
@@ -203,7 +212,7 @@ def make_report(batch: IngestBatch, report: ValidationReport, quarantine_path: P
     return IngestReport(
         run_id=batch.run_id, source=batch.source, rows_in=batch.rows_in,
         duplicates=batch.duplicates, known=batch.known,
-        previously_quarantined=batch.previously_quarantined, new_rows=len(batch.records),
+        previously_quarantined=batch.previously_quarantined, new_rows=batch.new_rows,
         quarantined=report.failed_rows, added=added,
         dataset_id=dataset.dataset_id if dataset else None,
         dataset_path=str(dataset.path) if dataset else None,
@@ -237,6 +246,7 @@ def run_ingest(settings: Settings, source: Source, *, max_failure_rate: float | 
     records, labels = load_source(settings, source, progress)
     tick(0)
     batch = prepare_batch(settings, records, labels, describe(source), fresh)
+    del records  # the batch holds the new ones, until `publish` lets them go
     tick(1)
     report = validate(batch, rate)
     tick(2)
