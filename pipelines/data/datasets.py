@@ -91,7 +91,6 @@ def records_from_table(table: pd.DataFrame) -> list[dict]:
     return records
 
 
-
 def table_chunks(table: pd.DataFrame, shared: dict[str, dict] | None = None,
                  chunk_rows: int | None = None) -> Iterator[list[dict]]:
     """`records_from_table(table)` in consecutive chunks of at most `chunk_rows` records
@@ -125,7 +124,9 @@ def chunk_bounds(n: int, chunk_rows: int) -> list[tuple[int, int]]:
 def _parse_json_column(texts: list[str | None]) -> list:
     present = [t for t in texts if t is not None]
     parsed = json.loads(f"[{','.join(present)}]") if present else []
-    if len(parsed) != len(present):  # a cell was not one JSON value: parse each, as it fails
+    # the cells are `sessions_table`'s json.dumps of one value each; should a count still
+    # differ (a table written by something else), parse cell by cell, failing as before
+    if len(parsed) != len(present):
         parsed = [json.loads(t) for t in present]
     values = iter(parsed)
     return [None if t is None else next(values) for t in texts]
