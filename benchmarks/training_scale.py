@@ -42,6 +42,7 @@ PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 def child(sessions: int, workdir: Path, every_row: bool) -> dict:
     """One measured run in this process: ingest, then each training stage, timed."""
     stages: dict[str, float] = {}
+    memory: dict[str, list[float]] = {}  # stage -> [resident GB after it, peak GB so far]
     started = time.perf_counter()
     from pipelines.data.ingest import SynthSource, run_ingest
     from pipelines.models import training
@@ -57,7 +58,9 @@ def child(sessions: int, workdir: Path, every_row: bool) -> dict:
         print(f"  [{sessions:,}] {name} ...", file=sys.stderr, flush=True)
         out = fn(*args, **kwargs)
         stages[name] = time.perf_counter() - at
-        print(f"  [{sessions:,}] {name}: {stages[name]:.1f} s", file=sys.stderr, flush=True)
+        memory[name] = _own_memory_gb()
+        print(f"  [{sessions:,}] {name}: {stages[name]:.1f} s, resident/peak "
+              f"{memory[name][0]:.2f}/{memory[name][1]:.2f} GB", file=sys.stderr, flush=True)
         return out
 
     marks = [time.perf_counter()]
@@ -66,6 +69,7 @@ def child(sessions: int, workdir: Path, every_row: bool) -> dict:
         # steps: load (synthetic generation), features, validate, quarantine, write
         marks.append(time.perf_counter())
         stages[f"ingest.{step}"] = marks[-1] - marks[-2]
+        memory[f"ingest.{step}"] = _own_memory_gb()
 
     ingest = timed("ingest", run_ingest, settings, SynthSource(sessions, 1, 0.02),
                    progress=ingest_step)
@@ -84,7 +88,14 @@ def child(sessions: int, workdir: Path, every_row: bool) -> dict:
             "seconds": time.perf_counter() - started, "chosen": best.candidate.name,
             "pr_auc": best.metrics.get("pr_auc"), "pr_auc_se": best.metrics.get("pr_auc_se"),
             "train_rows": len(data.split.X_train), "eval_rows": len(data.split.X_eval),
-            "decision": decision.decision}
+            "decision": decision.decision, "memory_gb": memory}
+
+
+def _own_memory_gb() -> list[float]:
+    """This process's resident memory now and its peak so far (not its workers'), in GB."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text()
+                  .splitlines() if line.startswith(("VmRSS", "VmHWM")))
+    return [round(int(fields[k].split()[0]) / 1024 ** 2, 3) for k in ("VmRSS", "VmHWM")]
 
 
 ACN_GRID = {"max_samples": [256, 512, 1024, 2048]}  # as benchmarks/evaluate_acn.py

@@ -29,6 +29,7 @@ from pipelines.data.features import (
     FEATURE_VERSION,
     add_features_in_chunks,
 )
+from pipelines.data.memory import release_freed_memory
 from pipelines.settings import Settings
 
 FEATURE_KEYS = ["sessionID", "siteID", "stationID", "connectionTime"]
@@ -176,7 +177,8 @@ def latest_dataset(settings: Settings) -> Dataset:
 
 
 def _merge(parent: Dataset | None, sessions: pd.DataFrame, features: pd.DataFrame,
-           labels: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
+           labels: dict[str, str]) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The merged sessions in dataset order, and their labels."""
     if parent is not None:
         sessions = pd.concat([parent.sessions(), sessions], ignore_index=True)
         features = pd.concat([parent.features()[FEATURE_KEYS], features[FEATURE_KEYS]],
@@ -186,10 +188,8 @@ def _merge(parent: Dataset | None, sessions: pd.DataFrame, features: pd.DataFram
     features = features.drop_duplicates("sessionID", keep="last")
     order = features.sort_values(["connectionTime", "sessionID"], kind="stable")["sessionID"]
     sessions = sessions.set_index("sessionID").loc[order].reset_index()[list(SESSION_FIELDS)]
-    # a row's station context depends on the rows before it: recompute every row's features
-    features = features_table(add_features_in_chunks(table_chunks(sessions), FEATURE_KEYS))
     kept = set(order)
-    return sessions, features, {k: v for k, v in labels.items() if k in kept}
+    return sessions, {k: v for k, v in labels.items() if k in kept}
 
 
 def write_dataset(data_dir: Path, sessions: pd.DataFrame, features: pd.DataFrame,
@@ -200,7 +200,8 @@ def write_dataset(data_dir: Path, sessions: pd.DataFrame, features: pd.DataFrame
     Args:
         data_dir: `settings.data_dir`.
         sessions: `sessions_table` of the new, validated rows.
-        features: `features_table` of the same rows.
+        features: `features_table` of the same rows, or its `FEATURE_KEYS` alone (every
+            row's features are recomputed over the merged dataset).
         labels: `sessionID -> anomaly type` for new rows (may be empty).
         validation: `ValidationReport.summary()` of this batch.
         source: what the rows came from (recorded in the manifest).
@@ -210,7 +211,7 @@ def write_dataset(data_dir: Path, sessions: pd.DataFrame, features: pd.DataFrame
         `(dataset, added)`: the new dataset (or the parent, unchanged) and the number of
         sessions it added.
     """
-    sessions, features, labels = _merge(parent, sessions, features, labels)
+    sessions, labels = _merge(parent, sessions, features, labels)
     digest = content_hash(sessions)
     if parent is not None and parent.manifest.get("content_hash") == digest:
         return parent, 0
@@ -222,6 +223,9 @@ def write_dataset(data_dir: Path, sessions: pd.DataFrame, features: pd.DataFrame
     staging.mkdir(parents=True)
     try:
         sessions.to_parquet(staging / "sessions.parquet", index=False)
+        release_freed_memory()  # the sessions' Arrow copy, before the features are built
+        # a row's station context depends on the rows before it: recompute every row's features
+        features = features_table(add_features_in_chunks(table_chunks(sessions), FEATURE_KEYS))
         features.to_parquet(staging / "features.parquet", index=False)
         if labels:
             pd.DataFrame({"sessionID": list(labels), "anomaly_type": list(labels.values())}) \

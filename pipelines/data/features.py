@@ -396,6 +396,13 @@ def _frame_facts(frame: pd.DataFrame) -> SessionFacts:
     return session_facts(facts.astype(object).where(facts.notna(), None).to_dict("records"))
 
 
+def join_facts(parts: Sequence[SessionFacts]) -> SessionFacts:
+    """The facts of consecutive chunks of sessions as the facts of all of them (pure)."""
+    return SessionFacts(*(np.concatenate(columns) if isinstance(columns[0], np.ndarray)
+                          else [value for column in columns for value in column]
+                          for columns in zip(*parts, strict=True)))
+
+
 def add_features_in_chunks(chunks: Iterable[Sequence[dict]],
                            columns: Sequence[str] | None = None) -> pd.DataFrame:
     """`add_features(sessions_to_frame(records))` of the concatenated chunks of records,
@@ -426,9 +433,7 @@ def add_features_in_chunks(chunks: Iterable[Sequence[dict]],
     frame = pd.concat(kept, ignore_index=True) if len(kept) > 1 else kept[0]
     del kept
     f2 = {name: np.concatenate([part[name] for part in f2_parts]) for name in F2_COLUMNS}
-    facts = SessionFacts(*(np.concatenate(parts) if isinstance(parts[0], np.ndarray)
-                           else [value for part in parts for value in part]
-                           for parts in zip(*facts_parts, strict=True)))
+    facts = join_facts(facts_parts)
     features = pd.DataFrame(_with_context(f2, facts, None), index=frame.index)
     return pd.concat([frame.drop(columns=FEATURE_COLUMNS, errors="ignore"), features], axis=1)
 

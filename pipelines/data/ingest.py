@@ -19,15 +19,16 @@ import pandas as pd
 from pipelines.data.acn import client_from_settings, download_sessions
 from pipelines.data.datasets import (
     CHUNK_ROWS,
+    FEATURE_KEYS,
     Dataset,
     chunk_bounds,
-    features_table,
     list_datasets,
     sessions_table,
     write_dataset,
 )
 from pipelines.data.exports import load_exports
 from pipelines.data.features import add_features_in_chunks
+from pipelines.data.memory import release_freed_memory
 from pipelines.data.synth import generate_sessions
 from pipelines.data.validation import (
     ValidationReport,
@@ -201,9 +202,10 @@ def publish(settings: Settings, batch: IngestBatch, report: ValidationReport,
     if not keep:
         return batch.parent, 0
     sessions = sessions_table([batch.records[i] for i in keep])
-    features = features_table(batch.frame).iloc[keep].reset_index(drop=True)
+    # the features are recomputed over the merged dataset: the keys give its order
+    keys = batch.frame[FEATURE_KEYS].iloc[keep].reset_index(drop=True)
     batch.records, batch.frame = [], batch.frame.iloc[:0]
-    return write_dataset(settings.data_dir, sessions, features, batch.labels, report.summary(),
+    return write_dataset(settings.data_dir, sessions, keys, batch.labels, report.summary(),
                          batch.source, batch.parent)
 
 
@@ -253,5 +255,6 @@ def run_ingest(settings: Settings, source: Source, *, max_failure_rate: float | 
     quarantine_path = quarantine(settings, batch, report)
     tick(3)
     dataset, added = publish(settings, batch, report, quarantine_path)
+    release_freed_memory()  # what the write step built; training would start from its peak
     tick(4)
     return make_report(batch, report, quarantine_path, dataset, added, started)

@@ -149,6 +149,11 @@ def run_suite(frame: pd.DataFrame, document: dict) -> tuple[list[ExpectationOutc
         _, batch_definition = _context()
         batch = batch_definition.get_batch(batch_parameters={"dataframe": _gx_safe(frame)})
         result = batch.validate(_suite(document), result_format={"result_format": "COMPLETE"})
+        # the cached context would keep these rows alive (all of them) until the next batch
+        batches = batch.data.execution_engine.batch_manager
+        batches.batch_data_cache.clear()
+        batches.reset_batch_cache()
+        del batch
     for item in result.results:
         config = item.expectation_config
         column = config.kwargs.get("column") or config.kwargs.get("column_A")

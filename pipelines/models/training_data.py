@@ -19,17 +19,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from pipelines.data import datasets
 from pipelines.data.anomalies import inject_anomalies
 from pipelines.data.datasets import Dataset
-from pipelines.data.features import FEATURE_COLUMNS, FEATURE_VERSION, feature_matrix
+from pipelines.data.features import (
+    FEATURE_COLUMNS,
+    FEATURE_VERSION,
+    feature_matrix,
+    join_facts,
+)
+from pipelines.data.memory import release_freed_memory
 from pipelines.models.candidates import EvalSplit
 from pipelines.models.sampling import sample_split
 from pipelines.models.tracking import DatasetInfo
 from pipelines.models.train_params import TrainParams
 from pipelines.settings import Settings
-from pipelines.stations.context import replay_contexts
+from pipelines.stations.context import (
+    CONTEXT_KEYS,
+    replay_context_array,
+    replay_contexts,
+    session_facts,
+)
 
 
 class TrainingDataError(ValueError):
@@ -70,25 +82,32 @@ def resolve_dataset(settings: Settings, dataset_id: str | None) -> Dataset:
 
 
 def prepare_data(dataset: Dataset, params: TrainParams) -> TrainingData:
-    """Time-ordered train/held-out split of a dataset, with labels or injected anomalies."""
-    records = dataset.records()
+    """Time-ordered train/held-out split of a dataset, with labels or injected anomalies.
+
+    Memory: the model input comes from the features table; sessions become dicts one
+    chunk at a time, unless the features must be recomputed or anomalies injected.
+    """
+    sessions = dataset.sessions()
     features = dataset.features()
-    if dataset.feature_version != FEATURE_VERSION or len(features) != len(records):
+    records = None
+    if dataset.feature_version != FEATURE_VERSION or len(features) != len(sessions):
+        records = dataset.records()
         features = feature_matrix(records)  # recompute with today's feature code
-    n_eval = round(len(records) * params.eval_fraction)
-    if len(records) - n_eval < 50 or n_eval < 20:
-        raise TrainingDataError(f"dataset {dataset.dataset_id} has {len(records)} sessions; "
+    n_eval = round(len(sessions) * params.eval_fraction)
+    if len(sessions) - n_eval < 50 or n_eval < 20:
+        raise TrainingDataError(f"dataset {dataset.dataset_id} has {len(sessions)} sessions; "
                                 "need at least 50 to train and 20 to evaluate")
     X = features[FEATURE_COLUMNS].to_numpy(dtype=np.float64)
     labels = dataset.labels()
-    n_train = len(records) - n_eval
-    eval_records = records[n_train:]
-    eval_ids = [str(r.get("sessionID")) for r in eval_records]
+    n_train = len(sessions) - n_eval
+    held_out_ids = sessions["sessionID"].iloc[n_train:]
+    eval_ids = [str(i) for i in held_out_ids.astype(object).where(held_out_ids.notna(), None)]
     types = np.array([labels.get(i, "") for i in eval_ids], dtype=object)
     X_eval, source = X[n_train:], "dataset"
     if not (types != "").any():
         if params.inject_rate > 0:
-            injected, new_labels = inject_anomalies(eval_records, params.inject_rate,
+            records = records or dataset.records()
+            injected, new_labels = inject_anomalies(records[n_train:], params.inject_rate,
                                                     seed=params.seed)
             # replayed after the training rows: the planted faults' station context carries
             # that history, and they update the profiles like any session (serving cannot know)
@@ -99,11 +118,12 @@ def prepare_data(dataset: Dataset, params: TrainParams) -> TrainingData:
         else:
             types, source = None, "none"
     info = DatasetInfo(dataset.dataset_id, dataset.manifest.get("content_hash", ""),
-                       FEATURE_VERSION, source, len(records))
-    split = EvalSplit(X[:n_train], X_eval, types,
-                      impossible_power_probes(eval_records, params.probes, params.seed,
-                                              history=records[:n_train]))
-    split = sample_split(split, params.sample_plan(), params.seed)
+                       FEATURE_VERSION, source, len(sessions))
+    probes = held_out_probes(sessions, n_train, params.probes, params.seed)
+    del records, sessions, features
+    release_freed_memory()  # the sessions' pages, before tuning
+    split = sample_split(EvalSplit(X[:n_train], X_eval, types, probes), params.sample_plan(),
+                         params.seed)
     return TrainingData(dataset.dataset_id, info, split, list(FEATURE_COLUMNS), FEATURE_VERSION)
 
 
@@ -116,11 +136,35 @@ def impossible_power_probes(records: list[dict], n: int, seed: int,
     """
     if n == 0 or not records:
         return None
-    rng = np.random.default_rng(seed)
-    indices = sorted(rng.choice(len(records), min(n, len(records)), replace=False).tolist())
+    indices = _probe_positions(len(records), n, seed)
     history = history or []
     contexts = replay_contexts(history + records)[len(history):]
-    probes, _ = inject_anomalies([records[i] for i in indices], 1.0, seed=seed,
-                                 types=("impossible_power",))
-    return feature_matrix(probes, [contexts[i] for i in indices])[FEATURE_COLUMNS] \
-        .to_numpy(dtype=np.float64)
+    return _probe_features([records[i] for i in indices], [contexts[i] for i in indices], seed)
+
+
+def held_out_probes(sessions: pd.DataFrame, n_train: int, n: int, seed: int
+                    ) -> np.ndarray | None:
+    """`impossible_power_probes(records[n_train:], n, seed, history=records[:n_train])` with
+    `records` the rows of a sessions table, read one chunk of dicts at a time."""
+    if n == 0 or len(sessions) <= n_train:
+        return None
+    rows = [n_train + i for i in _probe_positions(len(sessions) - n_train, n, seed)]
+    wanted, chosen, facts, first = set(rows), [], [], 0
+    for chunk in datasets.table_chunks(sessions):
+        facts.append(session_facts(chunk))
+        chosen += [chunk[i - first] for i in range(first, first + len(chunk)) if i in wanted]
+        first += len(chunk)
+    contexts = replay_context_array(join_facts(facts))[rows].tolist()
+    return _probe_features(chosen, [dict(zip(CONTEXT_KEYS, c, strict=True)) for c in contexts],
+                           seed)
+
+
+def _probe_positions(n_records: int, n: int, seed: int) -> list[int]:
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(n_records, min(n, n_records), replace=False).tolist())
+
+
+def _probe_features(records: list[dict], contexts: list[dict[str, float]],
+                    seed: int) -> np.ndarray:
+    probes, _ = inject_anomalies(records, 1.0, seed=seed, types=("impossible_power",))
+    return feature_matrix(probes, contexts)[FEATURE_COLUMNS].to_numpy(dtype=np.float64)
