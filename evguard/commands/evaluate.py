@@ -119,11 +119,12 @@ def _station_table(report: dict) -> Table:
     return table
 
 
-def _station_faults(records: list[dict], seeds: list[int]) -> dict:
+def _station_faults(records: list[dict], seeds: list[int], policy_text: str | None) -> dict:
     from evaluation.station_faults import evaluate_station_faults
 
+    policy = _station_policy(policy_text)
     console.print(f"station faults: planting and replaying with seeds {seeds}", highlight=False)
-    report = evaluate_station_faults(records, seeds)
+    report = evaluate_station_faults(records, seeds, policy)
     console.print(_station_table(report))
     return report
 
@@ -155,23 +156,35 @@ def _live_table(report: dict) -> Table:
     return table
 
 
-def _live_policy(text: str | None):
-    """`samples=1,max_temperature_c=70` -> a `LivePolicy` with those thresholds changed."""
-    from dataclasses import fields
-
-    from pipelines.telemetry.detectors import DEFAULT_POLICY, LivePolicy
+def _policy(text: str | None, default, option: str):
+    """`name=value,...` -> `default` (a frozen dataclass of thresholds) with those changed."""
+    from dataclasses import fields, replace
 
     if not text:
-        return DEFAULT_POLICY
-    types = {f.name: type(getattr(DEFAULT_POLICY, f.name)) for f in fields(LivePolicy)}
+        return default
+    types = {f.name: type(getattr(default, f.name)) for f in fields(default)}
     changes = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, _, value = item.partition("=")
         if name.strip() not in types or not value:
-            raise ValueError(f"--live-policy: {item!r} is not name=value with a name of "
+            raise ValueError(f"{option}: {item!r} is not name=value with a name of "
                              f"{sorted(types)}")
         changes[name.strip()] = types[name.strip()](value)
-    return LivePolicy(**changes)
+    return replace(default, **changes)
+
+
+def _live_policy(text: str | None):
+    """`samples=1,max_temperature_c=70` -> a `LivePolicy` with those thresholds changed."""
+    from pipelines.telemetry.detectors import DEFAULT_POLICY
+
+    return _policy(text, DEFAULT_POLICY, "--live-policy")
+
+
+def _station_policy(text: str | None):
+    """`cusum_h=5` -> a `HealthPolicy` with those thresholds changed."""
+    from pipelines.stations.health import DEFAULT_POLICY
+
+    return _policy(text, DEFAULT_POLICY, "--station-policy")
 
 
 def _live_faults(records: list[dict], seeds: list[int], sessions: int, interval: float,
@@ -231,6 +244,9 @@ def evaluate(
     = False,
     station_seeds: Annotated[str, typer.Option(
         help="Seeds of the station-fault planting, averaged")] = "1,2,3",
+    station_policy: Annotated[str | None, typer.Option(
+        help="Station faults: health thresholds changed, e.g. cusum_h=5,z_clip=2.5 "
+        "(names of pipelines.stations.health.HealthPolicy)")] = None,
     live_faults: Annotated[bool, typer.Option(
         "--live-faults", help="Only the live-fault evaluation: planted OCPP faults through "
         "the gateway's normaliser and the live detectors, in event time (minutes, no MLflow)")]
@@ -291,7 +307,9 @@ def evaluate(
         console.print(f"report: {out}")
         return
     if station_faults or station_faults_only:
-        station_report = _station_faults(records, _csv(station_seeds, int) or [1])
+        with clear_errors(ValueError):
+            station_report = _station_faults(records, _csv(station_seeds, int) or [1],
+                                             station_policy)
         if station_faults_only:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps({"inputs": [str(p) for p in inputs],

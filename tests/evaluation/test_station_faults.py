@@ -69,3 +69,35 @@ def test_the_real_exports_report_every_kind(shared_acn):
     assert summary["kinds"]["outage"]["target_planted"] > 0
     assert summary["kinds"]["outage"]["target_detected"] >= 0.6
     assert summary["station_weeks"] > 1000
+
+
+def test_the_evaluate_command_replays_station_faults_with_changed_thresholds(tmp_path,
+                                                                              synthetic):
+    import json
+
+    from typer.testing import CliRunner
+
+    from evguard.cli import app
+
+    exports = tmp_path / "acn.json"
+    exports.write_text(json.dumps({"_meta": {}, "_items": synthetic}))
+
+    def run(*policy: str) -> tuple[int, str, dict | None]:
+        out = tmp_path / f"stations-{len(policy)}.json"
+        result = CliRunner().invoke(app, ["evaluate", "--station-faults-only", "--acn",
+                                          str(exports), "--station-seeds", "1", *policy,
+                                          "--out", str(out)])
+        report = json.loads(out.read_text())["station_faults"] if out.exists() else None
+        return result.exit_code, " ".join(result.output.split()), report
+
+    code, _, default = run()
+    assert code == 0 and default["policy"]["cusum_h"] == 6.0
+    code, _, never = run("--station-policy", "cusum_h=1e9,degraded_warmup=5")
+    assert code == 0
+    assert (never["policy"]["cusum_h"], never["policy"]["degraded_warmup"]) == (1e9, 5)
+    # the thresholds reach the detectors: a CUSUM that can never reach h opens no degraded alert
+    assert default["mean"]["kinds"]["degraded"]["detected"] > 0
+    assert never["mean"]["kinds"]["degraded"]["detected"] == 0
+    assert never["mean"]["false_alerts"]["degraded"] == 0
+    code, output, _ = run("--station-policy", "cusum=2")
+    assert code == 1 and "--station-policy" in output and "not name=value" in output
