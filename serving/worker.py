@@ -14,7 +14,6 @@ import logging
 import signal
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -31,7 +30,7 @@ from serving.champion import ChampionWatcher
 from serving.kafka import consumer_config, dead_letter_producer_config
 from serving.prometheus import WorkerMetrics
 from serving.stations import STATION_STATE_CODEC, StationTracker
-from serving.steps.base import Batch, MessageRejected
+from serving.steps.base import Batch, MessageRejected, WaitingBatches
 from serving.steps.commit import CommitPolicy, Offsets
 from serving.steps.dead_letters import (
     DeadLetterProducer,
@@ -104,7 +103,7 @@ class ScoringWorker:
         self._invalid_ratio = InvalidRatioTracker(InvalidRatioLimit(
             settings.serve_max_invalid_ratio, settings.serve_invalid_window))
         self._chain: Chain | None = None
-        self._held: deque[Batch] = deque()
+        self._held = WaitingBatches(settings.serve_batch_size)
         self._paused = False
         self._assigned: set[tuple[str, int]] = set()
         self._positions: dict[tuple[str, int], int] = {}
@@ -199,14 +198,17 @@ class ScoringWorker:
         while not stop.is_set():
             self.heartbeat.beat()
             self._submit_held()
-            messages = self._consume(consumer, 0.05 if self._paused else timeout)
+            room = self._held.room
+            if room <= 0:
+                self._pause()
+            messages = self._consume(consumer, 0.05 if self._paused else timeout, max(room, 1))
             batch = self._to_batch(messages)
             if batch is not None:
                 last_message = time.monotonic()
-                self._held.append(batch)
+                self._held.add(batch)
                 self._submit_held()
             elif not self._held and self._chain is not None and self._tracker.tick_due():
-                self._held.append(Batch(offsets={}))  # no session: the silence timer still runs
+                self._held.add(Batch(offsets={}))  # no session: the silence timer still runs
                 self._submit_held()
             if self._chain is not None:
                 self._chain.head.poll()
@@ -221,27 +223,28 @@ class ScoringWorker:
                 log.info("no messages for %.0fs and nothing in flight: stopping", idle_exit_s)
                 return
 
-    def _consume(self, consumer: Consumer, timeout: float) -> list:
+    def _consume(self, consumer: Consumer, timeout: float, limit: int) -> list:
         """A micro-batch: wait (up to `timeout`) for one message only, then take what else
-        is already fetched, up to the batch size.
+        is already fetched, up to `limit`.
 
         Waiting for a full batch would add the whole timeout to every session's latency at
         low rates; this way a batch is what arrived while the last one was processed, and
         it grows by itself when the worker falls behind.
         """
         first = consumer.consume(1, timeout)
-        if not first or self.settings.serve_batch_size == 1:
+        if not first or limit == 1:
             return first
-        return first + consumer.consume(self.settings.serve_batch_size - 1, 0)
+        return first + consumer.consume(limit - 1, 0)
 
     def _submit_held(self) -> None:
         while self._held and self._chain is not None:
             try:
-                self._chain.head.submit(self._held[0])
+                self._chain.head.submit(self._held.first())
             except MessageRejected:
-                self._pause()
+                if self._held.room <= 0 or not self._publisher.ready:
+                    self._pause()  # RabbitMQ is down or blocking: don't wait to fill up
                 return
-            self._held.popleft()
+            self._held.pop_first()
         if not self._held:
             self._resume()
 

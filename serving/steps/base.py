@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -66,6 +67,50 @@ class Batch:
     @property
     def size(self) -> int:
         return len(self.sources) + len(self.invalid)
+
+
+class WaitingBatches:
+    """Batches consumed but not yet taken by the chain, in Kafka order.
+
+    While the chain is full, what arrives joins the last waiting batch, up to `limit`
+    messages: a busy chain gets bigger batches instead of a paused consumer (librdkafka
+    fetches again only ~1 s after a resume: measured, that pause was the whole p99 at
+    1,000 sessions/s). The consumer pauses only once `room` is 0.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._batches: deque[Batch] = deque()
+
+    def add(self, batch: Batch) -> None:
+        """Queue `batch`, merged into the last waiting one when both carry messages.
+
+        Nothing has been done with a waiting batch (a step that rejects does nothing with
+        it), so merging changes only its size. The caller keeps to `room`.
+        """
+        last = self._batches[-1] if self._batches else None
+        if last is not None and last.raw and batch.raw:
+            last.raw.extend(batch.raw)
+            last.offsets.update(batch.offsets)  # later offsets of a partition win
+        else:
+            self._batches.append(batch)
+
+    @property
+    def room(self) -> int:
+        """How many more messages may be consumed before the consumer must pause."""
+        return self.limit - sum(len(b.raw) for b in self._batches)
+
+    def first(self) -> Batch:
+        return self._batches[0]
+
+    def pop_first(self) -> Batch:
+        return self._batches.popleft()
+
+    def clear(self) -> None:
+        self._batches.clear()
+
+    def __len__(self) -> int:
+        return len(self._batches)
 
 
 class ProcessingStep(ABC):

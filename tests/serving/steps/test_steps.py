@@ -8,7 +8,7 @@ from pipelines.contracts.score_result import parse_score_results
 from pipelines.data.features import feature_matrix
 from serving.chain import in_memory_tracker
 from serving.prometheus import WorkerMetrics
-from serving.steps.base import MessageRejected
+from serving.steps.base import Batch, MessageRejected, WaitingBatches
 from serving.steps.commit import IMMEDIATE, CommitPolicy, CommitStep, StateWriteError
 from serving.steps.context import ContextStep
 from serving.steps.dead_letters import (
@@ -208,3 +208,27 @@ def test_commit_waits_for_the_station_state_writes_and_never_passes_a_failed_one
     with pytest.raises(StateWriteError, match="changelog partition offline"):
         commit.poll()
     assert len(commits) == 1
+
+
+def test_waiting_batches_grow_up_to_the_limit_and_keep_kafka_order():
+    waiting = WaitingBatches(limit=10)
+    waiting.add(raw_batch([encoded(i) for i in range(3)], partition=0, first_offset=0))
+    waiting.add(raw_batch([encoded(i) for i in range(3, 7)], partition=0, first_offset=3))
+    waiting.add(raw_batch([encoded(7)], partition=1, first_offset=50))
+    assert len(waiting) == 1 and waiting.room == 2
+    merged = waiting.first()
+    assert [m.source.offset for m in merged.raw] == [0, 1, 2, 3, 4, 5, 6, 50]
+    assert merged.offsets == {("ev-station-data", 0): 7, ("ev-station-data", 1): 51}
+    # what the merged batch decodes to is what the two batches would have given
+    nxt = RecordingStep()
+    decode_step(nxt)[0].submit(waiting.pop_first())
+    assert [r["sessionID"] for r in nxt.received[0].records] == [f"s{i}" for i in range(8)]
+    assert waiting.room == 10 and not waiting
+
+
+def test_a_timer_batch_is_never_merged_with_messages():
+    waiting = WaitingBatches(limit=10)
+    waiting.add(Batch(offsets={}))
+    waiting.add(raw_batch([encoded(0)]))
+    waiting.add(raw_batch([encoded(1)], first_offset=1))
+    assert len(waiting) == 2 and waiting.first().raw == [] and waiting.room == 8
