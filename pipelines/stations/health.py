@@ -14,7 +14,8 @@ under `health:<stationID>` (and the site's arrival activity under
 - **failing**: `fail_k` of the last `fail_n` sessions failed: almost no energy over a long
   connection, or dead-lettered (`on_dead_letter`).
 - **degraded**: a one-sided CUSUM on log charging power (kWh over connect to
-  doneChargingTime) against the station's own robust baseline, frozen while an
+  doneChargingTime, or over a short stay that has none, as at a DC fast charger)
+  against the station's own robust baseline, frozen while an
   excursion builds or an alarm is open.
 
 Each opens one `StationAlert` (event "open") with a sentence of evidence, de-duplicated
@@ -62,10 +63,14 @@ class HealthPolicy:
             and closes after `recover_ok` successes in a row.
         degraded_warmup: sessions with a measurable power before the CUSUM runs.
         cusum_k, cusum_h: reference shift and decision interval, in baseline sigmas.
-        z_clip: one session moves the CUSUM by at most this many sigmas.
+        z_clip: one session raises the CUSUM by at most this many sigmas.
+        z_floor: one session lowers it by at most this many sigmas (before `cusum_k`), so a
+            single good car during a degradation does not erase the excursion.
         sigma_floor: smallest baseline spread of log power.
         baseline_alpha: weight of a new session in the baseline's mean and variance.
         min_charge_hours: shorter charging times give no power reading.
+        short_stay_hours: a session without doneChargingTime (a DC fast charger reports none)
+            reads its power over the whole connection when it lasted at most this long.
         user_min_sessions: sessions of a driver before power is judged relative to theirs.
     """
 
@@ -84,9 +89,11 @@ class HealthPolicy:
     cusum_k: float = 0.6
     cusum_h: float = 6.0
     z_clip: float = 2.0
+    z_floor: float = 0.7
     sigma_floor: float = 0.1
     baseline_alpha: float = 0.05
     min_charge_hours: float = 0.25
+    short_stay_hours: float = 2.0
     user_min_sessions: int = 3
 
     def __post_init__(self) -> None:
@@ -493,7 +500,7 @@ def _record_power(station: StationHealth, power_kw: float, user: UserPower | Non
                 policy.baseline_alpha)
     if z is None:
         return []
-    station.cusum = max(0.0, station.cusum + max(-policy.z_clip, min(policy.z_clip, z))
+    station.cusum = max(0.0, station.cusum + max(-policy.z_floor, min(policy.z_clip, z))
                         - policy.cusum_k)
     if station.cusum > 0:
         station.run_log_sum += x
@@ -559,11 +566,15 @@ def on_session(state: MutableMapping[str, object], record: dict, now_s: float | 
         alerts += _record_outcome(station, failed, at, detail, policy)
     elif station.n_outcomes < policy.fail_n:
         station.n_outcomes += 1
+    done_s = epoch_seconds(record.get("doneChargingTime"))
+    # a short stay is nearly all charging; a driver's usual power is their car's AC rate, so a
+    # reading over the whole connection is judged against the station's own history only
+    whole_stay = done_s is None and end_s - connect_s <= policy.short_stay_hours * 3600
     power = None if failed else charging_power_kw(
-        kwh, connect_s, epoch_seconds(record.get("doneChargingTime")), policy)
+        kwh, connect_s, end_s if whole_stay else done_s, policy)
     changed = keys
     if power is not None:
-        user_id = record.get("userID")
+        user_id = None if whole_stay else record.get("userID")
         user = state.get(user_key(user_id)) if user_id else None
         if user_id and not isinstance(user, UserPower):
             user = UserPower()

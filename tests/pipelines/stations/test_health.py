@@ -214,3 +214,37 @@ def test_counts_kept_scaled_equal_counts_decayed_at_every_session():
     got = station.hours.astype(float) * np.exp((station.ref_s - station.decay_s) / policy.tau_s)
     assert got == pytest.approx(decayed, abs=2e-3 * decayed.max())
     assert station.total_at_decay(policy.tau_s) == pytest.approx(decayed.sum(), rel=1e-9)
+
+
+def test_a_dc_charger_without_done_times_is_judged_on_its_short_stays():
+    """DC fast chargers report no doneChargingTime: a short stay is read whole, and the
+    driver's usual (AC) power is neither used nor changed by it; a long stay with no
+    doneChargingTime gives no reading."""
+    state: dict = {}
+    on_session(state, session("ac", MONDAY, user="u1"))
+    user_before = state["healthuser:u1"].to_bytes()
+    events = []
+    for i in range(30):  # ~40 kW over half-hour stays, then the charger delivers a third
+        kwh = 20.0 * (0.9 + 0.2 * ((i * 7) % 11) / 10) * (1 / 3 if i >= 20 else 1)
+        events.append(on_session(state, session("dc", MONDAY + DAY + i * DAY, hours=0.5,
+                                                kwh=kwh, charge_h=None, user="u1"))[1])
+    assert state["healthuser:u1"].to_bytes() == user_before
+    assert not any(opened(e, "degraded") for e in events[:20])
+    [alert] = [a for e in events[20:] for a in opened(e, "degraded")]
+    assert alert.metrics["usual_kw"] > 30 and alert.metrics["recent_kw"] < 20
+    long_stays: dict = {}
+    for i in range(30):
+        on_session(long_stays, session("dc", MONDAY + i * DAY, hours=3.0, charge_h=None))
+    assert long_stays[station_key("dc")].base_n == 0
+
+
+def test_one_good_session_does_not_erase_a_building_degradation():
+    state: dict = {}
+    for i in range(30):
+        on_session(state, session("s", MONDAY + i * DAY, kwh=10.0 * (0.95 + 0.01 * (i % 10))))
+    t = MONDAY + 30 * DAY
+    on_session(state, session("s", t, kwh=4.0))
+    on_session(state, session("s", t + DAY, kwh=4.0))
+    building = state[station_key("s")].cusum
+    on_session(state, session("s", t + 2 * DAY, kwh=14.0))  # one strong car in between
+    assert state[station_key("s")].cusum >= building - POLICY.z_floor - POLICY.cusum_k > 0
