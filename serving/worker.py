@@ -198,15 +198,10 @@ class ScoringWorker:
         while not stop.is_set():
             self.heartbeat.beat()
             self._submit_held()
-            step = self._held.next_step(time.monotonic(), self._publisher.ready)
-            if step == "pause":
+            room = self._held.room
+            if room <= 0:
                 self._pause()
-            if step == "wait" and not self._paused:
-                time.sleep(0.002)  # the chain is full; librdkafka goes on fetching meanwhile
-                messages = []
-            else:
-                messages = self._consume(consumer, 0.05 if self._paused else timeout,
-                                         max(self._held.room, 1))
+            messages = self._consume(consumer, 0.05 if self._paused else timeout, max(room, 1))
             batch = self._to_batch(messages)
             if batch is not None:
                 last_message = time.monotonic()
@@ -246,8 +241,8 @@ class ScoringWorker:
             try:
                 self._chain.head.submit(self._held.first())
             except MessageRejected:
-                if not self._publisher.ready:
-                    self._pause()  # RabbitMQ is down or blocking: no use filling up
+                if self._held.room <= 0 or not self._publisher.ready:
+                    self._pause()  # RabbitMQ is down or blocking: don't wait to fill up
                 return
             self._held.pop_first()
         if not self._held:

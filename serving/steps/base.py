@@ -15,7 +15,6 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 from pipelines.contracts.sessions import Source
 
@@ -70,38 +69,18 @@ class Batch:
         return len(self.sources) + len(self.invalid)
 
 
-ConsumerStep = Literal["consume", "wait", "pause"]
-FULL_WAIT_S = 2.0  # longer than RabbitMQ's confirm stalls (~1 s), far below max.poll.interval.ms
-
-
 class WaitingBatches:
     """Batches consumed but not yet taken by the chain, in Kafka order.
 
-    A paused partition costs about a second of fetching after its resume (librdkafka,
-    measured: it was the whole p99 at 1,000 sessions/s), so a full chain does not pause
-    the consumer at once. What arrives joins the last waiting batch, up to `limit`
-    messages; then the consumer takes nothing for up to `full_wait_s` while librdkafka
-    keeps fetching, and pauses only if the chain is still full, or at once while
-    RabbitMQ is unusable (`next_step`).
+    While the chain is full, what arrives joins the last waiting batch, up to `limit`
+    messages: a busy chain gets bigger batches instead of a paused consumer (librdkafka
+    fetches again only ~1 s after a resume: measured, that pause was the whole p99 at
+    1,000 sessions/s). The consumer pauses only once `room` is 0.
     """
 
-    def __init__(self, limit: int, full_wait_s: float = FULL_WAIT_S) -> None:
+    def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.full_wait_s = full_wait_s
         self._batches: deque[Batch] = deque()
-        self._full_since: float | None = None
-
-    def next_step(self, now: float, rabbitmq_usable: bool) -> ConsumerStep:
-        """What the consumer does next: take up to `room` messages, take none for now, or
-        pause its partitions."""
-        if self.room > 0:
-            self._full_since = None
-            return "consume"
-        if self._full_since is None:
-            self._full_since = now
-        if rabbitmq_usable and now - self._full_since < self.full_wait_s:
-            return "wait"
-        return "pause"
 
     def add(self, batch: Batch) -> None:
         """Queue `batch`, merged into the last waiting one when both carry messages.

@@ -232,18 +232,3 @@ def test_a_timer_batch_is_never_merged_with_messages():
     waiting.add(raw_batch([encoded(0)]))
     waiting.add(raw_batch([encoded(1)], first_offset=1))
     assert len(waiting) == 2 and waiting.first().raw == [] and waiting.room == 8
-
-
-def test_a_full_wait_pauses_only_after_the_grace_or_at_once_without_rabbitmq():
-    waiting = WaitingBatches(limit=2, full_wait_s=2.0)
-    assert waiting.next_step(100.0, rabbitmq_usable=True) == "consume"
-    waiting.add(raw_batch([encoded(0), encoded(1)]))
-    assert waiting.next_step(100.0, rabbitmq_usable=True) == "wait"
-    assert waiting.next_step(101.9, rabbitmq_usable=True) == "wait"
-    assert waiting.next_step(102.0, rabbitmq_usable=True) == "pause"
-    assert waiting.next_step(102.1, rabbitmq_usable=False) == "pause"
-    waiting.pop_first()  # the chain took it: the grace starts again at the next fill
-    assert waiting.next_step(103.0, rabbitmq_usable=True) == "consume"
-    waiting.add(raw_batch([encoded(2), encoded(3)], first_offset=2))
-    assert waiting.next_step(104.0, rabbitmq_usable=True) == "wait"
-    assert waiting.next_step(104.0, rabbitmq_usable=False) == "pause"
