@@ -94,7 +94,8 @@ def shap_figure(model: SessionAnomalyModel, split: EvalSplit, seed: int) -> byte
     rng = np.random.default_rng(seed)
     rows = split.X_eval[rng.choice(len(split.X_eval), min(SHAP_ROWS, len(split.X_eval)),
                                    replace=False)]
-    method = "TreeSHAP" if model.explainer.method == "tree_shap" else "occlusion"
+    method = {"baseline_shap": "baseline Shapley", "tree_shap": "TreeSHAP"}.get(
+        model.explainer.method, "occlusion")
     return plots.attribution_summary(model.explainer.contributions(rows), rows,
                                      model.feature_columns,
                                      title=f"{model.candidate}: {method} contributions")

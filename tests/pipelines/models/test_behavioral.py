@@ -111,7 +111,7 @@ def test_top_explanation_of_absurd_kwh_per_hour_is_an_energy_or_power_feature(mo
 
 
 def test_both_explanation_methods_blame_power(model, sessions):
-    """TreeSHAP (Isolation Forest) and occlusion (EIF) agree on the cause."""
+    """Baseline Shapley (Isolation Forest) and occlusion (EIF) agree on the cause."""
     from pipelines.models.estimators import make_detector
     from pipelines.models.explain import Explainer, explain
 
