@@ -28,7 +28,9 @@ the committed sessions. The parts (--parts, in this order):
   instance id each), for each count in --workers (1 is the evguard part when it ran);
 - latency: a fresh worker on a topic of its own, fed at --latency-rate sessions/s for
   --latency-seconds; p50/p99 from produce (Kafka timestamp) to confirmed publish from
-  the worker's histogram, and from produce to receipt by a consumer of the queue.
+  the worker's histogram, and from produce to receipt by a consumer of the queue; the
+  CPU cores of the worker, the two brokers and this process (the paced producer and the
+  consumer) over the window.
 
 Each part prints a progress line; the figures are printed as JSON at the end and
 written to --out. Ratios are to the evguard part's steady throughput.
@@ -59,7 +61,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from procstat import cpu_pressure, cpu_seconds, pid_of
+from procstat import cpu_pressure, cpu_seconds, cpu_seconds_or_nan, pid_of
 
 from evguard.services.process import free_port
 from evguard.services.stack import LocalStack
@@ -681,8 +683,13 @@ class Run:
             warm_batches = len(batch_rows(log))
             before = buckets(scrape(ws.metrics_port), "evguard_serving_end_to_end_seconds")
             window_start_ms = time.time() * 1000
+            pids = {"worker": proc.pid, **self.broker_pids(), "producer and consumer": os.getpid()}
+            cpu_before = {name: cpu_seconds_or_nan(pid) for name, pid in pids.items()}
             replay(ws, sample[warm_n:], ReplayPace(rate=args.latency_rate), producer=producer)
             reader.join(60)
+            window_s = time.time() - window_start_ms / 1000
+            cores = {name: round((cpu_seconds_or_nan(pid) - cpu_before[name]) / window_s, 3)
+                     for name, pid in pids.items()}
             done.set()
             time.sleep(0.5)
             after = buckets(scrape(ws.metrics_port), "evguard_serving_end_to_end_seconds")
@@ -701,7 +708,7 @@ class Run:
             "consumer_max_ms": max(latencies) if latencies else None,
             "stages_median": stage_times(batch_rows(log)[warm_batches:], statistics.median),
             "slowest_batches": slowest_batches(batch_rows(log)[warm_batches:]),
-            "worker_memory_mb": memory, "cpu_pressure": cpu_pressure()}
+            "cpu_cores": cores, "worker_memory_mb": memory, "cpu_pressure": cpu_pressure()}
 
 
 def summary(fig: dict) -> str:
