@@ -41,6 +41,17 @@ def consumer_config(settings: Settings) -> dict:
     }
 
 
+def pacing_wait_s(wait_s: float, longest_s: float = 0.05) -> float:
+    """How long a pacing loop should `poll` a librdkafka client to wait `wait_s`.
+
+    librdkafka waits in whole milliseconds and returns at once for less, so a loop that
+    polled the sub-millisecond remainder would spin (the latency benchmark's
+    1,000 sessions/s replay kept most of a core busy). Waiting at least 1 ms sends a
+    session up to 1 ms late; the loop's absolute targets keep the rate.
+    """
+    return min(max(wait_s, 0.001), longest_s)
+
+
 def producer_config(bootstrap: str) -> dict:
     # librdkafka's own log lines would cut through the progress bar; failures are
     # reported by the pre-flight check and the delivery reports instead

@@ -27,7 +27,7 @@ from pipelines.data.datasets import latest_dataset
 from pipelines.data.exports import load_exports
 from pipelines.data.synth import generate_sessions
 from pipelines.settings import Settings
-from serving.kafka import check_topic, producer_config
+from serving.kafka import check_topic, pacing_wait_s, producer_config
 
 log = logging.getLogger("evguard.serving.replay")
 
@@ -301,7 +301,7 @@ def replay(settings: Settings, records: Sequence[dict], pace: ReplayPace = AS_FA
         round_, j = divmod(i, len(ordered))
         target = start + round_ * span + offsets[j]
         while (wait := target - time.perf_counter()) > 0:
-            sender.poll(min(wait, 0.05))
+            sender.poll(pacing_wait_s(wait))
         sender.send(encode_session(record), session_key(record))
         report.produced += 1
         sender.poll(0)

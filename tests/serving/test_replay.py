@@ -9,6 +9,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer
 
+from serving.kafka import pacing_wait_s
 from serving.replay import ReplayPace, load_records, replay, schedule
 from tests.serving.stand_ins import session
 
@@ -19,6 +20,15 @@ def test_pace_is_a_rate_or_a_speedup_never_both_nor_nonsense():
     for bad in (0, -1, float("inf")):
         with pytest.raises(ValueError):
             ReplayPace(rate=bad)
+
+
+def test_pacing_never_asks_librdkafka_for_less_than_its_millisecond():
+    """librdkafka's poll returns at once below 1 ms: a shorter wait would spin the loop."""
+    for wait in (1e-6, 0.0004, 0.00099):
+        assert pacing_wait_s(wait) == 0.001
+    for wait in (0.001, 0.004, 0.05):
+        assert pacing_wait_s(wait) == wait
+    assert pacing_wait_s(3.0) == 0.05  # short enough to keep serving delivery reports
 
 
 def test_a_rate_spaces_sessions_evenly_in_file_order():
