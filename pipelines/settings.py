@@ -123,7 +123,12 @@ class Settings(BaseSettings):
 
     # serving worker (serving/, docs/serving.md)
     serve_batch_size: int = Field(1000, description="Max messages per consume() micro-batch")
-    serve_batch_timeout_ms: int = Field(20, description="Max wait for a micro-batch to fill")
+    serve_batch_timeout_ms: int = Field(
+        20, description="Longest wait for a micro-batch's first message (the loop's idle tick)")
+    serve_batch_linger_ms: float = Field(
+        5.0, ge=0, description="After a micro-batch's first message, wait up to this long for "
+        "more: fewer, larger batches at low rates (less CPU per session) for at most this much "
+        "added latency")
     serve_max_inflight_batches: int = Field(
         8, description="Batches awaiting RabbitMQ confirms before consumption pauses")
     serve_commit_interval_ms: int = Field(200, description="Least time between offset commits")

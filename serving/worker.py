@@ -29,7 +29,7 @@ from pipelines.metrics_http import Heartbeat, MetricsServer
 from pipelines.settings import Settings
 from serving.chain import Chain, ChainOptions, build_chain
 from serving.champion import ChampionWatcher
-from serving.kafka import consumer_config, dead_letter_producer_config
+from serving.kafka import consume_micro_batch, consumer_config, dead_letter_producer_config
 from serving.prometheus import WorkerMetrics
 from serving.stations import STATION_STATE_CODEC, StationTracker
 from serving.steps.base import Batch, MessageRejected, WaitingBatches
@@ -248,17 +248,10 @@ class ScoringWorker:
                 return
 
     def _consume(self, consumer: Consumer, timeout: float, limit: int) -> list:
-        """A micro-batch: wait (up to `timeout`) for one message only, then take what else
-        is already fetched, up to `limit`.
-
-        Waiting for a full batch would add the whole timeout to every session's latency at
-        low rates; this way a batch is what arrived while the last one was processed, and
-        it grows by itself when the worker falls behind.
-        """
-        first = consumer.consume(1, timeout)
-        if not first or limit == 1:
-            return first
-        return first + consumer.consume(limit - 1, 0)
+        """A micro-batch (`serving.kafka.consume_micro_batch`): what arrived while the last
+        one was processed, plus the linger; it grows by itself when the worker falls behind."""
+        return consume_micro_batch(consumer, limit, timeout,
+                                   self.settings.serve_batch_linger_ms / 1000)
 
     def _submit_held(self) -> None:
         while self._held and self._chain is not None:
