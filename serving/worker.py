@@ -9,8 +9,6 @@ waits for its confirms and commits. See docs/serving.md.
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import gc
 import logging
 import signal
@@ -25,6 +23,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from keyed_state import KeyedStateStore
 from messaging import publisher_parameters
 from pipelines.contracts.sessions import Source
+from pipelines.data.memory import trim_c_heap
 from pipelines.metrics_http import Heartbeat, MetricsServer
 from pipelines.settings import Settings
 from serving.chain import Chain, ChainOptions, build_chain
@@ -48,25 +47,9 @@ log = logging.getLogger("evguard.serving.worker")
 batch_log = logging.getLogger("evguard.serving.batch")
 
 STUCK_AFTER_S = 60.0
-# glibc keeps freed memory of its arenas (librdkafka's fetch buffers, the batches' frames)
-# mapped; handing it back every few seconds keeps the resident size near what is live
-# (benchmarks/serving_throughput.py, 200,000 sessions: 410 -> 342 MB)
+# glibc keeps the freed memory of its arenas (librdkafka's fetch buffers, the batches'
+# frames) mapped; handing it back every few seconds keeps the resident size near what is live
 HEAP_TRIM_INTERVAL_S = 10.0
-
-
-def release_free_heap() -> None:
-    """Return the C heap's free pages to the OS (glibc's `malloc_trim`; a no-op elsewhere)."""
-    trim = getattr(_libc(), "malloc_trim", None)
-    if trim is not None:
-        trim(0)
-
-
-@functools.cache
-def _libc() -> object:
-    try:
-        return ctypes.CDLL(None)
-    except OSError:
-        return None
 
 
 @dataclass
@@ -241,7 +224,7 @@ class ScoringWorker:
                 self._log_summary()
                 next_summary = now + 30.0
             if now >= next_trim:
-                release_free_heap()
+                trim_c_heap()
                 next_trim = now + HEAP_TRIM_INTERVAL_S
             if idle_exit_s and now - last_message >= idle_exit_s and self._idle():
                 log.info("no messages for %.0fs and nothing in flight: stopping", idle_exit_s)

@@ -3,7 +3,8 @@
 CPython, glibc's malloc and Arrow's allocator keep freed blocks for reuse, so after a
 step that held every session at once the process stays near that step's peak. What
 follows (training, its worker processes) then starts from the peak, not from what is
-still in use.
+still in use. A long-running process (the scoring worker) trims the C heap every few
+seconds for the same reason (`trim_c_heap`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ def release_freed_memory() -> None:
     """Collect garbage, then return the allocators' free pages (where they allow it)."""
     gc.collect()
     pa.default_memory_pool().release_unused()
+    trim_c_heap()
+
+
+def trim_c_heap() -> None:
+    """Return glibc's free heap pages to the operating system; cheap enough for a
+    long-running loop (no garbage collection), a no-op where `malloc_trim` is missing."""
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
