@@ -8,7 +8,7 @@ Contributions are in **anomaly-score units, positive = pushes towards anomaly**.
   are rescaled onto the score `s = 2 ** (-E[h] / c)` so that, per session, they sum
   to `s(x) - s(typical)` (one positive factor per row: signs and ranking are
   unchanged). No `shap` import, which would bring numba, llvmlite and matplotlib
-  (~90 MB) into the serving worker. `method="tree_shap"` (`shap.TreeExplainer`:
+  (~95 MB) into the serving worker. `method="tree_shap"` (`shap.TreeExplainer`:
   path-dependent TreeSHAP against the training data) stays for models logged with
   it and for comparison (`benchmarks/explain_methods.py`).
 - Extended forests (`eif`, `isotree`): TreeSHAP does not apply (their splits
