@@ -64,6 +64,9 @@ class HealthPolicy:
         degraded_warmup: sessions with a measurable power before the CUSUM runs.
         cusum_k, cusum_h: reference shift and decision interval, in baseline sigmas.
         z_clip: one session raises the CUSUM by at most this many sigmas.
+        z_clip_driver: the same for a session judged relative to its driver's usual power,
+            whose spread is far smaller than the station's mixed cars, so one such session is
+            stronger evidence.
         z_floor: one session lowers it by at most this many sigmas (before `cusum_k`), so a
             single good car during a degradation does not erase the excursion.
         sigma_floor: smallest baseline spread of log power.
@@ -87,8 +90,9 @@ class HealthPolicy:
     recover_ok: int = 2
     degraded_warmup: int = 10
     cusum_k: float = 0.6
-    cusum_h: float = 6.0
+    cusum_h: float = 7.0
     z_clip: float = 2.0
+    z_clip_driver: float = 3.0
     z_floor: float = 0.7
     sigma_floor: float = 0.1
     baseline_alpha: float = 0.05
@@ -484,8 +488,10 @@ def _record_power(station: StationHealth, power_kw: float, user: UserPower | Non
     if user is not None:
         user.mean, user.var, user.n = _baseline_step(user.mean, user.var, user.n, x, warm,
                                                      policy.baseline_alpha)
+    clip = policy.z_clip
     if residual is not None and station.res_n >= warm:
         z = (station.res_mean - residual) / max(math.sqrt(station.res_var), policy.sigma_floor)
+        clip = policy.z_clip_driver
     elif station.base_n >= warm:
         z = (station.base_mean - x) / max(math.sqrt(station.base_var), policy.sigma_floor)
     else:
@@ -500,8 +506,7 @@ def _record_power(station: StationHealth, power_kw: float, user: UserPower | Non
                 policy.baseline_alpha)
     if z is None:
         return []
-    station.cusum = max(0.0, station.cusum + max(-policy.z_floor, min(policy.z_clip, z))
-                        - policy.cusum_k)
+    station.cusum = max(0.0, station.cusum + max(-policy.z_floor, min(clip, z)) - policy.cusum_k)
     if station.cusum > 0:
         station.run_log_sum += x
         station.run_n += 1

@@ -14,7 +14,7 @@ from evaluation.station_faults import (
 )
 from pipelines.data.exports import load_exports
 from pipelines.data.synth import generate_sessions
-from pipelines.stations.health import epoch_seconds
+from pipelines.stations.health import HealthPolicy, epoch_seconds
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_the_evaluate_command_replays_station_faults_with_changed_thresholds(tmp
         return result.exit_code, " ".join(result.output.split()), report
 
     code, _, default = run()
-    assert code == 0 and default["policy"]["cusum_h"] == 6.0
+    assert code == 0 and default["policy"]["cusum_h"] == HealthPolicy().cusum_h
     code, _, never = run("--station-policy", "cusum_h=1e9,degraded_warmup=5")
     assert code == 0
     assert (never["policy"]["cusum_h"], never["policy"]["degraded_warmup"]) == (1e9, 5)

@@ -156,6 +156,24 @@ def test_degraded_fires_after_a_power_drop_and_not_on_a_stable_station(with_user
     assert alert.metrics["recent_kw"] < alert.metrics["usual_kw"] / 2
 
 
+def test_a_drop_relative_to_known_drivers_is_trusted_sooner():
+    """A session judged against its driver's usual power may add more to the CUSUM
+    (`z_clip_driver`) than one judged against the station's mixed cars (`z_clip`)."""
+    def sessions_to_alert(user: str | None) -> int:
+        state: dict = {}
+        for i in range(40):
+            kwh = 10.0 * (0.92 + 0.16 * ((i * 7) % 11) / 10)
+            on_session(state, session("s", MONDAY + i * DAY, kwh=kwh, user=user))
+        for n in range(1, 20):
+            if opened(on_session(state, session("s", MONDAY + (40 + n) * DAY, kwh=3.0,
+                                                user=user))[1], "degraded"):
+                return n
+        raise AssertionError("never alerted")
+
+    assert POLICY.z_clip_driver > POLICY.z_clip
+    assert sessions_to_alert("u1") < sessions_to_alert(None)
+
+
 def test_state_round_trips_through_bytes():
     state: dict = {}
     weekday_history(state, ["s0", "s1"], weeks=3, user="u7")
