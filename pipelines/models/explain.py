@@ -104,7 +104,10 @@ class Explainer:
 
     def _baseline_shap(self, X: np.ndarray) -> np.ndarray:
         if self._nodes is None:
-            self._nodes = forest_nodes(self.detector, self.typical)
+            try:
+                self._nodes = forest_nodes(self.detector, self.typical)
+            except AttributeError:  # a scikit-learn without the per-node path lengths
+                return self._tree_shap(X)
         path_phi, path = baseline_shapley(self._nodes, X)
         return _onto_score(path_phi, path, self._nodes.typical_path, self._nodes.c_value)
 

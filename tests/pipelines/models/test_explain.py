@@ -88,6 +88,16 @@ def test_shapley_contributions_add_up_to_the_score(data, method):
     assert 0.3 < baselines[0] < 0.6
 
 
+def test_a_forest_without_per_node_path_lengths_is_explained_by_tree_shap(data):
+    """`forest_nodes` reads scikit-learn's per-node path lengths (private, as the fast
+    scorer does); a version without them still explains, with shap's TreeSHAP."""
+    detector = make_detector("iforest", n_estimators=20, random_state=0).fit(data)
+    rows = np.vstack([data[:5], [[6.0, 0, 0, -6.0]]])
+    expected = Explainer(detector, data, NAMES, method="tree_shap").contributions(rows)
+    del detector.forest_._decision_path_lengths
+    np.testing.assert_allclose(Explainer(detector, data, NAMES).contributions(rows), expected)
+
+
 def test_the_default_explanations_do_not_import_shap():
     """shap brings numba, llvmlite and matplotlib (~90 MB) into the serving worker."""
     code = ("import sys, numpy as np\n"
