@@ -196,7 +196,7 @@ class ScoringWorker:
     def _loop(self, stop: threading.Event, idle_exit_s: float) -> None:
         s = self.settings
         consumer = self._consumer
-        timeout = s.serve_batch_timeout_ms / 1000
+        timeout, linger = s.serve_batch_timeout_ms / 1000, s.serve_batch_linger_ms / 1000
         last_message = time.monotonic()
         next_lag = next_summary = next_trim = time.monotonic()
         while not stop.is_set():
@@ -205,7 +205,9 @@ class ScoringWorker:
             room = self._held.room
             if room <= 0:
                 self._pause()
-            messages = self._consume(consumer, 0.05 if self._paused else timeout, max(room, 1))
+            # what arrived while the last batch was processed, plus the linger
+            messages = consume_micro_batch(consumer, max(room, 1),
+                                           0.05 if self._paused else timeout, linger)
             batch = self._to_batch(messages)
             if batch is not None:
                 last_message = time.monotonic()
@@ -229,12 +231,6 @@ class ScoringWorker:
             if idle_exit_s and now - last_message >= idle_exit_s and self._idle():
                 log.info("no messages for %.0fs and nothing in flight: stopping", idle_exit_s)
                 return
-
-    def _consume(self, consumer: Consumer, timeout: float, limit: int) -> list:
-        """A micro-batch (`serving.kafka.consume_micro_batch`): what arrived while the last
-        one was processed, plus the linger; it grows by itself when the worker falls behind."""
-        return consume_micro_batch(consumer, limit, timeout,
-                                   self.settings.serve_batch_linger_ms / 1000)
 
     def _submit_held(self) -> None:
         while self._held and self._chain is not None:

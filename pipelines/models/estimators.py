@@ -110,7 +110,7 @@ class IsolationForestDetector(BaseEstimator):
         scikit-learn's order (`tests/pipelines/models/test_fast_forest.py`).
         """
         matrix = _as_matrix(X, self.n_features_in_)
-        trees, denominator = self._compiled_trees()
+        trees, denominator = self.compiled_trees()
         if trees is None:
             return -self.forest_.score_samples(matrix)
         # scikit-learn compares float32 inputs with float64 thresholds
@@ -122,12 +122,12 @@ class IsolationForestDetector(BaseEstimator):
         return 2 ** (-np.divide(depths, denominator, out=np.ones_like(depths),
                                 where=denominator != 0))
 
-    def _compiled_trees(self) -> tuple[list[tuple[Any, np.ndarray | None, np.ndarray]] | None,
+    def compiled_trees(self) -> tuple[list[tuple[Any, np.ndarray | None, np.ndarray]] | None,
                                        Any]:
         """Per tree: its `tree_`, its feature subset (None for all), and each node's path
         length as a leaf; and the score's denominator. Built once per fitted forest; None
         when the forest lacks the attributes this needs (another scikit-learn version):
-        then it scores itself."""
+        then `score_samples` lets scikit-learn score, and the explanations use TreeSHAP."""
         compiled = self.__dict__.get("_compiled")
         if compiled is not None and compiled[0] is self.forest_:
             return compiled[1:]

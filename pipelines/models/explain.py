@@ -162,25 +162,28 @@ class ForestNodes:
 
 
 def forest_nodes(detector: IsolationForestDetector, typical: np.ndarray) -> ForestNodes:
-    """The `ForestNodes` of `detector`'s forest, with `typical` as the baseline row."""
-    forest = detector.forest_
-    n_trees = len(forest.estimators_)
+    """The `ForestNodes` of `detector`'s forest, with `typical` as the baseline row.
+
+    Raises:
+        AttributeError: this scikit-learn lacks what `compiled_trees` reads.
+    """
+    trees, _denominator = detector.compiled_trees()
+    if trees is None:
+        raise AttributeError("the forest has no per-node path lengths to walk")
+    n_trees = len(trees)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in
                                           ("left", "right", "feature", "threshold", "value")}
     roots, offset = [], 0
-    for estimator, features, depths, averages in zip(
-            forest.estimators_, forest.estimators_features_, forest._decision_path_lengths,
-            forest._average_path_length_per_tree, strict=True):
-        tree = estimator.tree_
+    for tree, features, leaf_path in trees:
         leaf = tree.children_left == -1
+        column = np.maximum(tree.feature, 0)
         roots.append(offset)
         parts["left"].append(np.where(leaf, -1, tree.children_left + offset))
         parts["right"].append(np.where(leaf, -1, tree.children_right + offset))
-        parts["feature"].append(np.where(leaf, 0, np.asarray(features)[np.maximum(tree.feature,
-                                                                                   0)]))
+        parts["feature"].append(np.where(leaf, 0, column if features is None
+                                         else features[column]))
         parts["threshold"].append(tree.threshold)
-        # the path length scikit-learn's scoring adds up (`IsolationForestDetector`)
-        parts["value"].append((depths + averages - 1.0) / n_trees)
+        parts["value"].append(leaf_path / n_trees)  # the path length the scorer adds up
         offset += tree.node_count
     flat = {k: np.concatenate(v) for k, v in parts.items()}
     typical32 = np.asarray(typical, dtype=np.float32).astype(np.float64)
@@ -188,7 +191,7 @@ def forest_nodes(detector: IsolationForestDetector, typical: np.ndarray) -> Fore
     nodes = ForestNodes(flat["left"].astype(np.int64), flat["right"].astype(np.int64),
                         flat["feature"].astype(np.int64), flat["threshold"], typical_left,
                         flat["value"], np.asarray(roots, np.int64), int(detector.n_features_in_),
-                        0.0, average_path_length(int(forest.max_samples_)))
+                        0.0, average_path_length(int(detector.forest_.max_samples_)))
     _, path = baseline_shapley(nodes, typical32[None, :])
     return replace(nodes, typical_path=float(path[0]))
 
