@@ -167,7 +167,7 @@ def forest_nodes(detector: IsolationForestDetector, typical: np.ndarray) -> Fore
     Raises:
         AttributeError: this scikit-learn lacks what `compiled_trees` reads.
     """
-    trees, denominator = detector.compiled_trees()
+    trees, _denominator = detector.compiled_trees()
     if trees is None:
         raise AttributeError("the forest has no per-node path lengths to walk")
     n_trees = len(trees)
@@ -191,7 +191,7 @@ def forest_nodes(detector: IsolationForestDetector, typical: np.ndarray) -> Fore
     nodes = ForestNodes(flat["left"].astype(np.int64), flat["right"].astype(np.int64),
                         flat["feature"].astype(np.int64), flat["threshold"], typical_left,
                         flat["value"], np.asarray(roots, np.int64), int(detector.n_features_in_),
-                        0.0, float(denominator) / n_trees)  # the scorer's c(max_samples)
+                        0.0, average_path_length(int(detector.forest_.max_samples_)))
     _, path = baseline_shapley(nodes, typical32[None, :])
     return replace(nodes, typical_path=float(path[0]))
 
