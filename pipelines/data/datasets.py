@@ -225,7 +225,8 @@ def write_dataset(data_dir: Path, sessions: pd.DataFrame, features: pd.DataFrame
         sessions.to_parquet(staging / "sessions.parquet", index=False)
         release_freed_memory()  # the sessions' Arrow copy, before the features are built
         # a row's station context depends on the rows before it: recompute every row's features
-        features = features_table(add_features_in_chunks(table_chunks(sessions), FEATURE_KEYS))
+        features = features_table(add_features_in_chunks(table_chunks(sessions),
+                                                          lambda frame: frame[FEATURE_KEYS]))
         features.to_parquet(staging / "features.parquet", index=False)
         if labels:
             pd.DataFrame({"sessionID": list(labels), "anomaly_type": list(labels.values())}) \

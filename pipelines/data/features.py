@@ -55,7 +55,7 @@ infinite number) becomes 0, so serving never raises on a schema-valid session.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -404,38 +404,48 @@ def join_facts(parts: Sequence[SessionFacts]) -> SessionFacts:
 
 
 def add_features_in_chunks(chunks: Iterable[Sequence[dict]],
-                           columns: Sequence[str] | None = None) -> pd.DataFrame:
+                           keep: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+                           ) -> pd.DataFrame:
     """`add_features(sessions_to_frame(records))` of the concatenated chunks of records,
     holding one chunk's parsed frame at a time.
 
     The f2 columns are computed chunk by chunk (row by row anyway); the station context is
-    replayed once over all the chunks' facts, as in one call. Memory: what stays is the
-    parsed `columns` and the feature columns, not every chunk's dicts.
+    replayed once over all the chunks' facts, as in one call. Memory: what stays is what
+    `keep` takes of each chunk's parsed frame and the feature columns, not the chunks' dicts
+    (so `keep` should not hold on to their lists of edits, see
+    `pipelines.data.validation.input_kinds`).
 
     Args:
         chunks: session dicts in order, e.g. slices of one list or read from a table
             chunk by chunk (a generator is consumed once).
-        columns: the parsed session columns to keep besides `FEATURE_COLUMNS` (all when None).
+        keep: what to keep of a chunk's parsed frame besides `FEATURE_COLUMNS`, e.g. some of
+            its columns (every column when None).
 
     Returns:
-        The same frame as one `add_features(sessions_to_frame(...))` (restricted to
-        `columns` and the features), with a RangeIndex.
+        The same frame as one `add_features(sessions_to_frame(...))` (reduced by `keep`,
+        then the features), with a RangeIndex.
     """
     kept, f2_parts, facts_parts = [], [], []
     for records in chunks:
         frame = sessions_to_frame(records)
-        kept.append(frame if columns is None else frame[list(columns)])
+        kept.append(frame if keep is None else keep(frame))
         f2_parts.append(_compute_features(_frame_inputs(frame)))
         facts_parts.append(_frame_facts(frame))
         del frame
     if not kept:
-        return add_features_in_chunks([[]], columns)
+        return add_features_in_chunks([[]], keep)
     frame = pd.concat(kept, ignore_index=True) if len(kept) > 1 else kept[0]
     del kept
     f2 = {name: np.concatenate([part[name] for part in f2_parts]) for name in F2_COLUMNS}
+    del f2_parts
     facts = join_facts(facts_parts)
-    features = pd.DataFrame(_with_context(f2, facts, None), index=frame.index)
-    return pd.concat([frame.drop(columns=FEATURE_COLUMNS, errors="ignore"), features], axis=1)
+    del facts_parts
+    features = _with_context(f2, facts, None)
+    del f2, facts
+    frame = frame.drop(columns=FEATURE_COLUMNS, errors="ignore")
+    for name in FEATURE_COLUMNS:  # one column at a time: no copy of the whole frame
+        frame[name] = features.pop(name)
+    return frame
 
 
 def feature_matrix(records: Iterable[dict],

@@ -32,6 +32,7 @@ from pipelines.data.memory import release_freed_memory
 from pipelines.data.synth import generate_sessions
 from pipelines.data.validation import (
     ValidationReport,
+    input_kinds,
     quarantine_failed_rows,
     quarantined_keys,
     record_key,
@@ -87,7 +88,7 @@ class IngestBatch:
     run_id: str
     records: list[dict]
     labels: dict[str, str]
-    frame: pd.DataFrame  # featurised, index = position in `records`
+    frame: pd.DataFrame  # featurised, index = position in `records`; userInputs as `input_kinds`
     source: dict
     rows_in: int
     duplicates: int
@@ -169,8 +170,8 @@ def prepare_batch(settings: Settings, records: list[dict], labels: dict[str, str
         else new
     requarantined = len(new) - len(fresh_rows)
     new = fresh_rows
-    frame = add_features_in_chunks(new[start:stop] for start, stop in
-                                   chunk_bounds(len(new), CHUNK_ROWS))
+    frame = add_features_in_chunks((new[start:stop] for start, stop in
+                                    chunk_bounds(len(new), CHUNK_ROWS)), keep=input_kinds)
     new_ids = {r.get("sessionID") for r in new}
     return IngestBatch(run_id, new, {k: v for k, v in labels.items() if k in new_ids}, frame,
                        source, rows_in=len(records), duplicates=len(records) - len(unique),

@@ -123,12 +123,28 @@ def _suite(document: dict):
                       for e in document["expectations"]])
 
 
-def _gx_safe(frame: pd.DataFrame) -> pd.DataFrame:
-    # GX cannot hash list cells: validate the *type* of userInputs (a list, or null)
+INPUT_KINDS = "userInputs_kind"
+
+
+def input_kinds(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with `userInputs` replaced by `INPUT_KINDS`, the name of each cell's type (or
+    null): all the suites check of it, so a frame of many sessions need not hold every edit
+    (pure)."""
     if "userInputs" not in frame.columns:
         return frame
     kinds = [None if v is None else type(v).__name__ for v in frame["userInputs"]]
-    return frame.assign(userInputs=pd.Series(kinds, index=frame.index, dtype=object))
+    return frame.drop(columns="userInputs").assign(
+        **{INPUT_KINDS: pd.Series(kinds, index=frame.index, dtype=object)})
+
+
+def _gx_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    # GX cannot hash list cells: validate the *type* of userInputs (a list, or null)
+    reduced = input_kinds(frame)
+    if INPUT_KINDS not in reduced.columns:
+        return frame
+    kinds = reduced[INPUT_KINDS].astype(object)
+    return reduced.drop(columns=INPUT_KINDS).assign(
+        userInputs=kinds.where(kinds.notna(), None))
 
 
 def run_suite(frame: pd.DataFrame, document: dict) -> tuple[list[ExpectationOutcome],
@@ -178,7 +194,8 @@ def validate_batch(frame: pd.DataFrame, max_failure_rate: float,
     """Run the raw-session suite and the feature suite on a featurised frame.
 
     Args:
-        frame: `add_features(sessions_to_frame(records))`, index = record position.
+        frame: `add_features(sessions_to_frame(records))`, index = record position, or its
+            `input_kinds` (the same outcome).
         max_failure_rate: the batch fails when more rows than this fraction fail.
         directory: where the suite JSON files are.
 

@@ -293,13 +293,20 @@ def replay_context_array(facts: SessionFacts) -> np.ndarray:
     times = np.concatenate([connect, np.maximum(facts.end[observed], connect[observed])])
     kinds = np.concatenate([np.zeros(n, np.int8), np.ones(len(observed), np.int8)])
     events = np.concatenate([np.arange(n), observed])
-    rank = np.unique(np.array(facts.session, dtype=object).astype(str),
-                     return_inverse=True)[1].reshape(-1)
+    # ties by sessionID; equal IDs keep their input order (lexsort is stable), as equal ranks
+    rank = np.empty(n, np.int64)
+    rank[np.argsort(np.array(facts.session, dtype=object), kind="stable")] = np.arange(n)
     order = np.lexsort((rank[events], kinds, times))
-    keys = [_state_keys(*k) for k in zip(facts.station, facts.site, facts.user, strict=True)]
-    values = [a.tolist() for a in (facts.connect, facts.end, facts.power, facts.energy,
-                                   facts.duration)]
-    c, e, p, en, d = values
+    del rank
+    # memory, at millions of sessions: one key tuple per distinct (station, site, user),
+    # and the numbers as C doubles (an `array` item is a float only while it is used)
+    distinct: dict[tuple, tuple[str, str, str | None]] = {}
+    keys = [distinct.get(k) or distinct.setdefault(k, _state_keys(*k))
+            for k in zip(facts.station, facts.site, facts.user, strict=True)]
+    del distinct
+    c, e, p, en, d = (array("d", np.ascontiguousarray(a, dtype=float).tobytes())
+                      for a in (facts.connect, facts.end, facts.power, facts.energy,
+                                facts.duration))
     state: dict[str, object] = {}
     flat, queried = array("d"), array("q")
     for kind, i in zip(kinds[order].tolist(), events[order].tolist(), strict=True):
