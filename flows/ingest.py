@@ -61,7 +61,8 @@ def transient_only(task, task_run, state) -> bool:
 load = task(ingest.load_source, name="load-sessions", retries=3,
             retry_delay_seconds=[2, 5, 15], retry_condition_fn=transient_only,
             cache_policy=NO_CACHE)
-prepare = task(ingest.prepare_batch, name="deduplicate-and-featurise", cache_policy=NO_CACHE)
+admit = task(ingest.admit, name="deduplicate", cache_policy=NO_CACHE)
+featurise = task(ingest.featurise, name="featurise", cache_policy=NO_CACHE)
 validate = task(ingest.validate, name="validate-great-expectations", cache_policy=NO_CACHE)
 quarantine = task(ingest.quarantine, name="quarantine-failed-rows", cache_policy=NO_CACHE)
 publish = task(ingest.publish, name="write-dataset", cache_policy=NO_CACHE)
@@ -77,7 +78,9 @@ def ingest_flow(params: IngestParams = IngestParams()) -> dict:  # noqa: B008
     rate = (settings.ingest_max_failure_rate if params.max_failure_rate is None
             else params.max_failure_rate)
     records, labels = load(settings, source)
-    batch = prepare(settings, records, labels, ingest.describe(source), params.fresh)
+    batch = admit(settings, records, labels, ingest.describe(source), params.fresh)
+    del records, labels  # most of ingest's memory; the batch holds the new rows as a table
+    batch = featurise(batch)
     report = validate(batch, rate)
     quarantine_path = quarantine(settings, batch, report)
     create_markdown_artifact(report.markdown(), key="ingest-validation",

@@ -15,13 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from pipelines.contracts.sessions import SESSION_FIELDS
 from pipelines.data.features import (
@@ -73,14 +74,25 @@ class Dataset:
 
 
 def sessions_table(records: list[dict]) -> pd.DataFrame:
-    """The ACN fields of `records` as a Parquet-friendly frame (pure)."""
-    columns = {name: [r.get(name) for r in records] for name in SESSION_FIELDS}
-    columns["userInputs"] = [None if u is None else json.dumps(u) for u in columns["userInputs"]]
-    columns["kWhDelivered"] = pd.to_numeric(pd.Series(columns["kWhDelivered"], dtype=object),
-                                            errors="coerce")
-    text = {name: pd.Series([None if v is None else str(v) for v in columns[name]], dtype=object)
-            for name in SESSION_FIELDS if name not in ("kWhDelivered",)}
-    return pd.DataFrame({**text, "kWhDelivered": columns["kWhDelivered"]})[list(SESSION_FIELDS)]
+    """The ACN fields of `records` as a Parquet-friendly frame (pure).
+
+    Text is held in Arrow string columns, not as the records' own string objects, so the
+    frame keeps none of the records' memory once they are gone.
+    """
+    columns = {}
+    for name in SESSION_FIELDS:
+        values = [r.get(name) for r in records]
+        if name == "kWhDelivered":
+            columns[name] = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce")
+            continue
+        if name == "userInputs":  # JSON text, made and stored one chunk at a time
+            parts = [pa.array([None if u is None else json.dumps(u) for u in values[a:b]],
+                              pa.string()) for a, b in chunk_bounds(len(values), CHUNK_ROWS)]
+            columns[name] = pd.Series(pa.chunked_array(parts, pa.string()),
+                                      dtype=pd.StringDtype("pyarrow", na_value=np.nan))
+            continue
+        columns[name] = pd.Series([None if v is None else str(v) for v in values], dtype="str")
+    return pd.DataFrame(columns)[list(SESSION_FIELDS)]
 
 
 def records_from_table(table: pd.DataFrame) -> list[dict]:
@@ -92,10 +104,35 @@ def records_from_table(table: pd.DataFrame) -> list[dict]:
     return records
 
 
+def exact_sessions_table(records: Sequence[dict]) -> tuple[pd.DataFrame, dict[int, dict]]:
+    """`sessions_table(records)`, and the records it does not give back exactly (position ->
+    record): one with other keys, a number where text belongs, an integer kWhDelivered.
+
+    With `table_chunks(table, originals=...)` the records come back as they were, so a
+    batch can be held as a table (Arrow strings, no dict per session) and still be
+    featurised, validated and quarantined as the records themselves (pure).
+    """
+    parts, originals = [], {}
+    for start, stop in chunk_bounds(len(records), CHUNK_ROWS):
+        chunk = records[start:stop]
+        table = sessions_table(chunk)
+        back = next(table_chunks(table, chunk_rows=len(chunk)), [])
+        for i, (again, record) in enumerate(zip(back, chunk, strict=True)):
+            # == takes 1 for 1.0 and True for 1; a quarantine key would not
+            if again != record or type(again["kWhDelivered"]) is not type(
+                    record["kWhDelivered"]):
+                originals[start + i] = record
+        parts.append(table)
+    if not parts:
+        return sessions_table([]), originals
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0], originals
+
+
 def table_chunks(table: pd.DataFrame, shared: dict[str, dict] | None = None,
-                 chunk_rows: int | None = None) -> Iterator[list[dict]]:
+                 chunk_rows: int | None = None,
+                 originals: Mapping[int, dict] | None = None) -> Iterator[list[dict]]:
     """`records_from_table(table)` in consecutive chunks of at most `chunk_rows` records
-    (default `CHUNK_ROWS`).
+    (default `CHUNK_ROWS`), with `originals` (position -> record) in place of their rows.
 
     Memory: a chunk's dicts are built from that chunk's rows alone, the values of
     `_REPEATED_FIELDS` are shared through `shared` (value -> the one object, per field),
@@ -105,6 +142,10 @@ def table_chunks(table: pd.DataFrame, shared: dict[str, dict] | None = None,
     shared = {name: {} for name in _REPEATED_FIELDS} if shared is None else shared
     fields = list(SESSION_FIELDS)
     for start, stop in chunk_bounds(len(table), chunk_rows or CHUNK_ROWS):
+        if originals:
+            chunk = next(table_chunks(table.iloc[start:stop], shared, stop - start))
+            yield [originals.get(start + i, record) for i, record in enumerate(chunk)]
+            continue
         rows = table.iloc[start:stop]
         columns = rows[fields].astype(object).where(rows.notna(), None)
         values = {name: columns[name].tolist() for name in fields}
@@ -140,11 +181,12 @@ def features_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 def content_hash(sessions: pd.DataFrame) -> str:
     """Order-independent hash of the sessions and the feature version."""
-    ordered = sessions.sort_values("sessionID", kind="stable").reset_index(drop=True)
+    order = np.argsort(pd.factorize(sessions["sessionID"], sort=True)[0], kind="stable")
     digest = hashlib.sha256(FEATURE_VERSION.encode())
     # row hashes chunk by chunk: the same bytes, without a text copy of the whole table
-    for start, stop in chunk_bounds(len(ordered), CHUNK_ROWS):
-        rows = ordered.iloc[start:stop].astype(str)
+    for start, stop in chunk_bounds(len(order), CHUNK_ROWS):
+        rows = sessions.take(order[start:stop]).reset_index(drop=True).astype(object)
+        rows = rows.where(rows.notna(), None).astype(str)  # null reads "None" in any dtype
         digest.update(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes())
     return digest.hexdigest()
 
@@ -178,17 +220,26 @@ def latest_dataset(settings: Settings) -> Dataset:
 
 def _merge(parent: Dataset | None, sessions: pd.DataFrame, features: pd.DataFrame,
            labels: dict[str, str]) -> tuple[pd.DataFrame, dict[str, str]]:
-    """The merged sessions in dataset order, and their labels."""
+    """The merged sessions in dataset order (connectionTime, then sessionID; the last row of
+    a sessionID wins), and their labels. `sessions` and `features` hold the same rows in
+    the same order, as a dataset's two tables do."""
     if parent is not None:
         sessions = pd.concat([parent.sessions(), sessions], ignore_index=True)
         features = pd.concat([parent.features()[FEATURE_KEYS], features[FEATURE_KEYS]],
                              ignore_index=True)
         labels = {**parent.labels(), **labels}
-    sessions = sessions.drop_duplicates("sessionID", keep="last")
-    features = features.drop_duplicates("sessionID", keep="last")
-    order = features.sort_values(["connectionTime", "sessionID"], kind="stable")["sessionID"]
-    sessions = sessions.set_index("sessionID").loc[order].reset_index()[list(SESSION_FIELDS)]
-    kept = set(order)
+    if len(sessions) != len(features):
+        raise ValueError(f"{len(sessions)} sessions but {len(features)} feature rows")
+    # positions and codes, not an index of millions of IDs: Arrow strings stay in Arrow
+    ids = pd.factorize(features["sessionID"], sort=True)[0]  # codes in sessionID order
+    last = np.full(ids.max() + 1 if len(ids) else 0, -1)
+    last[ids] = np.arange(len(ids))  # a later row overwrites an earlier one
+    last = last[last >= 0]
+    connect = pd.DatetimeIndex(features["connectionTime"]).asi8[last]
+    connect = np.where(connect == np.iinfo(np.int64).min, np.iinfo(np.int64).max, connect)
+    order = last[np.lexsort((ids[last], connect))]  # an unknown time sorts last
+    sessions = sessions.take(order).reset_index(drop=True)[list(SESSION_FIELDS)]
+    kept = set(features["sessionID"].take(order))
     return sessions, {k: v for k, v in labels.items() if k in kept}
 
 

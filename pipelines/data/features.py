@@ -426,12 +426,16 @@ def add_features_in_chunks(chunks: Iterable[Sequence[dict]],
         then the features), with a RangeIndex.
     """
     kept, f2_parts, facts_parts = [], [], []
+    # one string object per station, site and user across the chunks, not one per session
+    shared: dict[str, dict] = {"station": {}, "site": {}, "user": {}}
     for records in chunks:
         frame = sessions_to_frame(records)
         kept.append(frame if keep is None else keep(frame))
         f2_parts.append(_compute_features(_frame_inputs(frame)))
-        facts_parts.append(_frame_facts(frame))
-        del frame
+        facts = _frame_facts(frame)
+        facts_parts.append(facts._replace(**{name: [seen.setdefault(v, v) for v in getattr(facts, name)]
+                                             for name, seen in shared.items()}))
+        del frame, facts
     if not kept:
         return add_features_in_chunks([[]], keep)
     frame = pd.concat(kept, ignore_index=True) if len(kept) > 1 else kept[0]

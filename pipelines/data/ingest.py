@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,12 +19,11 @@ import pandas as pd
 
 from pipelines.data.acn import client_from_settings, download_sessions
 from pipelines.data.datasets import (
-    CHUNK_ROWS,
     FEATURE_KEYS,
     Dataset,
-    chunk_bounds,
+    exact_sessions_table,
     list_datasets,
-    sessions_table,
+    table_chunks,
     write_dataset,
 )
 from pipelines.data.exports import load_exports
@@ -83,19 +83,27 @@ class ValidationFailed(RuntimeError):
 
 @dataclass
 class IngestBatch:
-    """New sessions of one run, featurised, with what was skipped."""
+    """New sessions of one run, as a table, with what was skipped; featurised by `featurise`."""
 
     run_id: str
-    records: list[dict]
-    labels: dict[str, str]
-    frame: pd.DataFrame  # featurised, index = position in `records`; userInputs as `input_kinds`
+    sessions: pd.DataFrame  # `sessions_table` of the new rows, in order
+    originals: dict[int, dict]  # the rows the table does not give back exactly, as they came
+    labels: pd.DataFrame  # sessionID, anomaly_type of the new rows (labelled ones only)
     source: dict
     rows_in: int
     duplicates: int
     known: int
     previously_quarantined: int
     parent: Dataset | None
-    new_rows: int  # len(records), kept when `publish` lets the records go
+    new_rows: int
+    frame: pd.DataFrame | None = None  # featurised, index = row; userInputs as `input_kinds`
+
+    def records(self, rows: Sequence[int]) -> dict[int, dict]:
+        """The new sessions at these rows, as they came."""
+        rows = sorted(rows)
+        chunk = next(table_chunks(self.sessions.take(rows), chunk_rows=max(len(rows), 1)), [])
+        return {row: self.originals.get(row, record)
+                for row, record in zip(rows, chunk, strict=True)}
 
 
 @dataclass
@@ -147,9 +155,14 @@ def load_source(settings: Settings, source: Source, progress: Progress | None = 
     return records, {}
 
 
-def prepare_batch(settings: Settings, records: list[dict], labels: dict[str, str], source: dict,
-                  fresh: bool = False) -> IngestBatch:
-    """Drop in-batch duplicates (last wins) and sessions the parent already holds; featurise."""
+def admit(settings: Settings, records: list[dict], labels: dict[str, str], source: dict,
+          fresh: bool = False) -> IngestBatch:
+    """Drop in-batch duplicates (last wins), sessions the parent already holds and rows
+    quarantined before; hold the rest as a table.
+
+    The batch keeps nothing of `records`, bar the few that a table would change, so the
+    caller can let them go before the features are built (they are most of ingest's memory).
+    """
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}Z"
     datasets = [d for d in list_datasets(settings.data_dir) if d.manifest.get("validation_passed")]
     parent = None if fresh or not datasets else datasets[-1]
@@ -170,43 +183,56 @@ def prepare_batch(settings: Settings, records: list[dict], labels: dict[str, str
         else new
     requarantined = len(new) - len(fresh_rows)
     new = fresh_rows
-    frame = add_features_in_chunks((new[start:stop] for start, stop in
-                                    chunk_bounds(len(new), CHUNK_ROWS)), keep=input_kinds)
+    sessions, originals = exact_sessions_table(new)
     new_ids = {r.get("sessionID") for r in new}
-    return IngestBatch(run_id, new, {k: v for k, v in labels.items() if k in new_ids}, frame,
-                       source, rows_in=len(records), duplicates=len(records) - len(unique),
+    kept = {k: v for k, v in labels.items() if k in new_ids}
+    # Arrow strings: an object made now and kept would keep the pages of the records around it
+    kept_labels = pd.DataFrame({"sessionID": list(kept), "anomaly_type": list(kept.values())},
+                               dtype="str")
+    return IngestBatch(run_id, sessions, originals, kept_labels, source, rows_in=len(records),
+                       duplicates=len(records) - len(unique),
                        known=len(unique) - len(new) - requarantined,
                        previously_quarantined=requarantined, parent=parent, new_rows=len(new))
 
 
+def featurise(batch: IngestBatch) -> IngestBatch:
+    """The batch's features, built a chunk of sessions at a time."""
+    batch.frame = add_features_in_chunks(table_chunks(batch.sessions, originals=batch.originals),
+                                         keep=input_kinds)
+    return batch
+
+
 def validate(batch: IngestBatch, max_failure_rate: float) -> ValidationReport:
-    """Both suites on the new rows."""
-    return validate_batch(batch.frame, max_failure_rate)
+    """Both suites on the new rows; the batch keeps only the frame's keys afterwards."""
+    report = validate_batch(batch.frame, max_failure_rate)
+    batch.frame = batch.frame[FEATURE_KEYS]  # all `publish` needs of it
+    return report
 
 
 def quarantine(settings: Settings, batch: IngestBatch, report: ValidationReport) -> Path | None:
     """Failing rows with their reasons to `<data_dir>/quarantine/<run_id>.jsonl`."""
-    return quarantine_failed_rows(batch.records, report, Path(settings.data_dir) / "quarantine",
-                                  batch.run_id)
+    return quarantine_failed_rows(batch.records(list(report.failures)), report,
+                                  Path(settings.data_dir) / "quarantine", batch.run_id)
 
 
 def publish(settings: Settings, batch: IngestBatch, report: ValidationReport,
             quarantine_path: Path | None) -> tuple[Dataset | None, int]:
     """Write the passing rows as a new dataset version; refuse a failed batch.
 
-    The batch's records and frame are released once their tables are built (run it after
-    `quarantine`): they are most of ingest's memory, and the dataset holds the rows now.
+    The batch's tables are released once the dataset's are built (run it after
+    `quarantine`): the dataset holds the rows now.
     """
     if not report.passed:
         raise ValidationFailed(report, quarantine_path)
-    keep = [i for i in range(len(batch.records)) if i not in report.failures]
+    keep = [i for i in range(batch.new_rows) if i not in report.failures]
     if not keep:
         return batch.parent, 0
-    sessions = sessions_table([batch.records[i] for i in keep])
+    sessions = batch.sessions.take(keep).reset_index(drop=True)
     # the features are recomputed over the merged dataset: the keys give its order
     keys = batch.frame[FEATURE_KEYS].iloc[keep].reset_index(drop=True)
-    batch.records, batch.frame = [], batch.frame.iloc[:0]
-    return write_dataset(settings.data_dir, sessions, keys, batch.labels, report.summary(),
+    batch.sessions, batch.frame, batch.originals = batch.sessions.iloc[:0], None, {}
+    labels = dict(zip(batch.labels["sessionID"], batch.labels["anomaly_type"], strict=True))
+    return write_dataset(settings.data_dir, sessions, keys, labels, report.summary(),
                          batch.source, batch.parent)
 
 
@@ -244,18 +270,21 @@ def run_ingest(settings: Settings, source: Source, *, max_failure_rate: float | 
     """
     started = time.perf_counter()
     rate = settings.ingest_max_failure_rate if max_failure_rate is None else max_failure_rate
-    steps = ["load", "features", "validate", "quarantine", "write"]
+    steps = ["load", "admit", "features", "validate", "quarantine", "write"]
     tick = (lambda i: progress(steps[i], i + 1, len(steps))) if progress else (lambda i: None)
     records, labels = load_source(settings, source, progress)
     tick(0)
-    batch = prepare_batch(settings, records, labels, describe(source), fresh)
-    del records  # the batch holds the new ones, until `publish` lets them go
+    batch = admit(settings, records, labels, describe(source), fresh)
+    del records, labels
+    release_freed_memory()  # the records: the features would be built on top of them
     tick(1)
-    report = validate(batch, rate)
+    batch = featurise(batch)
     tick(2)
-    quarantine_path = quarantine(settings, batch, report)
+    report = validate(batch, rate)
     tick(3)
+    quarantine_path = quarantine(settings, batch, report)
+    tick(4)
     dataset, added = publish(settings, batch, report, quarantine_path)
     release_freed_memory()  # what the write step built; training would start from its peak
-    tick(4)
+    tick(5)
     return make_report(batch, report, quarantine_path, dataset, added, started)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -227,12 +228,13 @@ def quarantined_keys(quarantine_dir: Path) -> set[str]:
     return keys
 
 
-def quarantine_failed_rows(records: list[dict], report: ValidationReport, quarantine_dir: Path,
-                           run_id: str) -> Path | None:
+def quarantine_failed_rows(records: Sequence[dict] | Mapping[Any, dict], report: ValidationReport,
+                           quarantine_dir: Path, run_id: str) -> Path | None:
     """Write each failing record with its reasons to `<quarantine_dir>/<run_id>.jsonl`.
 
     Args:
-        records: the batch, positions matching the validated frame's index.
+        records: the batch (or at least its failing rows), keyed like the validated frame's
+            index.
         report: its validation report.
         quarantine_dir: `<data_dir>/quarantine`.
         run_id: names the file.

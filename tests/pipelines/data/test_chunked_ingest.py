@@ -58,6 +58,21 @@ def test_records_read_back_in_chunks_equal_the_sessions_written():
     assert [json.dumps(r, sort_keys=True) for r in records_from_table(table)] == as_json
 
 
+def test_a_batch_held_as_a_table_gives_back_every_record_exactly(monkeypatch):
+    monkeypatch.setattr(datasets, "CHUNK_ROWS", 120)
+    records, _ = generate_sessions(400, seed=8, anomaly_rate=0.1)
+    odd = {7: dict(records[7], kWhDelivered=12), 130: dict(records[130], siteID=2),
+           250: dict(records[250], note="extra key"), 333: {"sessionID": "only-an-id"}}
+    records = [odd.get(i, r) for i, r in enumerate(records)]
+    table, originals = datasets.exact_sessions_table(records)
+    assert set(originals) == set(odd)
+    assert table.equals(sessions_table(records))
+    chunks = list(table_chunks(table, originals=originals))
+    assert len(chunks) > 1
+    as_json = [json.dumps(r, sort_keys=True) for r in records]  # tells 12 from 12.0
+    assert [json.dumps(r, sort_keys=True) for chunk in chunks for r in chunk] == as_json
+
+
 def test_a_cell_that_is_not_one_json_value_is_refused_as_before():
     records, _ = generate_sessions(5, seed=3)
     table = sessions_table(records)
@@ -87,7 +102,6 @@ def _ingest_twice(tmp_path, name: str) -> list:
 def test_ingest_in_chunks_writes_the_dataset_of_one_chunk(tmp_path, monkeypatch):
     one_chunk = _ingest_twice(tmp_path, "one")
     monkeypatch.setattr(datasets, "CHUNK_ROWS", 400)
-    monkeypatch.setattr(ingest, "CHUNK_ROWS", 400)
     chunked = _ingest_twice(tmp_path, "chunked")
     for got, expected in zip(chunked[:2], one_chunk[:2], strict=True):
         pd.testing.assert_frame_equal(got, expected, check_exact=True)

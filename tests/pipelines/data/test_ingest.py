@@ -47,7 +47,7 @@ def test_synthetic_ingest_writes_a_dataset_and_quarantines_rule_breakers(setting
     records, labels = generate_sessions(600, seed=9, anomaly_rate=0.1)
     rule_breakers = {s for s, kind in labels.items() if kind in RULE_BREAKING_ANOMALIES}
 
-    assert steps == ["load", "features", "validate", "quarantine", "write"]
+    assert steps == ["load", "admit", "features", "validate", "quarantine", "write"]
     assert report.quarantined == len(rule_breakers) and report.added == 600 - len(rule_breakers)
     quarantined = [json.loads(line)
                    for line in Path(report.quarantine_path).read_text().splitlines()]
@@ -98,3 +98,19 @@ def test_a_batch_over_the_failure_threshold_never_reaches_a_dataset(settings):
     assert info.value.report.failure_rate > 0.05
     assert info.value.quarantine.exists()
     assert list_datasets(settings.data_dir) == []
+
+
+def test_odd_records_are_quarantined_as_they_came_and_skipped_on_a_rerun(settings):
+    records, _ = generate_sessions(120, seed=12)
+    odd = [dict(records[0], siteID=2, note="not an ACN field"),  # a number where text belongs
+           dict(records[1], kWhDelivered="12.5 kWh"), {"sessionID": "just-an-id"}]
+    batch = odd + records[3:] + [dict(records[4], kWhDelivered=7)]  # an integer that passes
+    export = settings.data_dir.parent / "odd.json"
+    export.write_text(json.dumps(batch))
+    first = run_ingest(settings, FileSource((str(export),)))
+    lines = [json.loads(line) for line in Path(first.quarantine_path).read_text().splitlines()]
+    assert [line["record"] for line in lines] == odd  # the records themselves, not a copy
+    again = run_ingest(settings, FileSource((str(export),)))
+    assert again.previously_quarantined == len(odd) and again.new_rows == 0
+    assert latest_dataset(settings).sessions().set_index("sessionID").loc[
+        records[4]["sessionID"], "kWhDelivered"] == 7
