@@ -204,8 +204,10 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
         x = [r["sessions"] for r in rows]
         ax_time.plot(x, [r["wall_seconds"] for r in rows], marker="o", label=label)
         ax_rss.plot(x, [r["peak_rss_gb"] for r in rows], marker="o", label=label)
-    for ax, title, unit in ((ax_time, "ingest + training", "wall time (s)"),
-                            (ax_rss, "peak RSS, process and children", "GB")):
+    # issue 14's targets at 1,000,000 sessions: 10 min, 3 GB
+    for ax, title, unit, target in ((ax_time, "ingest + training", "wall time (s)", 600),
+                                    (ax_rss, "peak RSS, process and children", "GB", 3)):
+        ax.axhline(target, color="grey", linestyle="--", linewidth=1, label="target at 10^6")
         ax.set_xscale("log")
         ax.set_xlabel("synthetic sessions")
         ax.set_ylabel(unit)
