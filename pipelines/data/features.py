@@ -433,8 +433,9 @@ def add_features_in_chunks(chunks: Iterable[Sequence[dict]],
         kept.append(frame if keep is None else keep(frame))
         f2_parts.append(_compute_features(_frame_inputs(frame)))
         facts = _frame_facts(frame)
-        facts_parts.append(facts._replace(**{name: [seen.setdefault(v, v) for v in getattr(facts, name)]
-                                             for name, seen in shared.items()}))
+        facts_parts.append(facts._replace(**{
+            name: [seen.setdefault(v, v) for v in getattr(facts, name)]
+            for name, seen in shared.items()}))
         del frame, facts
     if not kept:
         return add_features_in_chunks([[]], keep)
