@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipelines.contracts.sessions import SESSION_FIELDS
 from pipelines.data.features import (
@@ -156,6 +157,14 @@ def table_chunks(table: pd.DataFrame, shared: dict[str, dict] | None = None,
         yield [dict(zip(fields, row, strict=True)) for row in zip(*values.values(), strict=True)]
 
 
+def file_chunks(path: Path) -> Iterator[list[dict]]:
+    """The records of a `sessions.parquet` in chunks (`table_chunks`), read from the file
+    a chunk at a time rather than held as one table."""
+    shared: dict[str, dict] = {name: {} for name in _REPEATED_FIELDS}
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=CHUNK_ROWS):
+        yield from table_chunks(batch.to_pandas(), shared, CHUNK_ROWS)
+
+
 def chunk_bounds(n: int, chunk_rows: int) -> list[tuple[int, int]]:
     """`(start, stop)` of consecutive chunks of nearly equal size, none above `chunk_rows`
     (and none tiny: a featurised chunk of a few rows takes a slower, equal-valued path)."""
@@ -274,10 +283,13 @@ def write_dataset(data_dir: Path, sessions: pd.DataFrame, features: pd.DataFrame
     staging.mkdir(parents=True)
     try:
         sessions.to_parquet(staging / "sessions.parquet", index=False)
-        release_freed_memory()  # the sessions' Arrow copy, before the features are built
+        rows = len(sessions)
+        sites = {str(k): int(v) for k, v in sessions["siteID"].value_counts().items()}
+        del sessions  # the features pass reads the file back a chunk at a time
+        release_freed_memory()
         # a row's station context depends on the rows before it: recompute every row's features
-        features = features_table(add_features_in_chunks(table_chunks(sessions),
-                                                          lambda frame: frame[FEATURE_KEYS]))
+        features = features_table(add_features_in_chunks(
+            file_chunks(staging / "sessions.parquet"), lambda frame: frame[FEATURE_KEYS]))
         features.to_parquet(staging / "features.parquet", index=False)
         if labels:
             pd.DataFrame({"sessionID": list(labels), "anomaly_type": list(labels.values())}) \
@@ -286,11 +298,11 @@ def write_dataset(data_dir: Path, sessions: pd.DataFrame, features: pd.DataFrame
         manifest = {
             "dataset_id": dataset_id, "created_at": created.isoformat(),
             "parent": parent.dataset_id if parent else None,
-            "rows": {"sessions": len(sessions), "features": len(features),
+            "rows": {"sessions": rows, "features": len(features),
                      "labels": len(labels), "added": added},
             "date_range": {"start": times.min().isoformat() if len(times) else None,
                            "end": times.max().isoformat() if len(times) else None},
-            "sites": {str(k): int(v) for k, v in sessions["siteID"].value_counts().items()},
+            "sites": sites,
             "content_hash": digest, "feature_version": FEATURE_VERSION,
             "feature_columns": FEATURE_COLUMNS, "validation": validation,
             "validation_passed": bool(validation.get("passed", True)), "source": source,

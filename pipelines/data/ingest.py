@@ -176,23 +176,28 @@ def admit(settings: Settings, records: list[dict], labels: dict[str, str], sourc
         else:
             last_by_id[str(sid)] = i
     unique = [records[i] for i in sorted(last_by_id.values())] + anonymous
+    del last_by_id, anonymous
     new = [r for r in unique if str(r.get("sessionID")) not in known_ids]
+    del known_ids
     rejected = quarantined_keys(Path(settings.data_dir) / "quarantine")
     keys = [record_key(r) for r in new] if rejected else []
     fresh_rows = [r for r, k in zip(new, keys, strict=True) if k not in rejected] if rejected \
         else new
     requarantined = len(new) - len(fresh_rows)
+    duplicates, known = len(records) - len(unique), len(unique) - len(fresh_rows) - requarantined
     new = fresh_rows
-    sessions, originals = exact_sessions_table(new)
+    del unique, keys, fresh_rows  # the table below is the peak: nothing else held meanwhile
     new_ids = {r.get("sessionID") for r in new}
     kept = {k: v for k, v in labels.items() if k in new_ids}
+    del new_ids
     # Arrow strings: an object made now and kept would keep the pages of the records around it
     kept_labels = pd.DataFrame({"sessionID": list(kept), "anomaly_type": list(kept.values())},
                                dtype="str")
+    del kept
+    sessions, originals = exact_sessions_table(new)
     return IngestBatch(run_id, sessions, originals, kept_labels, source, rows_in=len(records),
-                       duplicates=len(records) - len(unique),
-                       known=len(unique) - len(new) - requarantined,
-                       previously_quarantined=requarantined, parent=parent, new_rows=len(new))
+                       duplicates=duplicates, known=known, previously_quarantined=requarantined,
+                       parent=parent, new_rows=len(new))
 
 
 def featurise(batch: IngestBatch) -> IngestBatch:
