@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 
-from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from pipelines.settings import Settings
@@ -50,23 +50,6 @@ def pacing_wait_s(wait_s: float, longest_s: float = 0.05) -> float:
     session up to 1 ms late; the loop's absolute targets keep the rate.
     """
     return min(max(wait_s, 0.001), longest_s)
-
-
-def consume_micro_batch(consumer: Consumer, limit: int, first_wait_s: float,
-                        linger_s: float) -> list:
-    """A micro-batch of at most `limit` messages: wait up to `first_wait_s` for one message,
-    then up to `linger_s` for the rest (returning as soon as `limit` are there).
-
-    Waiting for a full batch would add the whole wait to every session at low rates. Taking
-    only what had arrived (no linger) made batches of ~4 sessions at 1,000 sessions/s, and
-    their fixed cost per batch kept the worker's CPU, and so the latency tail, high
-    (`benchmarks/serving_throughput.py --parts latency`, docs/benchmarks.md); a few
-    milliseconds of linger let a batch gather what arrives meanwhile.
-    """
-    first = consumer.consume(1, first_wait_s)
-    if not first or limit == 1:
-        return first
-    return first + consumer.consume(limit - 1, linger_s)
 
 
 def producer_config(bootstrap: str) -> dict:

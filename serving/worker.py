@@ -21,14 +21,14 @@ from dataclasses import dataclass, replace
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from keyed_state import KeyedStateStore
-from messaging import publisher_parameters
+from messaging import consume_micro_batch, publisher_parameters
 from pipelines.contracts.sessions import Source
 from pipelines.data.memory import trim_c_heap
 from pipelines.metrics_http import Heartbeat, MetricsServer
 from pipelines.settings import Settings
 from serving.chain import Chain, ChainOptions, build_chain
 from serving.champion import ChampionWatcher
-from serving.kafka import consume_micro_batch, consumer_config, dead_letter_producer_config
+from serving.kafka import consumer_config, dead_letter_producer_config
 from serving.prometheus import WorkerMetrics
 from serving.stations import STATION_STATE_CODEC, StationTracker
 from serving.steps.base import Batch, MessageRejected, WaitingBatches

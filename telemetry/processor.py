@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from keyed_state import KeyedStateStore, PartitionState
-from messaging import ConfirmedPublisher
+from messaging import ConfirmedPublisher, consume_micro_batch
 from pipelines.contracts.connector_status import encode_connector_statuses
 from pipelines.contracts.dead_letters import session_dead_letter_headers
 from pipelines.contracts.live_alert import encode_live_alert, live_routing_key
@@ -250,7 +250,8 @@ class TelemetryProcessor:
                 self._consumer.consume(1, 0.01)  # paused: nothing comes, the group is served
                 continue
             self._pause(False)
-            messages = self._consume(o.batch_timeout_s)
+            # what arrived while the last batch was processed, or the first message to come
+            messages = consume_micro_batch(self._consumer, o.batch_size, o.batch_timeout_s, 0.0)
             now = time.monotonic()
             if messages:
                 last_message = now
@@ -276,13 +277,6 @@ class TelemetryProcessor:
             self._consumer.resume(assignment)
             log.info("consumption resumed")
         self._paused = paused
-
-    def _consume(self, timeout: float) -> list:
-        """What arrived while the last batch was processed, or the first message to come."""
-        first = self._consumer.consume(1, timeout)
-        if not first or self.options.batch_size == 1:
-            return first
-        return first + self._consumer.consume(self.options.batch_size - 1, 0)
 
     def _process(self, messages: list) -> None:
         """Decode, detect, then start every write of the batch; never waits for acks."""

@@ -1,4 +1,4 @@
-"""The worker's micro-batches on the real broker: the first message, then the linger."""
+"""Micro-batches on the real broker: the first message, then the linger."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import uuid
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from serving.kafka import consume_micro_batch
+from messaging import consume_micro_batch
 
 
 def _topic_with_one_message(servers: str) -> str:
