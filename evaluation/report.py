@@ -62,6 +62,8 @@ class ScenarioOutcome:
     baseline_scores: np.ndarray
     baseline_threshold: float
     baseline_params: dict = field(default_factory=dict)
+    rules: np.ndarray | None = None  # object: the rule the Score step found broken, or ""
+    model_scores: np.ndarray | None = None  # the model's own scores, before the rules
 
 
 def _share(mask: np.ndarray, within: np.ndarray) -> float | None:
@@ -107,6 +109,11 @@ def scenario_metrics(outcome: ScenarioOutcome, alert_budget: float) -> dict:
     matches = np.array([f in EXPECTED_FEATURES.get(t, ()) for t, f
                         in zip(types, outcome.top_features)], dtype=bool)
     explained = labels & outcome.alerts & (outcome.top_features != "")
+    rules = outcome.rules if outcome.rules is not None else np.full(len(types), "", object)
+    broken = rules != ""
+    model_scores = outcome.scores if outcome.model_scores is None else outcome.model_scores
+    model_only = _model_metrics(model_scores, model_scores >= outcome.threshold, types,
+                                outcome.threshold, alert_budget)
     return {
         "sessions": len(types),
         "real_sessions": int((~labels).sum()),
@@ -120,6 +127,13 @@ def scenario_metrics(outcome: ScenarioOutcome, alert_budget: float) -> dict:
             "caught_by_type": {k: _share(outcome.quarantined, types == k) for k in present},
             "real_quarantined_rate": _share(outcome.quarantined, ~labels),
         },
+        "stream_rules": {
+            "caught": _share(broken, labels),
+            "caught_by_type": {k: _share(broken, types == k) for k in present},
+            "real_flagged_rate": _share(broken, ~labels),
+        },
+        "model_only": {k: model_only[k] for k in ("pr_auc", "roc_auc", "recall_at_budget",
+                                                   "false_alert_rate", "recall_by_type")},
         "combined": {
             "recall": _share(caught, labels),
             "recall_by_type": {k: _share(caught, types == k) for k in present},
@@ -153,6 +167,10 @@ def summary_rows(metrics: Mapping) -> list[tuple[str, str, str]]:
              _pct(base["recall_at_budget"])),
             ("false-alert rate on untouched real sessions", _pct(ev["false_alert_rate"]),
              _pct(base["false_alert_rate"])),
+            ("PR-AUC of the model alone (before the stream's rules)",
+             _num(metrics["model_only"]["pr_auc"]), _num(base["pr_auc"])),
+            ("caught by the stream's rules (features suite ranges)",
+             _pct(metrics["stream_rules"]["caught"]), "-"),
             ("caught by validation (ingest suites)", _pct(metrics["validation"]["caught"]),
              "-"),
             ("combined recall (validation + model)", _pct(metrics["combined"]["recall"]),
@@ -163,10 +181,12 @@ def summary_rows(metrics: Mapping) -> list[tuple[str, str, str]]:
 
 
 def type_rows(metrics: Mapping) -> list[tuple[str, ...]]:
-    """Per anomaly type: injected, validation, model, combined, baseline, SHAP match."""
+    """Per anomaly type: injected, validation, stream rules, published, combined, baseline,
+    SHAP match."""
     rows = []
     for kind, count in metrics["injected_by_type"].items():
         rows.append((kind, str(count), _pct(metrics["validation"]["caught_by_type"][kind]),
+                     _pct(metrics["stream_rules"]["caught_by_type"][kind]),
                      _pct(metrics["evguard"]["recall_by_type"].get(kind)),
                      _pct(metrics["combined"]["recall_by_type"][kind]),
                      _pct(metrics["baseline"]["recall_by_type"].get(kind)),
@@ -174,8 +194,8 @@ def type_rows(metrics: Mapping) -> list[tuple[str, ...]]:
     return rows
 
 
-TYPE_HEADERS = ("anomaly type", "injected", "validation", "model", "combined", "seed baseline",
-                "top SHAP match")
+TYPE_HEADERS = ("anomaly type", "injected", "validation", "stream rules", "published",
+                "combined", "seed baseline", "top SHAP match")
 
 
 def markdown_tables(report: Mapping) -> str:
@@ -188,7 +208,8 @@ def markdown_tables(report: Mapping) -> str:
         parts.append("| measure | evguard | seed baseline |\n|---|---:|---:|")
         parts.extend(f"| {a} | {b} | {c} |" for a, b, c in summary_rows(metrics))
         parts.append("")
-        parts.append("| " + " | ".join(TYPE_HEADERS) + " |\n|---|" + "---:|" * 6)
+        parts.append("| " + " | ".join(TYPE_HEADERS) + " |\n|---|"
+                     + "---:|" * (len(TYPE_HEADERS) - 1))
         parts.extend("| " + " | ".join(row) + " |" for row in type_rows(metrics))
         parts.append("")
     return "\n".join(parts)

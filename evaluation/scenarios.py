@@ -155,7 +155,8 @@ def run_scenario(settings: Settings, workdir: Path, title: str, train: Sequence[
         dead_lettered=served.dead_lettered, scores=served.scores, alerts=served.alerts,
         threshold=model.threshold, top_features=served.top_features,
         baseline_scores=baseline.scores, baseline_threshold=baseline.threshold,
-        baseline_params=baseline.best_params)
+        baseline_params=baseline.best_params, rules=served.rules,
+        model_scores=served.model_scores)
     metrics = scenario_metrics(outcome, config.alert_budget)
     progress(f"{title}: done", steps, steps)
     train_ids = {str(r.get("sessionID")) for r in train}

@@ -43,6 +43,8 @@ class ServedSessions:
     alerts: np.ndarray  # bool
     top_features: np.ndarray  # object, "" when no explanation
     dead_lettered: np.ndarray  # bool
+    rules: np.ndarray  # object: the validation rule the Score step found broken, "" when none
+    model_scores: np.ndarray  # the model's own score: `scores` less what a broken rule added
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     batches: int = 0
     seconds: float = 0.0
@@ -95,7 +97,8 @@ def score_through_serving(model: Scorer, records: Sequence[dict], settings: Sett
                                 raw=raw))
     n = len(records)
     served = ServedSessions(np.full(n, np.nan), np.zeros(n, bool), np.full(n, "", object),
-                            np.zeros(n, bool), batches=len(chain.collected.batches))
+                            np.zeros(n, bool), np.full(n, "", object), np.full(n, np.nan),
+                            batches=len(chain.collected.batches))
     for batch in chain.collected.batches:
         for key, body in batch.results:
             if not key.startswith("score."):
@@ -114,10 +117,14 @@ def score_through_serving(model: Scorer, records: Sequence[dict], settings: Sett
 
 
 def _record(served: ServedSessions, result: ScoreResult, index: int) -> None:
-    served.scores[index] = result.score
+    served.scores[index] = served.model_scores[index] = result.score
     served.alerts[index] = result.is_anomaly
     if result.explanation:
-        served.top_features[index] = result.explanation[0]["feature"]
+        first = result.explanation[0]
+        served.top_features[index] = first["feature"]
+        if "rule" in first:
+            served.rules[index] = first["rule"]
+            served.model_scores[index] = result.score - (first["contribution"] or 0.0)
 
 
 def serving_model(settings: Settings, version: str) -> tuple[ChampionModel, bool]:

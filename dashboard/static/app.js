@@ -10,8 +10,10 @@ let feedLoaded = false;
 
 // ---- live feed --------------------------------------------------------------
 function explanationChips(items) {
-  return (items || []).slice(0, 3).map((e) =>
-    el("span", { class: "chip", title: `contribution ${num(e.contribution)}` },
+  return (items || []).slice(0, 3).map((e) => e.rule
+    ? el("span", { class: "chip rule", title: `breaks the rule: ${e.rule}` },
+      `${e.feature} ${num(e.value)} `, el("i", {}, "rule"))
+    : el("span", { class: "chip", title: `contribution ${num(e.contribution)}` },
       `${e.feature} ${num(e.value)} `, el("i", {}, `typ ${num(e.typical)}`)));
 }
 

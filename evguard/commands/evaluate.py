@@ -26,7 +26,7 @@ from evguard.commands.common import (
 )
 
 # the columns of `evaluation.report.TYPE_HEADERS`, narrow enough for 80 columns
-SHORT_TYPE_HEADERS = ("n", "validation", "model", "combined", "baseline", "SHAP")
+SHORT_TYPE_HEADERS = ("n", "valid.", "rules", "alert", "combined", "baseline", "SHAP")
 
 
 def _csv(value: str | None, kind: type) -> list | None:
@@ -71,8 +71,9 @@ def _tables(report: dict) -> list[Table]:
         for row in summary_rows(metrics):
             summary.add_row(*row)
         per_type = Table(box=box.SIMPLE_HEAD, pad_edge=False, caption_justify="left",
-                         caption="validation: quarantined by the ingest suites; model: alert; "
-                         "combined: either; SHAP: top feature matches the fault")
+                         caption="valid.: quarantined by the ingest suites; rules: broke a "
+                         "features-suite range in the stream; alert: published as an anomaly; "
+                         "combined: any; SHAP: top feature matches the fault")
         per_type.add_column("anomaly type", no_wrap=True)
         for header in SHORT_TYPE_HEADERS:
             per_type.add_column(header, justify="right")

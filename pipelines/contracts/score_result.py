@@ -262,7 +262,8 @@ def _feature_values(row: list) -> list[float | None] | map:
 
 def _explanation(items: list[dict]) -> list[dict[str, Any]]:
     return [{"feature": str(item.get("feature", "?"))[:128],
-             **{k: _finite_or_none(item.get(k)) for k in ("value", "contribution", "typical")}}
+             **{k: _finite_or_none(item.get(k)) for k in ("value", "contribution", "typical")},
+             **({"rule": item["rule"][:256]} if isinstance(item.get("rule"), str) else {})}
             for item in items]
 
 

@@ -59,10 +59,15 @@ def alert_subject(result: ScoreResult, level: Severity) -> str:
 
 
 def explanation_lines(result: ScoreResult, top_k: int = 5) -> list[str]:
-    """One line per top SHAP feature: value against its typical value, and its push."""
+    """One line per top SHAP feature: value against its typical value, and its push; a
+    broken validation rule first, as the rule."""
     lines = []
     for item in readable_explanation(result.explanation)[:top_k]:
         value, typical = item.get("value"), item.get("typical")
+        if item.get("rule"):
+            lines.append(f"  {item.get('feature', '?'):<24} {_fmt(value):>10}  "
+                         f"breaks the rule: {item['rule']}")
+            continue
         contribution = item.get("contribution")
         lines.append(f"  {item.get('feature', '?'):<24} {_fmt(value):>10}  "
                      f"typical {_fmt(typical):>10}  contribution {_fmt(contribution, '+.3f'):>8}")
@@ -116,7 +121,9 @@ def compose_email(result: ScoreResult, level: Severity, sender: str, recipients:
 
 def webhook_payload(result: ScoreResult, level: Severity, dashboard_url: str) -> dict:
     """Slack-compatible JSON (`text` plus one section block) for an incoming webhook."""
-    top = ", ".join(f"{e.get('feature')}={_fmt(e.get('value'))} (typ {_fmt(e.get('typical'))})"
+    top = ", ".join(f"{e.get('feature')}={_fmt(e.get('value'))} "
+                    + (f"(breaks: {e['rule']})" if e.get("rule")
+                       else f"(typ {_fmt(e.get('typical'))})")
                     for e in readable_explanation(result.explanation)[:3])
     text = (f"{alert_subject(result, level)}: score {result.score:.3f} > "
             f"{result.threshold:.3f}; session {result.session_id}; {top or 'no explanation'}; "

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from pipelines.contracts.score_result import build_results
+from pipelines.data.session_rules import RuleCheck, apply_rules
 from serving.champion import Scorer
 from serving.prometheus import WorkerMetrics
 from serving.steps.base import Batch, InvalidMessage, ProcessingStep, TransformStep
@@ -22,10 +23,13 @@ FeatureFn = Callable[[Sequence[dict], Sequence[dict] | None], "object"]
 
 
 class ScoreStep(TransformStep):
-    """Features -> score the whole batch -> threshold -> explain anomalies -> result bodies.
+    """Features -> score the whole batch -> rules -> threshold -> explain anomalies -> result
+    bodies.
 
     The model is fetched once per batch from `current_model`, so a hot reload
-    swaps it between batches. Records the features or model cannot handle are
+    swaps it between batches. A session that breaks a range rule of the features
+    suite (what ingest quarantines) is an anomaly whatever the model says: its
+    score is raised to `RULE_SCORE` and its explanation names the rule first. Records the features or model cannot handle are
     isolated by bisection and dead-lettered; the rest of the batch is scored.
     """
 
@@ -38,6 +42,7 @@ class ScoreStep(TransformStep):
         self._dead_letters = dead_letters
         self._metrics = metrics
         self._top_k = explain_top_k
+        self._rules: RuleCheck | None = None
 
     def transform(self, batch: Batch) -> None:
         model = self._current_model()
@@ -56,13 +61,17 @@ class ScoreStep(TransformStep):
                 batch.results = list(batch.station_alerts)
                 return
         t1 = time.perf_counter()
+        columns = list(features.columns)
+        matrix = features.to_numpy(dtype=np.float64)
+        scores, broken = apply_rules(self._rule_check(columns), matrix, scores)
         anomalous = np.flatnonzero(scores >= model.threshold)
         explanations = self._explain(model, features, anomalous)
+        for row, item in broken.items():
+            explanations[row] = [item, *explanations.get(row, [])][:max(1, self._top_k)]
         t2 = time.perf_counter()
         # one evguard.scores/2 message per routing key, encoded from the arrays themselves
         batch.results = build_results(
-            batch.records, batch.sources, list(features.columns),
-            features.to_numpy(dtype=np.float64), scores, float(model.threshold),
+            batch.records, batch.sources, columns, matrix, scores, float(model.threshold),
             explanations,
             {"name": model.name, "version": str(model.version),
              "feature_version": model.feature_version},
@@ -74,6 +83,12 @@ class ScoreStep(TransformStep):
                              encode_ms=(time.perf_counter() - t2) * 1000)
         self._metrics.scored.inc(len(batch.records))
         self._metrics.anomalies.inc(batch.anomalies)
+
+    def _rule_check(self, columns: list[str]) -> RuleCheck:
+        """The rules for these columns; rebuilt only when a new model's columns differ."""
+        if self._rules is None or self._rules.columns != tuple(columns):
+            self._rules = RuleCheck(columns)
+        return self._rules
 
     def _score(self, model: Scorer, records: Sequence[dict], contexts: Sequence[dict]):
         features = self._features(records, contexts)

@@ -117,6 +117,20 @@ def test_dashboard_shows_new_anomalies_live_and_acknowledges_alerts(
         expect(row).to_contain_text("typ 3.2")
         assert page.evaluate("window.__notReloaded") is True
 
+        # a session that breaks a suite rule shows the rule first, marked as one
+        rule = "done charging no earlier than 15 min before connecting"
+        inverted = kit.score_message(station="CA-778", score=1.0, explanation=[
+            {"feature": "charging_hours", "value": -3.0, "contribution": 0.6, "typical": None,
+             "rule": rule},
+            {"feature": "avg_kw", "value": 2.4, "contribution": 0.05, "typical": 3.2}])
+        kit.publish(dash_settings, [inverted])
+        chips = page.locator(f'#feed-body tr[data-session="{inverted["sessionID"]}"] .chip')
+        expect(chips).to_have_count(2, timeout=10_000)
+        expect(chips.nth(0)).to_have_class("chip rule")
+        expect(chips.nth(0)).to_have_attribute("title", f"breaks the rule: {rule}")
+        expect(chips.nth(0)).to_contain_text("charging_hours -3")
+        expect(chips.nth(1)).to_contain_text("typ 3.2")
+
         alert_row = page.locator(f'#alerts-body tr[data-session="{fresh["sessionID"]}"]')
         expect(alert_row).to_contain_text("sent", timeout=10_000)
         expect(alert_row).to_contain_text("critical")

@@ -47,6 +47,18 @@ def _check_scenario(scenario: dict, scored_sessions: int) -> None:
             assert validation["caught_by_type"][kind] == 1.0, kind
         else:
             assert validation["caught_by_type"][kind] == 0.0, kind
+    # the stream's rules are the feature suite's ranges: what they flag, validation rejects
+    rules = metrics["stream_rules"]
+    for kind, share in rules["caught_by_type"].items():
+        assert share <= validation["caught_by_type"][kind], kind
+        if share:  # a flagged fault is published as an anomaly, whatever the model says
+            assert metrics["evguard"]["recall_by_type"][kind] >= share, kind
+    assert rules["caught_by_type"].get("timestamp_inversion", 1.0) == 1.0
+    assert rules["real_flagged_rate"] <= validation["real_quarantined_rate"]
+    model_only = metrics["model_only"]
+    assert 0 <= model_only["pr_auc"] <= 1
+    for kind, recall in model_only["recall_by_type"].items():
+        assert recall <= metrics["evguard"]["recall_by_type"][kind], kind
     match = metrics["explanations"]["top_feature_match"]
     assert match is None or 0 <= match <= 1
     assert scenario["model"]["scored_with_champion"] is True

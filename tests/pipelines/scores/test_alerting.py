@@ -36,6 +36,21 @@ def test_email_and_webhook_carry_the_explanation(kit):
     assert "avg_kw=2.4 (typ 3.2)" in hook["text"] and hook["blocks"][0]["type"] == "section"
 
 
+def test_email_and_webhook_name_a_broken_rule_before_the_model_explanation(kit):
+    explanation = [{"feature": "charging_hours", "value": -3.0, "contribution": 0.6,
+                    "typical": None, "rule": "done charging no earlier than 15 min before "
+                                             "connecting"},
+                   {"feature": "avg_kw", "value": 2.4, "contribution": 0.1, "typical": 3.2}]
+    result = parse_score_result(kit.score_json(explanation=explanation, score=1.0))
+    assert result.explanation[0]["rule"].startswith("done charging")
+    body = compose_email(result, "critical", "f@x", ["t@x"], "http://dash/").get_content()
+    lines = [line for line in body.splitlines() if "charging_hours" in line or "avg_kw" in line]
+    assert "breaks the rule: done charging no earlier" in lines[0] and "-3" in lines[0]
+    assert "typical" in lines[1]
+    text = webhook_payload(result, "critical", "http://dash/")["text"]
+    assert "charging_hours=-3 (breaks: done charging" in text and "avg_kw=2.4 (typ 3.2)" in text
+
+
 def test_email_shows_log_features_in_their_own_units(kit):
     """The model explains a meter fault with log10 energy; the operator reads kWh."""
     from pipelines.data.features import feature_matrix

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from pipelines.contracts.score_result import parse_score_results
+from pipelines.contracts.sessions import encode_session
 from pipelines.data.features import feature_matrix
+from pipelines.data.session_rules import RULE_SCORE
 from serving.chain import in_memory_tracker
 from serving.prometheus import WorkerMetrics
 from serving.steps.base import Batch, MessageRejected, WaitingBatches
@@ -26,6 +28,7 @@ from tests.serving.stand_ins import (
     RecordingStep,
     encoded,
     raw_batch,
+    session,
 )
 
 
@@ -120,6 +123,28 @@ def test_score_flags_by_threshold_explains_only_anomalies_and_routes_by_site():
     assert model.explained_rows == 1
     assert {r.model_version for r in results} == {"7"} and batch.anomalies == 1
     assert results[1].kafka_offset == 1 and results[1].features["avg_kw"] == 60.0
+
+
+def test_a_session_that_breaks_a_suite_rule_is_an_anomaly_whatever_the_model_says():
+    nxt = RecordingStep()
+    model = PowerScorer()
+    step, _, _ = score_step(nxt, model)
+    # done charging three hours before it connected, at an ordinary power
+    inverted = dict(session(1), doneChargingTime="Wed, 02 Jan 2019 11:00:00 GMT")
+    batch = decoded_batch([encoded(0), encode_session(inverted)])
+    step.submit(batch)
+    results = {r.session_id: r for _, b in batch.results for r in parse_score_results(b).results}
+    normal, broken = results["s0"], results["s1"]
+    assert not normal.is_anomaly and normal.explanation == []
+    assert broken.is_anomaly and broken.score == RULE_SCORE
+    first = broken.explanation[0]
+    assert first["feature"] == "charging_hours" and first["value"] == -3.0
+    assert "before connecting" in first["rule"]
+    # the model's own score and explanation are kept behind the rule
+    assert broken.score - first["contribution"] == pytest.approx(model.score(
+        feature_matrix([inverted]))[0])
+    assert [e["feature"] for e in broken.explanation] == ["charging_hours", "avg_kw"]
+    assert batch.anomalies == 1
 
 
 def test_model_swaps_only_between_batches():
