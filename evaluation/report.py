@@ -221,7 +221,9 @@ def pr_curves_png(curves: Mapping[str, Mapping[str, np.ndarray]]) -> bytes:
     Args:
         curves: scenario title -> `labels`, `evguard`, `baseline` score arrays (NaN
             scores are dropped) and `evguard_threshold`, `baseline_threshold`; a dot marks
-            each model's operating point at its alert threshold.
+            each model's operating point at its alert threshold. An optional
+            `evguard_model` array (the model's scores before the stream's rules) is drawn
+            dashed.
 
     Returns:
         The PNG bytes.
@@ -236,13 +238,20 @@ def pr_curves_png(curves: Mapping[str, Mapping[str, np.ndarray]]) -> bytes:
                              squeeze=False)
     for ax, (title, data) in zip(axes[0], curves.items()):
         labels = np.asarray(data["labels"], bool)
-        for key, name, color in (("evguard", "evguard", "#4c72b0"),
-                                 ("baseline", "seed baseline", "#dd8452")):
+        for key, name, color, style in (
+                ("evguard", "evguard", "#4c72b0", "-"),
+                ("evguard_model", "evguard, model alone (no stream rules)", "#4c72b0", "--"),
+                ("baseline", "seed baseline", "#dd8452", "-")):
+            if key not in data:
+                continue
             scores = np.asarray(data[key], float)
             keep = np.isfinite(scores)
             precision, recall, _ = precision_recall_curve(labels[keep], scores[keep])
             ap = average_precision_score(labels[keep], scores[keep])
-            ax.step(recall, precision, where="post", color=color, label=f"{name} (AP {ap:.3f})")
+            ax.step(recall, precision, where="post", color=color, linestyle=style,
+                    label=f"{name} (AP {ap:.3f})")
+            if f"{key}_threshold" not in data:
+                continue
             alerts = scores[keep] >= data[f"{key}_threshold"]
             if alerts.any():
                 ax.plot(alerts[labels[keep]].mean(), labels[keep][alerts].mean(), "o",

@@ -180,6 +180,7 @@ def run_scenario(settings: Settings, workdir: Path, title: str, train: Sequence[
         "workdir": str(workdir),
     }
     curves = {"labels": outcome.types != "", "evguard": served.scores,
+              "evguard_model": served.model_scores,
               "baseline": baseline.scores, "evguard_threshold": model.threshold,
               "baseline_threshold": baseline.threshold}
     return report, curves
