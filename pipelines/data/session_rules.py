@@ -21,6 +21,7 @@ import numpy as np
 from pipelines.data.validation import load_suite
 
 FEATURES_SUITE = "features"
+RULE_SCORE = 1.0  # the top of an isolation score's range: a point isolated at once
 _RANGE = "expect_column_values_to_be_between"
 
 
@@ -70,18 +71,15 @@ class RuleCheck:
         position = {name: i for i, name in enumerate(columns)}
         self.columns = tuple(columns)
         self.rules = tuple(r for r in rules if r.column in position)
-        self._positions = [position[r.column] for r in self.rules]
+        self.positions = tuple(position[r.column] for r in self.rules)  # column of each rule
 
     def first_broken(self, matrix: np.ndarray) -> np.ndarray:
         """Per row, the index in `self.rules` of the first rule it breaks, or -1."""
         first = np.full(len(matrix), -1, dtype=np.int64)
         for index in range(len(self.rules) - 1, -1, -1):  # the earliest rule is written last
-            broken = self.rules[index].broken(matrix[:, self._positions[index]])
+            broken = self.rules[index].broken(matrix[:, self.positions[index]])
             first[broken] = index
         return first
-
-
-RULE_SCORE = 1.0  # the top of an isolation score's range: a point isolated at once
 
 
 def apply_rules(check: RuleCheck, matrix: np.ndarray,
@@ -101,9 +99,9 @@ def apply_rules(check: RuleCheck, matrix: np.ndarray,
     raised = scores.copy()
     raised[rows] = np.maximum(scores[rows], RULE_SCORE)
     items = {}
-    for row in rows.tolist():
-        rule = check.rules[first[row]]
-        items[row] = {"feature": rule.column, "value": float(matrix[row, check.columns.index(
-            rule.column)]), "contribution": float(raised[row] - scores[row]), "typical": None,
-            "rule": rule.reason}
+    for row, index in zip(rows.tolist(), first[rows].tolist()):
+        rule = check.rules[index]
+        items[row] = {"feature": rule.column, "value": float(matrix[row, check.positions[index]]),
+                      "contribution": float(raised[row] - scores[row]), "typical": None,
+                      "rule": rule.reason}
     return raised, items
