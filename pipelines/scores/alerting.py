@@ -59,8 +59,8 @@ def alert_subject(result: ScoreResult, level: Severity) -> str:
 
 
 def explanation_lines(result: ScoreResult, top_k: int = 5) -> list[str]:
-    """One line per top SHAP feature: value against its typical value, and its push; a
-    broken validation rule first, as the rule."""
+    """One line per top SHAP feature: value against its typical value, and its push; for a
+    broken validation rule, the rule."""
     lines = []
     for item in readable_explanation(result.explanation)[:top_k]:
         value, typical = item.get("value"), item.get("typical")

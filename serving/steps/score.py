@@ -29,7 +29,7 @@ class ScoreStep(TransformStep):
     The model is fetched once per batch from `current_model`, so a hot reload
     swaps it between batches. A session that breaks a range rule of the features
     suite (what ingest quarantines) is an anomaly whatever the model says: its
-    score is raised to `RULE_SCORE` and its explanation names the rule first. Records the features or model cannot handle are
+    score is raised to `RULE_SCORE` and its explanation is the rule. Records the features or model cannot handle are
     isolated by bisection and dead-lettered; the rest of the batch is scored.
     """
 
@@ -65,9 +65,10 @@ class ScoreStep(TransformStep):
         matrix = features.to_numpy(dtype=np.float64)
         scores, broken = apply_rules(self._rule_check(columns), matrix, scores)
         anomalous = np.flatnonzero(scores >= model.threshold)
-        explanations = self._explain(model, features, anomalous)
-        for row, item in broken.items():
-            explanations[row] = [item, *explanations.get(row, [])][:max(1, self._top_k)]
+        # a broken rule is the whole explanation: the model explains only the other anomalies
+        explanations = self._explain(model, features, np.setdiff1d(
+            anomalous, np.fromiter(broken, np.int64, len(broken)), assume_unique=True))
+        explanations.update((row, [item]) for row, item in broken.items())
         t2 = time.perf_counter()
         # one evguard.scores/2 message per routing key, encoded from the arrays themselves
         batch.results = build_results(
