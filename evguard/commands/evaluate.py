@@ -26,7 +26,7 @@ from evguard.commands.common import (
 )
 
 # the columns of `evaluation.report.TYPE_HEADERS`, narrow enough for 80 columns
-SHORT_TYPE_HEADERS = ("n", "valid.", "rules", "alert", "combined", "baseline", "SHAP")
+SHORT_TYPE_HEADERS = ("n", "valid.", "rules", "alert", "any", "seed", "SHAP")
 
 
 def _csv(value: str | None, kind: type) -> list | None:
@@ -73,7 +73,8 @@ def _tables(report: dict) -> list[Table]:
         per_type = Table(box=box.SIMPLE_HEAD, pad_edge=False, caption_justify="left",
                          caption="valid.: quarantined by the ingest suites; rules: broke a "
                          "features-suite range in the stream; alert: published as an anomaly; "
-                         "combined: any; SHAP: top feature matches the fault")
+                         "any: one of those or dead-lettered; seed: the seed baseline's alert; "
+                         "SHAP: top feature matches the fault")
         per_type.add_column("anomaly type", no_wrap=True)
         for header in SHORT_TYPE_HEADERS:
             per_type.add_column(header, justify="right")
