@@ -167,6 +167,7 @@ def summary_rows(metrics: Mapping) -> list[tuple[str, str, str]]:
              _pct(base["recall_at_budget"])),
             ("false-alert rate on untouched real sessions", _pct(ev["false_alert_rate"]),
              _pct(base["false_alert_rate"])),
+            *_recalibration_rows(metrics.get("monitoring_recalibration")),
             ("PR-AUC, the model alone (no stream rules)",
              _num(metrics["model_only"]["pr_auc"]), _num(base["pr_auc"])),
             ("caught by the stream's rules",
@@ -178,6 +179,15 @@ def summary_rows(metrics: Mapping) -> list[tuple[str, str, str]]:
             ("top SHAP feature matches the fault",
              _pct(metrics["explanations"]["top_feature_match"]), "-")]
     return rows
+
+
+def _recalibration_rows(recalibrated: Mapping | None) -> list[tuple[str, str, str]]:
+    if not recalibrated:
+        return []
+    return [("false alerts, threshold re-calibrated weekly by monitoring",
+             _pct(recalibrated["false_alert_rate"]), "-"),
+            ("recall, threshold re-calibrated weekly by monitoring",
+             _pct(recalibrated["recall"]), "-")]
 
 
 def type_rows(metrics: Mapping) -> list[tuple[str, ...]]:

@@ -33,11 +33,13 @@ from typing import Any
 import numpy as np
 
 from evaluation.baseline import SEED_GRID, seed_baseline
+from evaluation.drift import WEEK_S, drift_section
 from evaluation.report import EXPECTED_FEATURES, ScenarioOutcome, scenario_metrics
-from evaluation.scoring import score_through_serving, serving_model
+from evaluation.scoring import feature_frame_end_times, score_through_serving, serving_model
 from evaluation.split import EvaluationError, split_by_site, split_by_time, time_range
 from pipelines.data.anomalies import inject_anomalies
 from pipelines.data.ingest import FileSource, IngestReport, ValidationFailed, run_ingest
+from pipelines.models.registry import ChampionModel
 from pipelines.models.selection import NoEligibleCandidate
 from pipelines.models.train_params import TrainParams
 from pipelines.models.training import run_training
@@ -158,6 +160,8 @@ def run_scenario(settings: Settings, workdir: Path, title: str, train: Sequence[
         baseline_params=baseline.best_params, rules=served.rules,
         model_scores=served.model_scores)
     metrics = scenario_metrics(outcome, config.alert_budget)
+    metrics["monitoring_recalibration"] = _with_recalibration(s, model, served.scores, scored,
+                                                              outcome.types, config.alert_budget)
     progress(f"{title}: done", steps, steps)
     train_ids = {str(r.get("sessionID")) for r in train}
     report = {
@@ -184,6 +188,21 @@ def run_scenario(settings: Settings, workdir: Path, title: str, train: Sequence[
               "baseline": baseline.scores, "evguard_threshold": model.threshold,
               "baseline_threshold": baseline.threshold}
     return report, curves
+
+
+def _with_recalibration(settings: Settings, model: ChampionModel, scores: np.ndarray,
+                        scored: Sequence[dict], types: np.ndarray, alert_budget: float) -> dict:
+    """False alerts and recall when monitoring re-calibrates the threshold every week from
+    the newest stored scores (its settings), the scored sessions taken as they arrive."""
+    section = drift_section(
+        scores, feature_frame_end_times(scored) / 1e9, types,
+        {alert_budget: model.original_threshold}, model.reference.get("score"),
+        max_scores=settings.recalibration_window, step_s=WEEK_S,
+        policy_options={"tolerance": settings.recalibration_tolerance,
+                        "max_factor": settings.recalibration_max_factor,
+                        "min_tail": settings.recalibration_min_tail})
+    return {"step_s": WEEK_S, "window_scores": settings.recalibration_window,
+            **section["budgets"][str(alert_budget)]["recalibrated"]}
 
 
 def run_evaluation(settings: Settings, records: Sequence[dict], config: EvaluationConfig,

@@ -59,6 +59,12 @@ def _check_scenario(scenario: dict, scored_sessions: int) -> None:
     assert 0 <= model_only["pr_auc"] <= 1
     for kind, recall in model_only["recall_by_type"].items():
         assert recall <= metrics["evguard"]["recall_by_type"][kind], kind
+    # monitoring's weekly re-calibration, replayed over the scored sessions as they arrive
+    recalibrated = metrics["monitoring_recalibration"]
+    assert 0 <= recalibrated["false_alert_rate"] <= 1 and 0 <= recalibrated["recall"] <= 1
+    assert recalibrated["recalibrations"] >= 0 and recalibrated["window_scores"] > 0
+    if recalibrated["recalibrations"] == 0:  # the trained threshold stayed in force
+        assert recalibrated["false_alert_rate"] == metrics["evguard"]["false_alert_rate"]
     match = metrics["explanations"]["top_feature_match"]
     assert match is None or 0 <= match <= 1
     assert scenario["model"]["scored_with_champion"] is True
