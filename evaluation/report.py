@@ -244,7 +244,7 @@ def pr_curves_png(curves: Mapping[str, Mapping[str, np.ndarray]]) -> bytes:
     import matplotlib.pyplot as plt
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
-    fig, axes = plt.subplots(1, len(curves), figsize=(5.2 * len(curves), 4.4), dpi=110,
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.2 * len(curves), 5.0), dpi=110,
                              squeeze=False)
     for ax, (title, data) in zip(axes[0], curves.items()):
         labels = np.asarray(data["labels"], bool)
@@ -268,7 +268,8 @@ def pr_curves_png(curves: Mapping[str, Mapping[str, np.ndarray]]) -> bytes:
                         color=color)
         ax.axhline(labels.mean(), color="grey", linestyle=":", label="random ranking")
         ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
-        ax.legend(loc="upper right", fontsize=8)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=7.5,
+                  frameon=False)  # below the axes: the curves fill the top right
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png")
