@@ -55,6 +55,7 @@ from keyed_state.partition import PartitionState
 from pipelines.contracts.score_result import build_results
 from pipelines.contracts.sessions import InvalidSession, Source, validate_session
 from pipelines.data.features import feature_matrix
+from pipelines.data.session_rules import RuleCheck, apply_rules
 from pipelines.models.registry import load_champion
 from pipelines.settings import Settings
 from serving.stations import StationTracker
@@ -69,6 +70,7 @@ class ScoringSink(BatchingSink):
         self._expect = expect
         self._on_done = on_done
         self._top_k = top_k
+        self._rules: RuleCheck | None = None
         self._states: dict[int, PartitionState] = {}
         self._tracker = StationTracker(self._state_of, lambda: sorted(self._states),
                                        tick_s=settings.station_tick_s)
@@ -102,14 +104,20 @@ class ScoringSink(BatchingSink):
         contexts, station_alerts = self._tracker.process(records, sources)
         features = feature_matrix(records, contexts)
         scores = np.asarray(model.score(features), dtype=np.float64)
-        anomalous = np.flatnonzero(scores >= model.threshold)
+        # the worker's Score step: the features suite's rules, then the model explains the rest
+        matrix = features.to_numpy(dtype=np.float64)
+        if self._rules is None:
+            self._rules = RuleCheck(list(features.columns))
+        scores, broken = apply_rules(self._rules, matrix, scores)
+        anomalous = np.setdiff1d(np.flatnonzero(scores >= model.threshold), list(broken))
         explanations = {}
         if len(anomalous):
             explained = model.explain(features.iloc[anomalous], top_k=self._top_k)
             explanations = {int(i): list(e) for i, e in zip(anomalous, explained)}
+        explanations.update((row, [item]) for row, item in broken.items())
         results = build_results(
-            records, sources, list(features.columns),
-            features.to_numpy(dtype=np.float64), scores, float(model.threshold), explanations,
+            records, sources, list(features.columns), matrix, scores,
+            float(model.threshold), explanations,
             {"name": model.name, "version": str(model.version),
              "feature_version": model.feature_version},
             datetime.now(UTC).isoformat(timespec="milliseconds"))

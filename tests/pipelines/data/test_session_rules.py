@@ -38,11 +38,17 @@ def test_every_row_the_stream_flags_is_one_the_features_suite_rejects_and_back()
 
 
 def test_rules_come_from_the_suite_with_its_bounds_and_reasons():
+    expected = [e for e in load_suite("features")["expectations"]
+                if e["type"] == "expect_column_values_to_be_between"]
     rules = range_rules()
-    by_column = {r.column: r for r in rules}
-    assert by_column["charging_hours"].low == -0.25 and by_column["charging_hours"].high is None
-    assert by_column["connection_hours"].strict_low and not by_column["avg_kw"].strict_high
-    assert all(r.reason for r in rules)
+    assert len(rules) == len(expected) > 0
+    for rule, expectation in zip(rules, expected, strict=True):
+        kwargs = expectation["kwargs"]
+        assert (rule.column, rule.low, rule.high) == (
+            kwargs["column"], kwargs.get("min_value"), kwargs.get("max_value"))
+        assert rule.strict_low == bool(kwargs.get("strict_min"))
+        assert rule.strict_high == bool(kwargs.get("strict_max"))
+        assert rule.reason == expectation["meta"]["reason"]
     # a rule that tolerates some breaks (`mostly`) proves nothing about one row
     lenient = {"expectations": [{"type": "expect_column_values_to_be_between",
                                  "kwargs": {"column": "avg_kw", "max_value": 1, "mostly": 0.9}}]}
