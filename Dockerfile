@@ -10,7 +10,7 @@ ENV PYTHONUNBUFFERED=1 \
     EVGUARD_STATE_DIR=/var/lib/evguard \
     EVGUARD_DATA_DIR=/var/lib/evguard/data
 
-# eif compiles a C extension
+# eif, isotree and the mypyc build (scripts/build_native.py) compile C
 RUN apt-get update \
     && apt-get install -y --no-install-recommends build-essential \
     && rm -rf /var/lib/apt/lists/* \
@@ -22,7 +22,8 @@ COPY pyproject.toml uv.lock README.md ./
 # cache it, and every process start would compile every module it imports again
 RUN uv sync --frozen --no-dev --no-install-project --compile-bytecode
 COPY . .
-RUN uv sync --frozen --no-dev --compile-bytecode && python -m compileall -q /app
+RUN uv sync --frozen --no-dev --compile-bytecode && python -m compileall -q /app \
+    && python scripts/build_native.py
 
 EXPOSE 8050 9108 5000
 CMD ["evguard", "--help"]

@@ -27,8 +27,10 @@ $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 PACKAGES := pipelines keyed_state messaging serving monitoring dashboard gateway telemetry fleet \
 	evaluation flows evguard tests benchmarks
 
+# the hot pure modules compiled with mypyc (pipelines/native.py); a no-op when up to date
 install: $(VENV)/.installed
 	@$(VENV)/bin/python -m compileall -q -j 0 $(PACKAGES) > /dev/null
+	@$(VENV)/bin/python scripts/build_native.py
 
 demo: install
 	$(VENV)/bin/evguard demo $(DEMO_ARGS)

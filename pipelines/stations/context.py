@@ -169,7 +169,7 @@ def _query_profiles(station: Profile | None, site: Profile | None, user: Profile
             since, float(user.count if user else 0), user_view[2], user_view[3])
 
 
-def _query(state: Mapping[str, object], station_key: str, site_key: str,
+def _query(state: Mapping[str, Any], station_key: str, site_key: str,
            user_key: str | None, connect: float) -> tuple[float, ...]:
     return _query_profiles(state.get(station_key), state.get(site_key),
                            state.get(user_key) if user_key is not None else None, connect)
@@ -179,7 +179,7 @@ def _power_outlier(profile: Profile, power: float) -> bool:
     return profile.count >= MIN_HISTORY and power > profile.power_high + OUTLIER_LOG_KW
 
 
-def _observe(state: MutableMapping[str, object], station_key: str, site_key: str,
+def _observe(state: MutableMapping[str, Any], station_key: str, site_key: str,
              user_key: str | None, connect: float, end: float, power: float, energy: float,
              duration: float) -> list[str]:
     if math.isnan(connect) or math.isnan(end):
@@ -190,7 +190,7 @@ def _observe(state: MutableMapping[str, object], station_key: str, site_key: str
         connect, end, power, energy, duration)
 
 
-def _observe_profiles(state: MutableMapping[str, object], station_key: str, site_key: str,
+def _observe_profiles(state: MutableMapping[str, Any], station_key: str, site_key: str,
                       user_key: str | None, station: Profile | None, site: Profile | None,
                       user: Profile | None, connect: float, end: float, power: float,
                       energy: float, duration: float) -> list[str]:
@@ -221,7 +221,7 @@ def _record_keys(record: dict) -> tuple[str, str, str | None]:
     return _state_keys(record.get("stationID"), record.get("siteID"), record.get("userID"))
 
 
-def context_of(state: Mapping[str, object], record: dict) -> dict[str, float]:
+def context_of(state: Mapping[str, Any], record: dict) -> dict[str, float]:
     """The context of a session from the current state (read only).
 
     Args:
@@ -235,7 +235,7 @@ def context_of(state: Mapping[str, object], record: dict) -> dict[str, float]:
     return dict(zip(CONTEXT_KEYS, values, strict=True))
 
 
-def observe(state: MutableMapping[str, object], record: dict) -> list[str]:
+def observe(state: MutableMapping[str, Any], record: dict) -> list[str]:
     """Fold a finished session into its station's, site's and user's profiles.
 
     Returns:
@@ -244,7 +244,7 @@ def observe(state: MutableMapping[str, object], record: dict) -> list[str]:
     return _observe(state, *_record_keys(record), *_numbers(record))
 
 
-def context_then_observe(state: MutableMapping[str, object], record: dict,
+def context_then_observe(state: MutableMapping[str, Any], record: dict,
                          apply: bool = True) -> tuple[float, ...]:
     """`context_of(state, record)`, then `observe(state, record)` unless `apply` is False:
     the worker's step per session, with one reading of the record and of each profile.
@@ -304,17 +304,19 @@ def replay_context_array(facts: SessionFacts) -> np.ndarray:
     keys = [distinct.get(k) or distinct.setdefault(k, _state_keys(*k))
             for k in zip(facts.station, facts.site, facts.user, strict=True)]
     del distinct
-    c, e, p, en, d = (array("d", np.ascontiguousarray(a, dtype=float).tobytes())
+    c, e, p, en, d = [array("d", np.ascontiguousarray(a, dtype=float).tobytes())
                       for a in (facts.connect, facts.end, facts.power, facts.energy,
-                                facts.duration))
+                                facts.duration)]
     state: dict[str, object] = {}
     flat, queried = array("d"), array("q")
     for kind, i in zip(kinds[order].tolist(), events[order].tolist(), strict=True):
         if kind == 0:
-            flat.extend(_query(state, *keys[i], c[i]))
+            station_key, site_key, user_key = keys[i]
+            flat.extend(_query(state, station_key, site_key, user_key, c[i]))
             queried.append(i)
         else:
-            _observe(state, *keys[i], c[i], e[i], p[i], en[i], d[i])
+            station_key, site_key, user_key = keys[i]
+            _observe(state, station_key, site_key, user_key, c[i], e[i], p[i], en[i], d[i])
     out = np.empty((n, len(CONTEXT_KEYS)))
     out[np.frombuffer(queried, dtype=np.int64)] = np.frombuffer(flat).reshape(n, -1)
     return out

@@ -31,7 +31,7 @@ import struct
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -563,7 +563,7 @@ def on_session(state: MutableMapping[str, object], record: dict, now_s: float | 
         alerts.append(_close(station, "silent", at, f"a session arrived after {hours:.0f} h",
                              {"hours_silent": hours}))
     _count_arrival(station, site, connect_s, end_s, policy)
-    raw_kwh = record.get("kWhDelivered")
+    raw_kwh: Any = record.get("kWhDelivered")
     kwh = float(raw_kwh) if type(raw_kwh) in _NUMBERS else None
     failed = _failed(kwh, connect_s, end_s, policy)
     detail = f"{kwh or 0:.2f} kWh over {(end_s - connect_s) / 3600:.1f} h" if failed else None
@@ -579,10 +579,9 @@ def on_session(state: MutableMapping[str, object], record: dict, now_s: float | 
         kwh, connect_s, end_s if whole_stay else done_s, policy)
     changed = keys
     if power is not None:
-        user_id = None if whole_stay else record.get("userID")
-        user = state.get(user_key(user_id)) if user_id else None
-        if user_id and not isinstance(user, UserPower):
-            user = UserPower()
+        user_id: Any = None if whole_stay else record.get("userID")
+        found = state.get(user_key(user_id)) if user_id else None
+        user = found if isinstance(found, UserPower) else UserPower() if user_id else None
         alerts += _record_power(station, power, user, at, policy)
         if user is not None:
             state[user_key(user_id)] = user
@@ -604,11 +603,11 @@ def on_dead_letter(state: MutableMapping[str, object], station_id: str, site_id:
 
 
 def _stations(state: MutableMapping[str, object], station_ids: Iterable[str] | None,
-              ) -> Iterable[StationHealth]:
+              ) -> list[StationHealth]:
     if station_ids is None:
-        return (v for v in state.values() if type(v) is StationHealth)
-    found = (state.get(station_key(s)) for s in station_ids)
-    return (v for v in found if type(v) is StationHealth)
+        return [v for v in state.values() if type(v) is StationHealth]
+    found = [state.get(station_key(s)) for s in station_ids]
+    return [v for v in found if type(v) is StationHealth]
 
 
 def on_tick(state: MutableMapping[str, object], now_s: float,
@@ -630,13 +629,14 @@ def on_tick(state: MutableMapping[str, object], now_s: float,
     changed: list[str] = []
     alerts: list[StationAlert] = []
     sites: dict[str, SiteHealth | None] = {}
+    unknown = SiteHealth()  # a site not looked up yet
     goal = policy.silent_expected
     for station in _stations(state, station_ids):
         due = station.silent_due_s
         if due > now_s or station.open_bits & 1:  # a stale (NaN) deadline goes on
             continue
-        site = sites.get(station.site_id, False)
-        if site is False:
+        site = sites.get(station.site_id, unknown)
+        if site is unknown:
             found = state.get(site_key(station.site_id))
             site = sites[station.site_id] = found if isinstance(found, SiteHealth) else None
         if site is None or (site.seen - station.site_seen_at_last) * station.share < goal:

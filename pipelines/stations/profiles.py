@@ -161,7 +161,7 @@ class Profile:
 
 
 # the fields in declaration order, read in one call (the changelog encodes every changed profile)
-_FIELD_VALUES = attrgetter(*(f.name for f in fields(Profile)))
+_FIELD_VALUES = attrgetter(*[f.name for f in fields(Profile)])
 
 
 def shrunk(profile: Profile | None, prior: View) -> View:
