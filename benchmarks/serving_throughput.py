@@ -65,7 +65,9 @@ from procstat import cpu_pressure, cpu_seconds, cpu_seconds_or_nan, pid_of
 
 from evguard.services.process import free_port
 from evguard.services.stack import LocalStack
+from pipelines import native
 from pipelines.settings import Settings, settings_env
+from pipelines.stations import context as station_context
 from tests.support.champion import register_champion
 
 STAGES = ("decode_ms", "context_ms", "score_ms", "explain_ms", "encode_ms", "confirm_ms",
@@ -800,6 +802,8 @@ def main() -> None:
     figures["run"] = {"parts": args.parts, "model": args.model, "queue": args.queue,
                       "batch_size": args.batch_size, "partitions": settings.topic_partitions,
                       "cpus": os.cpu_count(), "load_before": os.getloadavg(),
+                      # the worker processes load the same build (pipelines.native)
+                      "stations_compiled": native.is_compiled(station_context),
                       "cpu_pressure_before": cpu_pressure(),
                       "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     t_run = time.monotonic()

@@ -1,7 +1,7 @@
 """CPU per session of each stage of the worker's hot path, in process (no broker).
 
     .venv/bin/python benchmarks/worker_profile.py [--sessions 20000] [--rounds 2]
-        [--batch-size 1000] [--model iforest|isotree|eif] [--trees 100]
+        [--batch-size 1000] [--model iforest|isotree|eif] [--trees 100] [--pure]
 
 Runs the worker's own steps, Decode -> Context -> Score (`serving.chain.build_scoring_chain`),
 on Kafka message bytes of synthetic sessions (`pipelines.data.synth`, the data of
@@ -17,7 +17,8 @@ memory here, not through MLflow). Each stage is timed with the thread's CPU cloc
 
 The first round fills the station state; the median batch of the later rounds is reported,
 per stage, in us per session, and the process's RSS before and after the batches (the messages are built
-before). Publish and commit are not included (see
+before). The station modules run compiled when their build is up to date (`pipelines.native`);
+`--pure` runs them as Python, and `stations_compiled` says which ran. Publish and commit are not included (see
 `benchmarks/serving_throughput.py` for the whole worker with its brokers).
 """
 
@@ -33,6 +34,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipelines import native
+
+native.enabled = "--pure" not in sys.argv  # decided before any station module is imported
+
 import numpy as np
 from procstat import cpu_pressure
 
@@ -42,6 +47,7 @@ from pipelines.data.synth import generate_sessions
 from pipelines.models.anomaly_model import SessionAnomalyModel
 from pipelines.models.estimators import make_detector
 from pipelines.models.registry import ChampionModel
+from pipelines.stations import context as station_context
 from serving.chain import ChainOptions, build_scoring_chain
 from serving.steps.base import Batch
 from serving.steps.decode import RawMessage
@@ -120,6 +126,7 @@ def profile(args: argparse.Namespace) -> dict:
     steady = per_batch[len(work) // args.rounds:]
     figures = {k: 1e6 * statistics.median(b[k] for b in steady) for k in STAGES}
     return {"model": args.model, "trees": args.trees, "batch_size": args.batch_size,
+            "stations_compiled": native.is_compiled(station_context),
             "sessions": args.sessions * args.rounds, "anomalies": anomalies,
             "us_per_session": {k: round(v, 2) for k, v in figures.items()},
             "total_us": round(sum(figures.values()), 2),
@@ -143,6 +150,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--model", choices=("iforest", "isotree", "eif"), default="iforest")
     parser.add_argument("--trees", type=int, default=100)
+    parser.add_argument("--pure", action="store_true",
+                        help="run the station modules as Python even when a compiled build is "
+                             "up to date")
     args = parser.parse_args()
     if args.rounds < 2:
         parser.error("--rounds must be at least 2 (the first one fills the state)")

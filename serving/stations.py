@@ -4,7 +4,10 @@ For each session, in Kafka order: its context is read from the station's state
 (only sessions that arrived before it), then the session is applied to the
 profiles and to the health detectors, unless the state already holds it (a
 redelivery after a crash: the state records, per key, the input offset that
-last changed it). A timer checks every station for silence, because a dead
+last changed it). The station's `profile:` key is written last in each changelog
+flush (`STATION_WRITE_LAST`), so when it holds a session every other key that
+session wrote holds it too; when it does not, the session is applied to exactly
+the keys that lack it (`PartitionState.message_view`). A timer checks every station for silence, because a dead
 station sends nothing. The pure logic is in `pipelines.stations`; the state,
 its changelog and its restore are in `keyed_state`.
 """
@@ -39,6 +42,11 @@ TIMER_OFFSET = -1
 STATION_STATE_CODEC = PrefixCodec({
     "profile": Profile, "site": Profile, "user": Profile,
     "health": StationHealth, "healthsite": SiteHealth, "healthuser": UserPower})
+# the order of each changelog flush (`KeyedStateStore`): a station's health reads its site's
+# and its driver's as the session left them, so those come after it, and `profile:`, which
+# marks a session applied in full, comes last; a cut flush then never leaves a key holding a
+# session that a key it was read by lacks (tested for every cut in tests/serving)
+STATION_WRITE_LAST = ("healthsite:", "healthuser:", "profile:")
 
 
 class DeadLetter(Protocol):
@@ -119,15 +127,18 @@ class StationTracker:
             if source.partition != partition:
                 partition, state = source.partition, state_of(source.partition)
             offset = source.offset
-            view = state.view(offset)
-            # a session the state already holds (redelivered after a crash) must not count twice
-            applied = state.applied_offset(f"profile:{record.get('stationID')}") >= offset
-            rows.append(context_then_observe(view, record, apply=not applied))
-            if applied:
-                self.redelivered += 1
-                continue
+            view = state.message_view(offset)
+            alerted = False
+            if offset <= state.high_water:  # maybe a redelivery after a crash
+                station_id = record.get("stationID")
+                if state.applied_offset(f"profile:{station_id}") >= offset:  # held in full
+                    rows.append(context_then_observe(view, record, apply=False))
+                    self.redelivered += 1
+                    continue
+                alerted = state.applied_offset(station_health.station_key(station_id)) >= offset
+            rows.append(context_then_observe(view, record))
             raised = on_session(view, record)[1]
-            if raised:
+            if raised and not alerted:  # alerts went out when the health key took the session
                 alerts.extend(raised)
             event_s = _event_seconds(record)
             if event_s is not None:

@@ -30,7 +30,7 @@ from serving.chain import Chain, ChainOptions, build_chain
 from serving.champion import ChampionWatcher
 from serving.kafka import consumer_config, dead_letter_producer_config
 from serving.prometheus import WorkerMetrics
-from serving.stations import STATION_STATE_CODEC, StationTracker
+from serving.stations import STATION_STATE_CODEC, STATION_WRITE_LAST, StationTracker
 from serving.steps.base import Batch, MessageRejected, WaitingBatches
 from serving.steps.commit import CommitPolicy, Offsets
 from serving.steps.dead_letters import (
@@ -144,7 +144,8 @@ class ScoringWorker:
             Producer(dead_letter_producer_config(s.kafka_servers)), s.topic_dlq,
             on_written=lambda stage: self.metrics.dead_lettered.labels(stage).inc())
         self._state = KeyedStateStore(s.kafka_servers, s.topic_station_state,
-                                      STATION_STATE_CODEC, s.consumer_group)
+                                      STATION_STATE_CODEC, s.consumer_group,
+                                      write_last=STATION_WRITE_LAST)
         self._state.ensure_changelog(s.topic_partitions)
         self._tracker = StationTracker(
             self._state.partition, lambda: sorted(p for _t, p in self._assigned),

@@ -14,7 +14,7 @@ from pipelines.contracts.sessions import Source, encode_session
 from pipelines.data.features import CONTEXT_COLUMNS
 from pipelines.data.synth import generate_sessions
 from serving.kafka import ensure_topics
-from serving.stations import StationTracker
+from serving.stations import STATION_STATE_CODEC, STATION_WRITE_LAST, StationTracker
 from tests.support.brokers import delete_topics, produce
 from tests.support.faultkit import wait_for_partitions
 from tests.support.queues import ResultQueue
@@ -112,6 +112,60 @@ def test_a_redelivered_session_changes_no_state():
 
     assert {key: value.to_bytes() for key, value in state.items()} == before
     assert tracker.redelivered == 100 and len(contexts_again) == 100
+
+
+def test_a_flush_cut_short_by_a_crash_leaves_a_state_that_catches_up_exactly():
+    """A crash can cut a batch's changelog writes short. For each cut, the restored state
+    with the batch redelivered must end as the state of a run that never crashed, and give
+    its contexts and station alerts; what the cut batch alerted before is not alerted again."""
+    from pipelines.contracts.station_alert import parse_station_alert
+
+    records = _in_arrival_order(generate_sessions(400, seed=8, anomaly_rate=0.05)[0])
+    busiest = {r["stationID"] for r in records if r["stationID"] in {"19-1-129-825",
+                                                                     "19-1-191-611"}}
+    assert len(busiest) == 2
+    # two stations start failing (nothing delivered) in the second batch
+    records = [{**r, "kWhDelivered": 0.0} if i >= 200 and r["stationID"] in busiest else r
+               for i, r in enumerate(records)]
+    sources = [Source("sessions", 0, i, 0) for i in range(len(records))]
+    batches = [slice(0, 200), slice(200, 300), slice(300, None)]
+
+    def run(state, parts):
+        tracker = StationTracker(lambda _p: state, lambda: [0], tick_s=float("inf"))
+        rows, alerts = [], []
+        for part in parts:
+            contexts, messages = tracker.process(records[part], sources[part])
+            rows += contexts.rows
+            events = [parse_station_alert(body) for _key, body in messages]
+            alerts.append({(a.station_id, a.kind, a.status, a.opened_ts) for a in events})
+        return rows, alerts
+
+    def flush(state):  # the changelog records of a flush, in the order they are written
+        return [(k, STATION_STATE_CODEC.encode(k, v), offset)
+                for k, v, offset in state.take_dirty(STATION_WRITE_LAST)]
+
+    reference = PartitionState(0)
+    expected_rows, expected_alerts = run(reference, batches)
+    expected_state = {k: v.to_bytes() for k, v in reference.items()}
+    assert expected_alerts[1] | expected_alerts[2]  # the planted faults are alerted
+
+    live = PartitionState(0)
+    run(live, batches[:1])
+    changelog = flush(live)  # the first batch: written in full
+    run(live, batches[1:2])
+    cut_batch = flush(live)
+    assert cut_batch[-1][0].startswith(STATION_WRITE_LAST[-1])
+    for cut in [*range(0, len(cut_batch), 7), len(cut_batch)]:
+        written = changelog + cut_batch[:cut]
+        restored = PartitionState.restored(
+            0, {k: STATION_STATE_CODEC.decode(k, data) for k, data, _o in written},
+            {k: offset for k, _data, offset in written})
+        rows, alerts = run(restored, batches[1:])  # the cut batch is redelivered
+        assert rows[100:] == expected_rows[300:], f"cut after {cut} of {len(cut_batch)} writes"
+        assert {k: v.to_bytes() for k, v in restored.items()} == expected_state, cut
+        assert alerts[1] == expected_alerts[2], cut
+        assert alerts[0] <= expected_alerts[1], cut
+    assert cut == len(cut_batch) and alerts[0] == set()  # all held: nothing alerted twice
 
 
 def test_a_silent_station_is_alerted_with_no_message_arriving(serving_settings):
