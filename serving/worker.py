@@ -22,10 +22,12 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from keyed_state import KeyedStateStore
 from messaging import consume_micro_batch, publisher_parameters
+from pipelines import native
 from pipelines.contracts.sessions import Source
 from pipelines.data.memory import trim_c_heap
 from pipelines.metrics_http import Heartbeat, MetricsServer
 from pipelines.settings import Settings
+from pipelines.stations import context as station_context
 from serving.chain import Chain, ChainOptions, build_chain
 from serving.champion import ChampionWatcher
 from serving.kafka import consumer_config, dead_letter_producer_config
@@ -158,6 +160,9 @@ class ScoringWorker:
                  "http://%s:%d/metrics", s.consumer_group, s.topic_sessions, s.rabbitmq_exchange,
                  self.watcher.current().name, self.watcher.current().version, s.metrics_host,
                  server.port)
+        log.info("station context and health run %s", "compiled (mypyc)"
+                 if native.is_compiled(station_context)
+                 else "as Python: no build matches their sources (make install builds one)")
         # the modules and the model are long-lived: keep the collector from re-scanning them
         # after every few batches (measured: -20% CPU per session)
         gc.freeze()
