@@ -130,7 +130,7 @@ class Settings(BaseSettings):
         "more: fewer, larger batches at low rates (less CPU per session) for at most this much "
         "added latency")
     serve_max_inflight_batches: int = Field(
-        8, description="Batches awaiting RabbitMQ confirms before consumption pauses")
+        8, description="Batches awaiting RabbitMQ confirms before the chain pushes back")
     serve_commit_interval_ms: int = Field(200, description="Least time between offset commits")
     serve_model_poll_s: float = Field(30.0, description="How often to poll the champion alias")
     serve_max_invalid_ratio: float = Field(

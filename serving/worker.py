@@ -2,9 +2,10 @@
 
 Started by `serving.run.run_worker` (`evguard serve`, `python -m serving`, the `serve`
 deployment).
-The loop consumes micro-batches, submits them to the chain, pauses the
-partitions while the chain pushes back, and on a signal closes the chain,
-waits for its confirms and commits. See docs/serving.md.
+The loop consumes micro-batches and submits them to the chain; while the chain
+pushes back it takes nothing more, and pauses the partitions only while RabbitMQ
+is unusable. On a signal it closes the chain, waits for its confirms and
+commits. See docs/serving.md.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ STUCK_AFTER_S = 60.0
 # glibc keeps the freed memory of its arenas (librdkafka's fetch buffers, the batches'
 # frames) mapped; handing it back every few seconds keeps the resident size near what is live
 HEAP_TRIM_INTERVAL_S = 10.0
+# how long the loop waits between looks for room in a full chain (confirms free it)
+ROOM_WAIT_S = 0.002
 
 
 @dataclass
@@ -209,11 +212,18 @@ class ScoringWorker:
             self.heartbeat.beat()
             self._submit_held()
             room = self._held.room
-            if room <= 0:
-                self._pause()
-            # what arrived while the last batch was processed, plus the linger
-            messages = consume_micro_batch(consumer, max(room, 1),
-                                           0.05 if self._paused else timeout, linger)
+            if room <= 0 and not self._publisher.ready:
+                self._pause()  # RabbitMQ is down or blocking: keep serving Kafka, take nothing
+            if room <= 0 and not self._paused:
+                # the chain is full and RabbitMQ confirms: take nothing until there is room.
+                # Not a pause: librdkafka drops a paused partition's prefetched messages and
+                # fetches them again on resume (the embedded broker sends the whole backlog)
+                time.sleep(ROOM_WAIT_S)
+                messages = []
+            else:
+                # what arrived while the last batch was processed, plus the linger
+                messages = consume_micro_batch(consumer, max(room, 1),
+                                               0.05 if self._paused else timeout, linger)
             batch = self._to_batch(messages)
             if batch is not None:
                 last_message = time.monotonic()
@@ -243,7 +253,7 @@ class ScoringWorker:
             try:
                 self._chain.head.submit(self._held.first())
             except MessageRejected:
-                if self._held.room <= 0 or not self._publisher.ready:
+                if not self._publisher.ready:
                     self._pause()  # RabbitMQ is down or blocking: don't wait to fill up
                 return
             self._held.pop_first()

@@ -75,7 +75,8 @@ class WaitingBatches:
     While the chain is full, what arrives joins the last waiting batch, up to `limit`
     messages: a busy chain gets bigger batches instead of a paused consumer (librdkafka
     fetches again only ~1 s after a resume: measured, that pause was the whole p99 at
-    1,000 sessions/s). The consumer pauses only once `room` is 0.
+    1,000 sessions/s). Once `room` is 0 the worker takes nothing more until the chain
+    has room; it pauses the consumer only while RabbitMQ is unusable.
     """
 
     def __init__(self, limit: int) -> None:

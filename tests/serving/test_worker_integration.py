@@ -69,6 +69,30 @@ def test_every_session_produced_gets_one_result_with_its_routing_key(serving_set
     assert outcome.code == 0 and outcome.report.scored == len(records)
 
 
+def test_a_full_chain_with_rabbitmq_confirming_never_pauses_the_consumer(serving_settings,
+                                                                         result_queue,
+                                                                         champion_store, caplog):
+    """A backlog through a chain of one batch in flight: the chain pushes back all the time,
+    but RabbitMQ confirms, so the worker waits for room rather than pausing (a pause makes
+    librdkafka drop what it prefetched), and every session still gets its result once."""
+    records = synthetic(2000, seed=9)
+    produce(serving_settings, [encode_session(r) for r in records],
+            [r["stationID"] for r in records])
+    settings = serving_settings.model_copy(update={
+        "metrics_port": free_port(), "serve_batch_size": 50, "serve_max_inflight_batches": 1})
+    caplog.set_level("INFO", logger="evguard.serving")
+    worker = InProcessWorker(settings)
+    try:
+        results = result_queue.wait_for(lambda r: len(r.bodies) >= len(records))
+    finally:
+        outcome = worker.finish()
+    assert {b["sessionID"] for b in results.bodies} == {r["sessionID"] for r in records}
+    assert results.duplicates() == 0 and outcome.code == 0
+    pauses = [r.getMessage() for r in caplog.records if "consumption paused" in r.getMessage()]
+    assert pauses == []
+    assert outcome.report.scored == len(records)
+
+
 def test_planted_bad_messages_land_in_the_dlq_and_the_rest_is_scored(serving_settings,
                                                                     result_queue):
     good = synthetic(200, seed=4)
