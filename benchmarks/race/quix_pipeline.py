@@ -55,7 +55,7 @@ from keyed_state.partition import PartitionState
 from pipelines.contracts.score_result import build_results
 from pipelines.contracts.sessions import InvalidSession, Source, validate_session
 from pipelines.data.features import feature_matrix
-from pipelines.data.session_rules import RuleCheck, apply_rules
+from pipelines.data.session_rules import RuleCheck, score_with_rules
 from pipelines.models.registry import load_champion
 from pipelines.settings import Settings
 from serving.stations import StationTracker
@@ -108,13 +108,13 @@ class ScoringSink(BatchingSink):
         matrix = features.to_numpy(dtype=np.float64)
         if self._rules is None:
             self._rules = RuleCheck(list(features.columns))
-        scores, broken = apply_rules(self._rules, matrix, scores)
-        anomalous = np.setdiff1d(np.flatnonzero(scores >= model.threshold), list(broken))
-        explanations = {}
-        if len(anomalous):
-            explained = model.explain(features.iloc[anomalous], top_k=self._top_k)
-            explanations = {int(i): list(e) for i, e in zip(anomalous, explained)}
-        explanations.update((row, [item]) for row, item in broken.items())
+
+        def explain(rows: np.ndarray) -> dict[int, list[dict]]:
+            explained = model.explain(features.iloc[rows], top_k=self._top_k)
+            return {int(i): list(e) for i, e in zip(rows, explained)}
+
+        scores, explanations = score_with_rules(self._rules, matrix, scores, model.threshold,
+                                                explain)
         results = build_results(
             records, sources, list(features.columns), matrix, scores,
             float(model.threshold), explanations,

@@ -13,7 +13,7 @@ two to the same verdict on the same rows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,3 +105,21 @@ def apply_rules(check: RuleCheck, matrix: np.ndarray,
                       "contribution": float(raised[row] - scores[row]), "typical": None,
                       "rule": rule.reason}
     return raised, items
+
+
+def score_with_rules(check: RuleCheck, matrix: np.ndarray, scores: np.ndarray,
+                     threshold: float,
+                     explain: Callable[[np.ndarray], dict[int, list[dict]]],
+                     ) -> tuple[np.ndarray, dict[int, list[dict]]]:
+    """`apply_rules`, then each anomaly's explanation: a broken rule is the whole explanation
+    of its row, and `explain(rows)` (the model's) is asked only for the other anomalies.
+
+    Returns:
+        The scores with the rules applied, and row -> explanation items.
+    """
+    scores, broken = apply_rules(check, matrix, scores)
+    for_the_model = np.setdiff1d(np.flatnonzero(scores >= threshold),
+                                 np.fromiter(broken, np.int64, len(broken)), assume_unique=True)
+    explanations = explain(for_the_model) if len(for_the_model) else {}
+    explanations.update((row, [item]) for row, item in broken.items())
+    return scores, explanations

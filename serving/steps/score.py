@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from pipelines.contracts.score_result import build_results
-from pipelines.data.session_rules import RuleCheck, apply_rules
+from pipelines.data.session_rules import RuleCheck, score_with_rules
 from serving.champion import Scorer
 from serving.prometheus import WorkerMetrics
 from serving.steps.base import Batch, InvalidMessage, ProcessingStep, TransformStep
@@ -63,12 +63,9 @@ class ScoreStep(TransformStep):
         t1 = time.perf_counter()
         columns = list(features.columns)
         matrix = features.to_numpy(dtype=np.float64)
-        scores, broken = apply_rules(self._rule_check(columns), matrix, scores)
-        anomalous = np.flatnonzero(scores >= model.threshold)
-        # a broken rule is the whole explanation: the model explains only the other anomalies
-        explanations = self._explain(model, features, np.setdiff1d(
-            anomalous, np.fromiter(broken, np.int64, len(broken)), assume_unique=True))
-        explanations.update((row, [item]) for row, item in broken.items())
+        scores, explanations = score_with_rules(
+            self._rule_check(columns), matrix, scores, model.threshold,
+            lambda rows: self._explain(model, features, rows))
         t2 = time.perf_counter()
         # one evguard.scores/2 message per routing key, encoded from the arrays themselves
         batch.results = build_results(
@@ -78,7 +75,7 @@ class ScoreStep(TransformStep):
              "feature_version": model.feature_version},
             datetime.now(UTC).isoformat(timespec="milliseconds"),
         ) + batch.station_alerts
-        batch.anomalies = len(anomalous)
+        batch.anomalies = int(np.count_nonzero(scores >= model.threshold))
         batch.payloads = []
         batch.timings.update(score_ms=(t1 - t0) * 1000, explain_ms=(t2 - t1) * 1000,
                              encode_ms=(time.perf_counter() - t2) * 1000)
@@ -134,8 +131,6 @@ class ScoreStep(TransformStep):
         return self._score(model, batch.records, batch.contexts)
 
     def _explain(self, model: Scorer, features, anomalous: np.ndarray) -> dict[int, list[dict]]:
-        if len(anomalous) == 0:
-            return {}
         try:
             explained = model.explain(features.iloc[anomalous], top_k=self._top_k)
         except Exception:

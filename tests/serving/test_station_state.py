@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import uuid
+from collections import Counter
 
 import orjson
 
@@ -121,9 +122,7 @@ def test_a_flush_cut_short_by_a_crash_leaves_a_state_that_catches_up_exactly():
     from pipelines.contracts.station_alert import parse_station_alert
 
     records = _in_arrival_order(generate_sessions(400, seed=8, anomaly_rate=0.05)[0])
-    busiest = {r["stationID"] for r in records if r["stationID"] in {"19-1-129-825",
-                                                                     "19-1-191-611"}}
-    assert len(busiest) == 2
+    busiest = {s for s, _n in Counter(r["stationID"] for r in records).most_common(2)}
     # two stations start failing (nothing delivered) in the second batch
     records = [{**r, "kWhDelivered": 0.0} if i >= 200 and r["stationID"] in busiest else r
                for i, r in enumerate(records)]
